@@ -1,0 +1,220 @@
+"""Configuration from the environment (contract §2), validated once at start.
+
+Every variable may also be given as `NAME_FILE`, the path of a file holding
+the value (Docker and Kubernetes secrets). A missing required value or a
+malformed one raises `ConfigError`, whose message is one line naming the
+variable; the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Role = Literal["migrate", "api", "router", "delivery", "all", "dev"]
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+# What each role connects to; the values these need are required for it.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "migrate": ("postgres",),
+    "api": ("postgres", "graph", "jwt"),
+    "router": ("postgres", "graph", "rabbitmq"),
+    "delivery": ("postgres",),
+    "all": ("postgres", "graph", "rabbitmq", "jwt"),
+    "dev": (),
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; `str()` is one line naming it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of contract §2 (and the extensions the README lists)."""
+
+    postgres_host: str
+    postgres_port: int
+    postgres_username: str
+    postgres_password: str
+    postgres_database: str
+    neo4j_host: str
+    neo4j_port: int
+    neo4j_username: str
+    neo4j_password: str
+    neo4j_database: str
+    rabbitmq_host: str
+    rabbitmq_port: int
+    rabbitmq_username: str
+    rabbitmq_password: str
+    rabbitmq_vhost: str
+    completion_exchange: str
+    required_services: tuple[str, ...]
+    jwt_secret_key: str
+    service_token: str | None
+    port: int
+    webhook_allow_private: bool
+    smtp_host: str | None
+    smtp_port: int
+    smtp_from: str | None
+    log_level: str
+    replica: str
+
+    @property
+    def postgres_conninfo(self) -> str:
+        """A libpq key/value connection string (values quoted, never logged)."""
+        return " ".join(
+            f"{k}={_libpq_quote(v)}"
+            for k, v in (
+                ("host", self.postgres_host),
+                ("port", str(self.postgres_port)),
+                ("user", self.postgres_username),
+                ("password", self.postgres_password),
+                ("dbname", self.postgres_database),
+                ("application_name", f"notifier-{self.replica}"[:63]),
+            )
+        )
+
+    @property
+    def neo4j_uri(self) -> str:
+        """The Bolt URI of the graph."""
+        return f"bolt://{self.neo4j_host}:{self.neo4j_port}"
+
+    @property
+    def smtp_enabled(self) -> bool:
+        """The email channel is on only when an SMTP host is configured."""
+        return bool(self.smtp_host)
+
+    def __repr__(self) -> str:
+        # Never print secrets, even by accident in a traceback or a log line.
+        hidden = {"postgres_password", "neo4j_password", "rabbitmq_password"}
+        hidden |= {"jwt_secret_key", "service_token"}
+        parts = (f"{k}={'***' if k in hidden else repr(v)}" for k, v in self.__dict__.items())
+        return f"Settings({', '.join(parts)})"
+
+
+def _libpq_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class _Reader:
+    """Reads NAME or NAME_FILE from a mapping, with one-line errors."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def raw(self, name: str) -> str | None:
+        direct, file_name = self.env.get(name), self.env.get(f"{name}_FILE")
+        if file_name is not None and direct is not None:
+            raise ConfigError(f"{name}: set either {name} or {name}_FILE, not both")
+        if file_name is not None:
+            try:
+                return Path(file_name).read_text().rstrip("\r\n")
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise ConfigError(f"{name}_FILE: cannot read {file_name!r}: {reason}") from None
+        return direct
+
+    def text(self, name: str, default: str) -> str:
+        value = self.raw(name)
+        return default if value is None or value.strip() == "" else value.strip()
+
+    def optional(self, name: str) -> str | None:
+        value = self.raw(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def secret(self, name: str) -> str | None:
+        # Secrets keep inner whitespace; only an empty value counts as unset.
+        value = self.raw(name)
+        return value if value else None
+
+    def port(self, name: str, default: int) -> int:
+        value = self.raw(name)
+        if value is None or value.strip() == "":
+            return default
+        try:
+            port = int(value.strip(), 10)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a port number 1-65535, got {value!r}") from None
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{name}: expected a port number 1-65535, got {port}")
+        return port
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
+    """Read and validate the settings `role` needs from `env` (default: os.environ)."""
+    r = _Reader(os.environ if env is None else env)
+    services = tuple(
+        s.strip()
+        for s in r.text("NOTIFIER_REQUIRED_SERVICES", "graphinator,tableinator").split(",")
+    )
+    if any(not s for s in services):
+        raise ConfigError(
+            "NOTIFIER_REQUIRED_SERVICES: expected a comma-separated list of service names"
+        )
+    log_level = r.text("LOG_LEVEL", "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+
+    settings = Settings(
+        postgres_host=r.text("POSTGRES_HOST", "localhost"),
+        postgres_port=r.port("POSTGRES_PORT", 5432),
+        postgres_username=r.text("POSTGRES_USERNAME", "postgres"),
+        postgres_password=r.secret("POSTGRES_PASSWORD") or "",
+        postgres_database=r.text("POSTGRES_DATABASE", "discogsography"),
+        neo4j_host=r.text("NEO4J_HOST", "localhost"),
+        neo4j_port=r.port("NEO4J_PORT", 7687),
+        neo4j_username=r.text("NEO4J_USERNAME", "neo4j"),
+        neo4j_password=r.secret("NEO4J_PASSWORD") or "",
+        neo4j_database=r.text("NEO4J_DATABASE", "neo4j"),
+        rabbitmq_host=r.text("RABBITMQ_HOST", "localhost"),
+        rabbitmq_port=r.port("RABBITMQ_PORT", 5672),
+        rabbitmq_username=r.text("RABBITMQ_USERNAME", "guest"),
+        rabbitmq_password=r.secret("RABBITMQ_PASSWORD") or "guest",
+        rabbitmq_vhost=r.text("RABBITMQ_VHOST", "/"),
+        completion_exchange=r.text("NOTIFIER_COMPLETION_EXCHANGE", "import.completed"),
+        required_services=services,
+        jwt_secret_key=r.secret("JWT_SECRET_KEY") or "",
+        service_token=r.secret("NOTIFIER_SERVICE_TOKEN"),
+        port=r.port("NOTIFIER_PORT", 8010),
+        webhook_allow_private=r.flag("NOTIFIER_WEBHOOK_ALLOW_PRIVATE", False),
+        smtp_host=r.optional("NOTIFIER_SMTP_HOST"),
+        smtp_port=r.port("NOTIFIER_SMTP_PORT", 587),
+        smtp_from=r.optional("NOTIFIER_SMTP_FROM"),
+        log_level=log_level,
+        replica=r.text("NOTIFIER_REPLICA", socket.gethostname()),
+    )
+    _require(settings, role)
+    return settings
+
+
+def _require(s: Settings, role: str) -> None:
+    needs = _NEEDS.get(role)
+    if needs is None:
+        raise ConfigError(f"unknown role {role!r}")
+    if "postgres" in needs and not s.postgres_password:
+        raise ConfigError("POSTGRES_PASSWORD: required (or POSTGRES_PASSWORD_FILE)")
+    if "graph" in needs and not s.neo4j_password:
+        raise ConfigError("NEO4J_PASSWORD: required (or NEO4J_PASSWORD_FILE)")
+    if "jwt" in needs and not s.jwt_secret_key:
+        raise ConfigError("JWT_SECRET_KEY: required by the API (or JWT_SECRET_KEY_FILE)")
+    if s.smtp_host and not s.smtp_from:
+        raise ConfigError("NOTIFIER_SMTP_FROM: required when NOTIFIER_SMTP_HOST is set")
