@@ -133,13 +133,20 @@ CREATE TABLE notifier.events (
     detail           jsonb       NOT NULL DEFAULT '{}'::jsonb,
     created_at       timestamptz NOT NULL DEFAULT now(),
     deliver_at       timestamptz NOT NULL DEFAULT now(),
+    -- /internal/events: the users it is for (router events go to watchers).
+    recipients       uuid[],
     recipient_count  integer,
+    -- Set once feed and outbox rows exist; scheduled events wait for deliver_at.
+    fanned_out_at    timestamptz,
     cancelled_at     timestamptz,
     -- A re-run of a cycle, or a repeated idempotency key, inserts nothing new.
     CONSTRAINT events_dedup_key UNIQUE (dedup_key)
 );
 -- Fan-out of one cycle: the events of a version.
 CREATE INDEX events_version_idx ON notifier.events (version) WHERE version IS NOT NULL;
+-- The scheduler: events due for fan-out (scheduled /internal/events).
+CREATE INDEX events_unfanned_idx ON notifier.events (deliver_at)
+    WHERE fanned_out_at IS NULL AND cancelled_at IS NULL;
 
 -- The feed: one row per (user, event). Read state lives here, beside the
 -- immutable event it points to.
