@@ -1,0 +1,144 @@
+"""SSRF guard for webhook URLs.
+
+`check_url` runs at registration; delivery checks again on the address it
+actually connects to (`is_forbidden_ip` on the resolved address), which
+defeats DNS rebinding. Private addresses are allowed only with
+`NOTIFIER_WEBHOOK_ALLOW_PRIVATE=true` (tests, development).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import urllib.parse
+from collections.abc import Callable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_URL_LENGTH = 2048
+
+# Ranges `ipaddress` does not flag on every Python version, named for the error.
+_EXTRA_BLOCKED: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = (
+    (ipaddress.ip_network("100.64.0.0/10"), "carrier-grade NAT (shared) address"),
+    (ipaddress.ip_network("192.0.0.0/24"), "IETF protocol assignment address"),
+    (ipaddress.ip_network("198.18.0.0/15"), "benchmarking address"),
+    (ipaddress.ip_network("fd00:ec2::254/128"), "cloud metadata address"),
+)
+# IPv6 prefixes that embed an IPv4 address in their low 32 bits.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+class UnsafeURL(ValueError):
+    """The URL may not be used as a webhook; `str()` says why."""
+
+
+def is_forbidden_ip(ip: IPAddress) -> str | None:
+    """Why `ip` may not be a webhook target, or None when it is a public address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and any(ip in net for net in _NAT64):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            reason = is_forbidden_ip(embedded)
+            return f"IPv6 address embedding a {reason}" if reason else None
+    if str(ip) == "169.254.169.254":
+        return "cloud metadata address"
+    for net, reason in _EXTRA_BLOCKED:
+        if ip.version == net.version and ip in net:
+            return reason
+    checks = (
+        (ip.is_unspecified, "unspecified address"),
+        (ip.is_loopback, "loopback address"),
+        (ip.is_link_local, "link-local address"),
+        (ip.is_multicast, "multicast address"),
+        (ip.is_private, "private address"),
+        (ip.is_reserved, "reserved address"),
+        (not ip.is_global, "non-global address"),
+    )
+    for flagged, reason in checks:
+        if flagged:
+            return reason
+    return None
+
+
+def literal_ip(host: str) -> IPAddress | None:
+    """The address `host` denotes literally, including legacy IPv4 spellings.
+
+    `2130706433`, `0177.0.0.1` and `0x7f.1` all mean 127.0.0.1 to the C
+    resolver, so they are decoded the way `inet_aton` decodes them.
+    """
+    text = host.strip("[]")
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(text))
+    except OSError:
+        return None
+
+
+def split_url(url: str, *, allow_private: bool) -> tuple[str, str, int]:
+    """Validate the form of `url`; return (scheme, host, port). No DNS."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        raise UnsafeURL(f"the URL must be a string of 1 to {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise UnsafeURL("the URL must not contain whitespace or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURL(f"malformed URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    allowed = ("https", "http") if allow_private else ("https",)
+    if scheme not in allowed:
+        raise UnsafeURL(f"the URL scheme must be {' or '.join(allowed)}, not {scheme or 'empty'!r}")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeURL("the URL must not carry credentials")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise UnsafeURL("the URL has no host")
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to (blocking: run it in a thread from async code)."""
+    literal = literal_ip(host)
+    if literal is not None:
+        return [literal]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeURL(f"the host {host!r} does not resolve ({exc})") from None
+    addresses: list[IPAddress] = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if ip not in addresses:
+            addresses.append(ip)
+    return addresses
+
+
+def check_url(
+    url: str, *, allow_private: bool, resolver: Callable[[str, int], list[IPAddress]] = resolve
+) -> None:
+    """Raise `UnsafeURL` unless `url` is a usable webhook URL.
+
+    Without `allow_private`, the scheme must be https and every address the
+    host resolves to must be public. Blocking (DNS): call through
+    `asyncio.to_thread` from async code. `resolver` is replaceable for tests.
+    """
+    _, host, port = split_url(url, allow_private=allow_private)
+    if allow_private:
+        return
+    literal = literal_ip(host)
+    if literal is not None:
+        reason = is_forbidden_ip(literal)
+        if reason:
+            raise UnsafeURL(f"the URL points at a {reason}")
+        return
+    if host.lower() == "localhost" or host.lower().endswith((".localhost", ".internal")):
+        raise UnsafeURL(f"the host {host!r} is a local name")
+    for ip in resolver(host, port):
+        reason = is_forbidden_ip(ip)
+        if reason:
+            raise UnsafeURL(f"the host {host!r} resolves to a {reason} ({ip})")
