@@ -1,0 +1,222 @@
+"""Fan-out: from immutable events to feed rows and outbox rows, in set-based SQL.
+
+One statement per call, whatever the number of users: no Python loop per
+user. It runs inside the caller's transaction (the router's unit, the API's
+/internal/events request), so events and their fan-out commit together.
+
+Rules:
+- Router events go to the watchers of the event's (entity_type, entity_id)
+  whose watch was created before the cycle started (`watches_before`).
+- A `release_count_threshold` event carries `detail.threshold`. A watch with
+  `options.threshold` receives the events whose threshold equals its own; a
+  watch without one receives those at a documented milestone
+  (`THRESHOLD_MILESTONES`). The router emits one event per crossed threshold
+  value (dedup key includes it), so each watcher gets the ones it asked for.
+- Preferences (`notifier.preferences`, defaults feed and webhook on, email
+  off) pick the channels. The feed row and its unread counter are written
+  together; webhook outbox rows only for an active webhook; email rows only
+  when the caller says the email channel is on.
+- Everything is idempotent: unique keys absorb a re-run, counters only count
+  rows actually inserted, and `events.fanned_out_at` marks the event done.
+- Each event with feed rows is announced with `pg_notify('notifier_feed',
+  '{"event_id": "…"}')`, delivered to listeners at commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from psycopg import AsyncConnection
+
+FEED_CHANNEL = "notifier_feed"
+
+# Release-count milestones for genre/style watches that set no threshold.
+THRESHOLD_MILESTONES: tuple[int, ...] = (
+    100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FanoutResult:
+    """How many rows one fan-out wrote."""
+
+    feed_rows: int = 0
+    outbox_rows: int = 0
+
+    def __add__(self, other: FanoutResult) -> FanoutResult:
+        return FanoutResult(self.feed_rows + other.feed_rows, self.outbox_rows + other.outbox_rows)
+
+
+# The shared tail: `recipients(user_id, event_id, event, deliver_at)` is defined
+# by each caller's head. Counters are upserted in user_id order so that two
+# fan-outs touching the same users take their row locks in the same order.
+_TAIL = """
+, targets AS (
+    SELECT r.user_id, r.event_id, r.deliver_at,
+           coalesce(p.feed, true) AS feed,
+           coalesce(p.webhook, true) AS webhook,
+           coalesce(p.email, false) AS email
+    FROM recipients r
+    -- preferences primary key (user_id, event)
+    LEFT JOIN notifier.preferences p ON p.user_id = r.user_id AND p.event = r.event
+),
+feed AS (
+    INSERT INTO notifier.notification_events (user_id, event_id)
+    SELECT user_id, event_id FROM targets WHERE feed
+    ON CONFLICT (user_id, event_id) DO NOTHING
+    RETURNING user_id
+),
+counters AS (
+    INSERT INTO notifier.unread_counters AS c (user_id, unread)
+    SELECT user_id, count(*) FROM feed GROUP BY user_id ORDER BY user_id
+    ON CONFLICT (user_id) DO UPDATE SET unread = c.unread + excluded.unread
+),
+hooks AS (
+    INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, next_attempt_at)
+    SELECT t.user_id, t.event_id, 'webhook', w.id, greatest(now(), t.deliver_at)
+    FROM targets t
+    -- webhook_configs_user_key (user_id)
+    JOIN notifier.webhook_configs w ON w.user_id = t.user_id AND w.active
+    WHERE t.webhook
+    ON CONFLICT (user_id, event_id, channel) WHERE redelivery_of IS NULL DO NOTHING
+    RETURNING 1
+),
+mails AS (
+    INSERT INTO notifier.outbox (user_id, event_id, channel, next_attempt_at)
+    SELECT user_id, event_id, 'email', greatest(now(), deliver_at)
+    FROM targets WHERE email AND %(email)s
+    ON CONFLICT (user_id, event_id, channel) WHERE redelivery_of IS NULL DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM feed), (SELECT count(*) FROM hooks) + (SELECT count(*) FROM mails)
+"""
+
+# Watchers of the given events. Uses events_pkey, then watchlists_entity_idx
+# (entity_type, entity_id, created_at) for the join and the created_at filter.
+_EVENTS_HEAD = """
+WITH ev AS (
+    SELECT id, event, entity_type, entity_id, detail, deliver_at
+    FROM notifier.events
+    WHERE id = ANY(%(ids)s) AND fanned_out_at IS NULL AND cancelled_at IS NULL
+),
+recipients AS (
+    SELECT w.user_id, ev.id AS event_id, ev.event, ev.deliver_at
+    FROM ev
+    JOIN notifier.watchlists w
+      ON w.entity_type = ev.entity_type AND w.entity_id = ev.entity_id
+     AND w.created_at < %(before)s
+    WHERE ev.event <> 'release_count_threshold'
+       OR (w.options ? 'threshold' AND w.options -> 'threshold' = ev.detail -> 'threshold')
+       OR (NOT w.options ? 'threshold' AND %(milestones)s::jsonb @> (ev.detail -> 'threshold'))
+)"""
+FAN_OUT_EVENTS = _EVENTS_HEAD + _TAIL  # constants only, no input
+
+# Explicit recipients (/internal/events). Uses events_pkey.
+_USERS_HEAD = """
+WITH ev AS (
+    SELECT id, event, deliver_at FROM notifier.events
+    WHERE id = %(id)s AND fanned_out_at IS NULL AND cancelled_at IS NULL
+),
+recipients AS (
+    SELECT DISTINCT u.user_id, ev.id AS event_id, ev.event, ev.deliver_at
+    FROM ev CROSS JOIN unnest(%(users)s::uuid[]) AS u (user_id)
+)"""
+FAN_OUT_TO_USERS = _USERS_HEAD + _TAIL  # constants only, no input
+
+# Uses events_pkey.
+MARK_FANNED_OUT = """
+UPDATE notifier.events SET fanned_out_at = now()
+WHERE id = ANY(%(ids)s) AND fanned_out_at IS NULL AND cancelled_at IS NULL
+RETURNING id
+"""
+
+ANNOUNCE = """
+SELECT pg_notify(%(channel)s, jsonb_build_object('event_id', id)::text)
+FROM unnest(%(ids)s::uuid[]) AS id
+"""
+
+# The scheduler's claim: due, not yet fanned out, not cancelled (events_unfanned_idx).
+CLAIM_DUE = """
+SELECT id, recipients FROM notifier.events
+WHERE fanned_out_at IS NULL AND cancelled_at IS NULL AND deliver_at <= now()
+ORDER BY deliver_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+_MILESTONES_JSON = msgspec.json.encode(list(THRESHOLD_MILESTONES)).decode()
+
+
+async def _finish(conn: AsyncConnection[Any], ids: list[uuid.UUID], feed_rows: int) -> None:
+    marked = await conn.execute(MARK_FANNED_OUT, {"ids": ids})
+    done = [row[0] for row in await marked.fetchall()]
+    if done and feed_rows:
+        await conn.execute(ANNOUNCE, {"channel": FEED_CHANNEL, "ids": done})
+
+
+def _result(row: object) -> FanoutResult:
+    if not isinstance(row, tuple):
+        return FanoutResult()
+    return FanoutResult(int(row[0]), int(row[1]))
+
+
+async def fan_out_events(
+    conn: AsyncConnection[Any],
+    event_ids: list[uuid.UUID],
+    *,
+    watches_before: datetime,
+    email: bool = False,
+) -> FanoutResult:
+    """Write feed and outbox rows for the watchers of `event_ids`.
+
+    Only watches created before `watches_before` (the cycle's start) count.
+    Events already fanned out or cancelled are left alone. Run it inside the
+    transaction that inserted the events.
+    """
+    if not event_ids:
+        return FanoutResult()
+    params = {
+        "ids": event_ids,
+        "before": watches_before,
+        "milestones": _MILESTONES_JSON,
+        "email": email,
+    }
+    cur = await conn.execute(FAN_OUT_EVENTS, params)
+    result = _result(await cur.fetchone())
+    await _finish(conn, event_ids, result.feed_rows)
+    return result
+
+
+async def fan_out_to_users(
+    conn: AsyncConnection[Any],
+    event_id: uuid.UUID,
+    user_ids: list[uuid.UUID],
+    *,
+    email: bool = False,
+) -> FanoutResult:
+    """Write feed and outbox rows of one event for the given users (deduplicated)."""
+    cur = await conn.execute(FAN_OUT_TO_USERS, {"id": event_id, "users": user_ids, "email": email})
+    result = _result(await cur.fetchone())
+    await _finish(conn, [event_id], result.feed_rows)
+    return result
+
+
+async def fan_out_due(conn: AsyncConnection[Any], limit: int = 100, *, email: bool = False) -> int:
+    """Fan out scheduled events whose `deliver_at` has come; return how many.
+
+    Claims them with FOR UPDATE SKIP LOCKED, so several replicas can run it at
+    once. Run it in a transaction (`async with conn.transaction():`).
+    """
+    cur = await conn.execute(CLAIM_DUE, {"limit": limit})
+    rows = await cur.fetchall()
+    for row in rows:
+        event_id, recipients = row[0], row[1]
+        if recipients is None:  # not addressed to anyone: nothing to write
+            await _finish(conn, [event_id], 0)
+            continue
+        await fan_out_to_users(conn, event_id, list(recipients), email=email)
+    return len(rows)

@@ -1,0 +1,240 @@
+"""Fan-out: set-based feed and outbox rows, preferences, thresholds, idempotence."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import AsyncConnection
+
+from notifier import fanout
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+async def conn(pg_url: str) -> AsyncIterator[AsyncConnection[Any]]:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as c:
+        yield c
+
+
+async def _watch(
+    conn: AsyncConnection[Any],
+    user: uuid.UUID,
+    entity_type: str,
+    entity_id: str,
+    *,
+    created_at: datetime = NOW - timedelta(days=1),
+    options: str = "{}",
+) -> None:
+    await conn.execute(
+        "INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, options, created_at) "
+        "VALUES (%s, %s, %s, %s::jsonb, %s)",
+        (user, entity_type, entity_id, options, created_at),
+    )
+
+
+async def _event(
+    conn: AsyncConnection[Any],
+    event: str,
+    entity_type: str | None,
+    entity_id: str | None,
+    detail: str = "{}",
+    *,
+    source: str = "router",
+    deliver_at: datetime | None = None,
+    recipients: list[uuid.UUID] | None = None,
+) -> uuid.UUID:
+    cur = await conn.execute(
+        "INSERT INTO notifier.events (dedup_key, source, version, event, entity_type, entity_id, "
+        "detail, deliver_at, recipients) "
+        "VALUES (%s, %s, '20260201', %s, %s, %s, %s::jsonb, coalesce(%s, now()), %s) RETURNING id",
+        (uuid.uuid4().hex, source, event, entity_type, entity_id, detail, deliver_at, recipients),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+async def _webhook(conn: AsyncConnection[Any], user: uuid.UUID, *, active: bool = True) -> None:
+    await conn.execute(
+        "INSERT INTO notifier.webhook_configs (user_id, url, secret, active) "
+        "VALUES (%s, 'https://example.org/hook', 'whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0', %s)",
+        (user, active),
+    )
+
+
+async def _rows(conn: AsyncConnection[Any], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(sql, args)
+    return await cur.fetchall()
+
+
+async def test_watchers_get_feed_and_outbox_rows(conn: AsyncConnection[Any]) -> None:
+    a, b, c, late = (uuid.uuid4() for _ in range(4))
+    for user in (a, b, c):
+        await _watch(conn, user, "artist", "1")
+    await _watch(conn, late, "artist", "1", created_at=NOW + timedelta(seconds=1))
+    await _watch(conn, c, "artist", "2")
+    await _webhook(conn, a)
+    await _webhook(conn, b, active=False)
+    ev = await _event(conn, "new_releases", "artist", "1", '{"new_release_count": 1}')
+
+    async with conn.transaction():
+        result = await fanout.fan_out_events(conn, [ev], watches_before=NOW)
+    assert result == fanout.FanoutResult(feed_rows=3, outbox_rows=1)
+    feed = await _rows(
+        conn, "SELECT user_id FROM notifier.notification_events WHERE event_id = %s", ev
+    )
+    assert {r[0] for r in feed} == {a, b, c}
+    outbox = await _rows(conn, "SELECT user_id, channel, status FROM notifier.outbox")
+    assert outbox == [(a, "webhook", "pending")]
+    counters = dict(await _rows(conn, "SELECT user_id, unread FROM notifier.unread_counters"))
+    assert counters == {a: 1, b: 1, c: 1}
+    fanned = await _rows(conn, "SELECT fanned_out_at IS NOT NULL FROM notifier.events")
+    assert fanned == [(True,)]
+
+    # A second run (a crashed router's unit claimed again) writes nothing.
+    async with conn.transaction():
+        again = await fanout.fan_out_events(conn, [ev], watches_before=NOW)
+    assert again == fanout.FanoutResult()
+    counters = dict(await _rows(conn, "SELECT user_id, unread FROM notifier.unread_counters"))
+    assert counters == {a: 1, b: 1, c: 1}
+
+
+async def test_preferences_pick_channels(conn: AsyncConnection[Any]) -> None:
+    no_feed, no_hook, mail = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for user in (no_feed, no_hook, mail):
+        await _watch(conn, user, "label", "9")
+        await _webhook(conn, user)
+    await conn.execute(
+        "INSERT INTO notifier.preferences (user_id, event, feed, webhook, email) VALUES "
+        "(%s, 'new_releases', false, true, false), (%s, 'new_releases', true, false, false), "
+        "(%s, 'new_releases', true, true, true), (%s, 'new_aliases', false, false, false)",
+        (no_feed, no_hook, mail, mail),
+    )
+    ev = await _event(conn, "new_releases", "label", "9")
+    async with conn.transaction():
+        result = await fanout.fan_out_events(conn, [ev], watches_before=NOW, email=True)
+    assert result == fanout.FanoutResult(feed_rows=2, outbox_rows=3)
+    feed = await _rows(conn, "SELECT user_id FROM notifier.notification_events")
+    assert {r[0] for r in feed} == {no_hook, mail}
+    outbox = await _rows(conn, "SELECT user_id, channel FROM notifier.outbox ORDER BY channel")
+    assert sorted(outbox) == sorted([(no_feed, "webhook"), (mail, "webhook"), (mail, "email")])
+
+
+async def test_email_rows_only_when_the_channel_is_on(conn: AsyncConnection[Any]) -> None:
+    user = uuid.uuid4()
+    await _watch(conn, user, "artist", "5")
+    await conn.execute(
+        "INSERT INTO notifier.preferences (user_id, event, email) VALUES (%s, 'new_members', true)",
+        (user,),
+    )
+    ev = await _event(conn, "new_members", "artist", "5")
+    async with conn.transaction():
+        result = await fanout.fan_out_events(conn, [ev], watches_before=NOW)
+    assert result == fanout.FanoutResult(feed_rows=1, outbox_rows=0)
+
+
+async def test_thresholds_follow_the_watch(conn: AsyncConnection[Any]) -> None:
+    own_250, own_1000, milestones = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await _watch(conn, own_250, "genre", "Jazz", options='{"threshold": 250}')
+    await _watch(conn, own_1000, "genre", "Jazz", options='{"threshold": 1000}')
+    await _watch(conn, milestones, "genre", "Jazz")
+    crossing = '{"threshold": %d, "previous_count": 240, "release_count": 1200}'
+    crossed_250 = await _event(conn, "release_count_threshold", "genre", "Jazz", crossing % 250)
+    crossed_1000 = await _event(conn, "release_count_threshold", "genre", "Jazz", crossing % 1000)
+    notable = await _event(conn, "notable_releases", "genre", "Jazz", '{"release_ids": ["1"]}')
+    async with conn.transaction():
+        await fanout.fan_out_events(conn, [crossed_250, crossed_1000, notable], watches_before=NOW)
+    got = await _rows(conn, "SELECT user_id, event_id FROM notifier.notification_events")
+    assert sorted(got) == sorted(
+        [
+            (own_250, crossed_250),
+            (own_1000, crossed_1000),
+            (milestones, crossed_1000),  # 1000 is a milestone
+            (own_250, notable),
+            (own_1000, notable),
+            (milestones, notable),
+        ]
+    )
+
+
+async def test_cancelled_and_empty(conn: AsyncConnection[Any]) -> None:
+    user = uuid.uuid4()
+    await _watch(conn, user, "style", "Dub")
+    ev = await _event(conn, "notable_releases", "style", "Dub")
+    await conn.execute("UPDATE notifier.events SET cancelled_at = now()")
+    assert await fanout.fan_out_events(conn, [ev], watches_before=NOW) == fanout.FanoutResult()
+    assert await fanout.fan_out_events(conn, [], watches_before=NOW) == fanout.FanoutResult()
+    assert await _rows(conn, "SELECT count(*) FROM notifier.notification_events") == [(0,)]
+
+
+async def test_explicit_users_are_deduplicated(conn: AsyncConnection[Any]) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await _webhook(conn, b)
+    ev = await _event(conn, "maintenance", None, None, source="internal")
+    async with conn.transaction():
+        result = await fanout.fan_out_to_users(conn, ev, [a, b, a])
+    assert result == fanout.FanoutResult(feed_rows=2, outbox_rows=1)
+    async with conn.transaction():
+        assert await fanout.fan_out_to_users(conn, ev, [a, b]) == fanout.FanoutResult()
+
+
+async def test_scheduled_events_wait_until_due(conn: AsyncConnection[Any]) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    due = await _event(conn, "x", None, None, source="internal", recipients=[a, b],
+                       deliver_at=NOW - timedelta(seconds=1))  # fmt: skip
+    later = await _event(conn, "x", None, None, source="internal", recipients=[a],
+                         deliver_at=NOW + timedelta(hours=1))  # fmt: skip
+    cancelled = await _event(conn, "x", None, None, source="internal", recipients=[a],
+                             deliver_at=NOW - timedelta(seconds=1))  # fmt: skip
+    nobody = await _event(conn, "x", None, None, source="internal",
+                          deliver_at=NOW - timedelta(seconds=1))  # fmt: skip
+    await conn.execute(
+        "UPDATE notifier.events SET cancelled_at = now() WHERE id = %s", (cancelled,)
+    )
+    async with conn.transaction():
+        assert await fanout.fan_out_due(conn) == 2
+    feed = await _rows(conn, "SELECT user_id, event_id FROM notifier.notification_events")
+    assert sorted(feed) == sorted([(a, due), (b, due)])
+    state = dict(await _rows(conn, "SELECT id, fanned_out_at IS NOT NULL FROM notifier.events"))
+    assert state == {due: True, later: False, cancelled: False, nobody: True}
+    async with conn.transaction():
+        assert await fanout.fan_out_due(conn) == 0
+
+
+async def test_feed_is_announced_at_commit(pg_url: str, conn: AsyncConnection[Any]) -> None:
+    user = uuid.uuid4()
+    await _watch(conn, user, "artist", "77")
+    ev = await _event(conn, "new_releases", "artist", "77")
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as listener:
+        await listener.execute(f"LISTEN {fanout.FEED_CHANNEL}")
+        async with conn.transaction():
+            await fanout.fan_out_events(conn, [ev], watches_before=NOW)
+
+        async def first() -> str:
+            async for note in listener.notifies():
+                return note.payload
+            raise AssertionError("no notification")
+
+        payload = await asyncio.wait_for(first(), timeout=10)
+    assert json.loads(payload) == {"event_id": str(ev)}
+
+
+async def test_many_watchers_in_one_statement(conn: AsyncConnection[Any]) -> None:
+    await conn.execute(
+        "INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, created_at) "
+        "SELECT gen_random_uuid(), 'artist', '1', now() - interval '1 day' "
+        "FROM generate_series(1, 5000)"
+    )
+    ev = await _event(conn, "new_releases", "artist", "1")
+    async with conn.transaction():
+        result = await fanout.fan_out_events(conn, [ev], watches_before=NOW)
+    assert result.feed_rows == 5000
+    assert await _rows(conn, "SELECT sum(unread) FROM notifier.unread_counters") == [(5000,)]
