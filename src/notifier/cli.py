@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
-from notifier import config, db, logs
+from notifier import client, config, db, logs
 
 log = logging.getLogger("notifier.cli")
 
@@ -35,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply sql/ migrations (idempotent, safe in parallel)")
     for name, (_, help_text) in ROLES.items():
         sub.add_parser(name, help=help_text)
+    client.add_commands(sub)
     return p
 
 
@@ -61,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse arguments, load settings, run the role; return the exit code."""
     args = parser().parse_args(argv)
     command: str = args.command
+    if command in ("feed", "watch"):
+        return client.run(args)
     run = None if command == "migrate" else _role(command)
     if command != "migrate" and run is None:
         print(f"notifier {command}: not built yet", file=sys.stderr)
