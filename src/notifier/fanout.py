@@ -66,7 +66,7 @@ _TAIL = """
 ),
 feed AS (
     INSERT INTO notifier.notification_events (user_id, event_id)
-    SELECT user_id, event_id FROM targets WHERE feed
+    SELECT user_id, event_id FROM targets WHERE feed ORDER BY user_id, event_id
     ON CONFLICT (user_id, event_id) DO NOTHING
     RETURNING user_id
 ),

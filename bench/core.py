@@ -1,0 +1,90 @@
+"""The benchmark harness: figures, the result table, and the services they run on."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+from notifier import db, services
+
+SCALES: dict[str, dict[str, int]] = {
+    # tiny: the smoke test; small: under 2 minutes; full: the issue's figures.
+    "tiny": {"fanout_rows": 2_000, "feed_rows": 5_000, "outbox_rows": 2_000},
+    "small": {"fanout_rows": 100_000, "feed_rows": 200_000, "outbox_rows": 50_000},
+    "full": {"fanout_rows": 1_000_000, "feed_rows": 1_000_000, "outbox_rows": 200_000},
+}
+
+
+@dataclass
+class Figure:
+    """One row of the result table."""
+
+    name: str
+    ours: float
+    unit: str
+    peer: float | None = None
+    peer_name: str = ""
+    target: str = ""
+    passed: bool | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        """ours / peer (higher is better for rates; the figure says which)."""
+        if self.peer is None or self.peer == 0:
+            return None
+        return self.ours / self.peer
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with the ratio."""
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def table(figures: list[Figure]) -> str:
+    """The figures as a Markdown table (also readable in a terminal)."""
+    head = "| figure | ours | ceiling or peer | ratio | target | result |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for f in figures:
+        peer = f"{f.peer:,.1f} {f.unit} ({f.peer_name})" if f.peer is not None else "—"
+        ratio = f"{f.ratio:.2f}x" if f.ratio is not None else "—"
+        result = {True: "pass", False: "FAIL", None: "—"}[f.passed]
+        ours = f"{f.ours:,.1f} {f.unit}"
+        lines.append(f"| {f.name} | {ours} | {peer} | {ratio} | {f.target} | {result} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Context:
+    """What every figure gets: the scale and the running services."""
+
+    scale: str
+    sizes: dict[str, int]
+    pg: services.PostgresService
+    stack: contextlib.ExitStack
+
+    def fresh_database(self) -> str:
+        """A new migrated database; returns its URL."""
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(self.pg.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = self.pg.url(name)
+        db.migrate(url)
+        return url
+
+
+FigureFn = Callable[[Context], Awaitable[Figure]]
+
+
+@contextlib.contextmanager
+def timer() -> Iterator[Callable[[], float]]:
+    """Elapsed seconds since entering, readable inside and after the block."""
+    start = time.perf_counter()
+    end: list[float] = []
+    yield lambda: (end[0] if end else time.perf_counter()) - start
+    end.append(time.perf_counter())
