@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["migrate", "api", "router", "delivery", "all", "dev"]
 
@@ -66,6 +66,10 @@ class Settings:
     smtp_from: str | None
     log_level: str
     replica: str
+    # API (issue 5): per-user rate limit (requests/minute, 0 = off; burst) and pool size.
+    api_rate_limit_per_minute: int = 600
+    api_rate_limit_burst: int = 120
+    api_pool_size: int = 10
 
     @property
     def postgres_conninfo(self) -> str:
@@ -201,6 +205,8 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         smtp_from=r.optional("NOTIFIER_SMTP_FROM"),
         log_level=log_level,
         replica=r.text("NOTIFIER_REPLICA", socket.gethostname()),
+        # API (issue 5).
+        **_api_settings(r),
     )
     _require(settings, role)
     return settings
@@ -218,3 +224,27 @@ def _require(s: Settings, role: str) -> None:
         raise ConfigError("JWT_SECRET_KEY: required by the API (or JWT_SECRET_KEY_FILE)")
     if s.smtp_host and not s.smtp_from:
         raise ConfigError("NOTIFIER_SMTP_FROM: required when NOTIFIER_SMTP_HOST is set")
+
+
+# API (issue 5): the NOTIFIER_API_* settings.
+def _api_settings(r: _Reader) -> dict[str, Any]:
+    """The API's rate limit and pool size, validated."""
+
+    def count(name: str, default: int, low: int, high: int) -> int:
+        value = r.raw(name)
+        if value is None or value.strip() == "":
+            return default
+        problem = f"{name}: expected a whole number {low}-{high}, got {value!r}"
+        try:
+            parsed = int(value.strip(), 10)
+        except ValueError:
+            raise ConfigError(problem) from None
+        if not low <= parsed <= high:
+            raise ConfigError(problem)
+        return parsed
+
+    return {
+        "api_rate_limit_per_minute": count("NOTIFIER_API_RATE_LIMIT", 600, 0, 10_000_000),
+        "api_rate_limit_burst": count("NOTIFIER_API_RATE_BURST", 120, 1, 10_000_000),
+        "api_pool_size": count("NOTIFIER_API_POOL_SIZE", 10, 1, 1_000),
+    }

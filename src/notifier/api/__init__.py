@@ -1,0 +1,1 @@
+"""The HTTP API (contract §5): Starlette + msgspec + psycopg_pool."""

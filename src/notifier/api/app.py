@@ -1,0 +1,148 @@
+"""The API application (`create_app`) and the `notifier api` role (`main`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+from types import FrameType
+from typing import Any
+
+import msgspec
+import psycopg
+import uvicorn
+from neo4j import AsyncGraphDatabase
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from notifier.api import errors, feed, health, internal, openapi, preferences, sse, watchlist
+from notifier.api import webhook as webhook_routes
+from notifier.api.context import Context
+from notifier.api.metrics import Metrics, MetricsMiddleware
+from notifier.api.ratelimit import RateLimiter
+from notifier.api.routing import Endpoint, routes
+from notifier.config import Settings
+
+log = logging.getLogger(__name__)
+
+POOL_TIMEOUT_SECONDS = 5.0
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def _version() -> str:
+    try:
+        return version("notifier")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0"
+
+
+def endpoints() -> list[Endpoint]:
+    """Every endpoint, fixed paths before the `{id}` ones that could shadow them."""
+    return [
+        *sse.ENDPOINTS,
+        *feed.ENDPOINTS,
+        *watchlist.ENDPOINTS,
+        *preferences.ENDPOINTS,
+        *webhook_routes.ENDPOINTS,
+        *internal.ENDPOINTS,
+        *health.ENDPOINTS,
+    ]
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable", extra={"error": type(exc).__name__,
+                                               "path": request.url.path})  # fmt: skip
+    return errors.envelope(503, "database_unavailable", "the database is unavailable; try again",
+                           headers={"Retry-After": "5"})  # fmt: skip
+
+
+def create_app(settings: Settings, *, heartbeat_seconds: float = 15.0) -> Starlette:
+    """The Starlette app; its lifespan opens the pool, the graph driver and the SSE hub."""
+    eps = endpoints()
+    metrics = Metrics()
+    doc = msgspec.json.encode(openapi.document(eps, version=_version()))
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(doc, media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Not db.pool(): the API wants a short checkout timeout, so a request
+        # during a database outage answers 503 quickly instead of hanging.
+        pool = AsyncConnectionPool(
+            settings.postgres_conninfo, min_size=1, max_size=settings.api_pool_size,
+            open=False, kwargs={"autocommit": True}, timeout=POOL_TIMEOUT_SECONDS,
+        )  # fmt: skip
+        await pool.open(wait=False)
+        graph = AsyncGraphDatabase.driver(
+            settings.neo4j_uri, auth=(settings.neo4j_username, settings.neo4j_password)
+        )
+        hub = sse.Hub(settings.postgres_conninfo, pool)
+        listener = asyncio.create_task(hub.run(), name="sse-listener")
+        app.state.ctx = Context(
+            settings=settings, pool=pool, graph=graph, hub=hub,
+            limiter=RateLimiter(settings.api_rate_limit_per_minute, settings.api_rate_limit_burst),
+            metrics=metrics,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            hub.close()
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            await pool.close()
+            await graph.close()
+
+    from starlette.routing import Route
+
+    app = Starlette(
+        routes=[*routes(eps), Route("/openapi.json", openapi_json, methods=["GET"])],
+        exception_handlers={
+            **errors.handlers(),
+            psycopg.OperationalError: _database_down,
+            PoolTimeout: _database_down,
+        },
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
+        lifespan=lifespan,
+    )
+    app.state.heartbeat_seconds = heartbeat_seconds
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, ending open SSE streams as soon as a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        """Remember the loop the signal handler must reach."""
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Close the streams (they would hold the graceful shutdown), then stop."""
+        ctx: Context | None = getattr(self.app.state, "ctx", None)
+        if ctx is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(ctx.hub.close)
+        super().handle_exit(sig, frame)
+
+
+def main(settings: Settings) -> int:
+    """`notifier api`: serve the API on NOTIFIER_PORT until SIGTERM/SIGINT."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="0.0.0.0", port=settings.port, log_config=None, access_log=False,  # noqa: S104
+        lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )  # fmt: skip
+    server = _Server(config, app)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,123 @@
+"""`/openapi.json`, generated from the endpoints and their msgspec structs.
+
+Component schemas come from `msgspec.json.schema_components`, so the document
+always matches what the handlers decode and encode. OpenAPI 3.1 uses JSON
+Schema 2020-12, which is what msgspec emits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from notifier.api.errors import ErrorEnvelope
+from notifier.api.routing import Endpoint
+
+REF = "#/components/schemas/{name}"
+MAX_BIGINT = 2**63 - 1
+
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "integer": {"type": "integer", "minimum": 0, "maximum": MAX_BIGINT},
+    "uuid": {"type": "string", "format": "uuid"},
+}
+_STATUS_TEXT = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad request",
+    401: "Missing or invalid credentials", 404: "Not found", 405: "Method not allowed",
+    409: "Conflict", 413: "Body too large", 422: "Invalid input", 429: "Too many requests",
+    503: "A dependency is unavailable",
+}  # fmt: skip
+
+
+def _query_parameters(query: Any) -> list[dict[str, Any]]:
+    (ref,), components = msgspec.json.schema_components([query], ref_template=REF)
+    definition = components[ref["$ref"].rsplit("/", 1)[1]]
+    required = set(definition.get("required", ()))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": schema}
+        for name, schema in definition["properties"].items()
+    ]
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(e: Endpoint, schema_of: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    error = schema_of[ErrorEnvelope]
+    responses: dict[str, Any] = {}
+    for status in (e.status, *e.also):
+        answer: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "OK")}
+        if status != 204:
+            if e.response is not None:
+                answer["content"] = _json(schema_of[e.response])
+            else:
+                answer["content"] = {e.media_type: {"schema": {"type": "string"}}}
+        responses[str(status)] = answer
+    errors = set(e.errors)
+    if e.auth != "none":
+        errors |= {401, 429} if e.auth == "user" else {401, 404}
+    if e.body is not None:
+        errors |= {400, 413, 422}
+    for status in sorted(errors):
+        responses[str(status)] = {"description": _STATUS_TEXT[status], "content": _json(error)}
+    op: dict[str, Any] = {
+        "operationId": f"{e.method.lower()}_{e.handler.__name__}",
+        "summary": e.summary,
+        "tags": [e.tag],
+        "responses": responses,
+    }
+    if e.description:
+        op["description"] = e.description
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS[kind]}
+        for name, kind in e.path_params.items()
+    ]
+    if e.query is not None:
+        params += _query_parameters(e.query)
+    if params:
+        op["parameters"] = params
+    if e.body is not None:
+        op["requestBody"] = {"required": True, "content": _json(schema_of[e.body])}
+    if e.auth == "user":
+        op["security"] = [{"bearerAuth": []}]
+    elif e.auth == "service":
+        op["security"] = [{"serviceToken": []}]
+    else:
+        op["security"] = []
+    return op
+
+
+def document(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `endpoints`."""
+    types: list[Any] = [ErrorEnvelope]
+    for e in endpoints:
+        for t in (e.body, e.response):
+            if t is not None and t not in types:
+                types.append(t)
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF)
+    schema_of = dict(zip(types, schemas, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    for e in endpoints:
+        paths.setdefault(e.path, {})[e.method.lower()] = _operation(e, schema_of)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Discogsography Notifier",
+            "version": version,
+            "description": "Watch artists, labels, genres, styles and searches; get told what "
+            "each monthly import changed, in a feed, over SSE and through signed webhooks. "
+            'Errors: `{"error": {"code", "message", "details"?}}`. Limits: request '
+            "bodies 64 KiB on /api (1 MiB on /internal); a per-user rate limit answers 429 "
+            "with Retry-After.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "serviceToken": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }

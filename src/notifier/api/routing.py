@@ -1,0 +1,53 @@
+"""Endpoints: a handler plus what `/openapi.json` says about it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One method on one path, with its request and response types."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    status: int = 200
+    response: Any = None
+    body: Any = None
+    query: Any = None
+    path_params: dict[str, Literal["integer", "uuid"]] = field(default_factory=dict)
+    auth: Literal["user", "service", "none"] = "user"
+    errors: tuple[int, ...] = ()
+    also: tuple[int, ...] = ()  # other statuses answering the same `response` type
+    media_type: str = "application/json"
+    description: str = ""
+
+
+def routes(endpoints: Iterable[Endpoint]) -> list[Route]:
+    """Starlette routes, in the given order (fixed paths before `{id}` ones)."""
+    return [Route(e.path, e.handler, methods=[e.method]) for e in endpoints]
+
+
+def respond(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response encoded by msgspec."""
+    return Response(
+        msgspec.json.encode(value), status_code=status, media_type="application/json",
+        headers=headers,
+    )  # fmt: skip
+
+
+def no_content() -> Response:
+    """204."""
+    return Response(status_code=204)

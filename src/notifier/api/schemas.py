@@ -1,0 +1,296 @@
+"""msgspec structs for every request and response of the HTTP API (contract §5).
+
+These are the single source of truth: handlers decode and encode with them,
+and `/openapi.json` is generated from them (see `openapi.py`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+# ------------------------------------------------------------------ shared
+
+Limit = Annotated[int, Meta(ge=1, le=100, description="Page size, 1-100.")]
+Cursor = Annotated[
+    str,
+    Meta(max_length=512, description="Opaque cursor from the previous page's `next_cursor`."),
+]
+EventName = Annotated[
+    str,
+    Meta(
+        pattern="^[a-z][a-z0-9_.]{0,63}$",
+        description="An event type, e.g. `new_releases`.",
+    ),
+]
+ShortText = Annotated[str, Meta(min_length=1, max_length=200)]
+Year = Annotated[int, Meta(ge=1000, le=9999)]
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+
+WatchEntityType = Literal["artist", "label", "genre", "style", "search"]
+OutboxStatus = Literal["pending", "delivered", "dead", "paused", "cancelled"]
+
+
+class Status(msgspec.Struct):
+    """`{"status": "ok"}`."""
+
+    status: str
+
+
+# ------------------------------------------------------------------ feed
+
+
+class Notification(msgspec.Struct):
+    """One entry of the user's feed."""
+
+    id: int
+    event: str
+    entity_type: str | None
+    entity_id: str | None
+    entity_name: str | None
+    detail: Annotated[msgspec.Raw, Meta(description="The event's detail object (contract §6).")]
+    version: str | None
+    created_at: datetime
+    read_at: datetime | None
+
+
+class NotificationPage(msgspec.Struct):
+    """A page of the feed, newest first."""
+
+    items: list[Notification]
+    next_cursor: str | None
+
+
+class FeedQuery(msgspec.Struct, forbid_unknown_fields=False):
+    """Query of `GET /api/notifications`."""
+
+    limit: Limit = 20
+    cursor: Cursor | None = None
+    unread: bool = False
+
+
+class UnreadCount(msgspec.Struct):
+    """`{"count": n}`."""
+
+    count: int
+
+
+class ReadAll(msgspec.Struct):
+    """Answer of `POST /api/notifications/read-all`."""
+
+    status: str
+    marked: int
+
+
+# ------------------------------------------------------------------ watchlist
+
+
+class SearchOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The `options` of a search watch: at least one field must be set."""
+
+    q: ShortText | None = None
+    entity_type: Literal["release", "master", "artist", "label"] | None = None
+    genre: ShortText | None = None
+    style: ShortText | None = None
+    label: ShortText | None = None
+    artist: ShortText | None = None
+    format: ShortText | None = None
+    year_from: Year | None = None
+    year_to: Year | None = None
+
+
+class ThresholdOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The `options` of a genre or style watch."""
+
+    threshold: Annotated[int, Meta(ge=1, le=1_000_000_000)] | None = None
+
+
+class WatchCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/watchlist`.
+
+    `options` is `SearchOptions` for a search watch (then `entity_id` is
+    ignored and set by the server), `ThresholdOptions` for a genre or style,
+    and empty for an artist or label.
+    """
+
+    entity_type: WatchEntityType
+    entity_id: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Watch(msgspec.Struct):
+    """One watched entity."""
+
+    id: uuid.UUID
+    entity_type: str
+    entity_id: str
+    entity_name: str | None
+    options: dict[str, Any]
+    created_at: datetime
+
+
+class WatchPage(msgspec.Struct):
+    """A page of the watchlist, newest first."""
+
+    items: list[Watch]
+    next_cursor: str | None
+
+
+class PageQuery(msgspec.Struct, forbid_unknown_fields=False):
+    """`limit` and `cursor`."""
+
+    limit: Limit = 20
+    cursor: Cursor | None = None
+
+
+# ------------------------------------------------------------------ preferences
+
+
+class ChannelPrefs(msgspec.Struct):
+    """Which channels an event goes to."""
+
+    feed: bool
+    webhook: bool
+    email: bool
+
+
+class ChannelPrefsPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A partial update: absent or null fields keep their value."""
+
+    feed: bool | None = None
+    webhook: bool | None = None
+    email: bool | None = None
+
+
+PreferencesMap = dict[EventName, ChannelPrefs]
+PreferencesPatch = Annotated[dict[EventName, ChannelPrefsPatch], Meta(max_length=64)]
+
+
+# ------------------------------------------------------------------ webhook
+
+
+class WebhookCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/webhook`."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+
+
+class WebhookWithSecret(msgspec.Struct):
+    """The webhook with its signing secret (only on creation and rotation)."""
+
+    id: uuid.UUID
+    url: str
+    secret: str
+    active: bool
+    created_at: datetime
+    previous_secret_expires_at: datetime | None = None
+
+
+class Webhook(msgspec.Struct):
+    """The webhook without its secret."""
+
+    id: uuid.UUID
+    url: str
+    active: bool
+    disabled_reason: str | None
+    disabled_at: datetime | None
+    failing_since: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PingAccepted(msgspec.Struct):
+    """Answer of `POST /api/webhook/test`."""
+
+    status: str
+    event_id: uuid.UUID
+    delivery_id: int
+
+
+class Attempt(msgspec.Struct):
+    """One delivery attempt."""
+
+    attempted_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+
+
+class Delivery(msgspec.Struct):
+    """One delivery (outbox row) with its attempts, oldest attempt first."""
+
+    id: int
+    event_id: uuid.UUID
+    event: str
+    channel: str
+    status: str
+    attempt_count: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    redelivery_of: int | None
+    created_at: datetime
+    delivered_at: datetime | None
+    attempts: list[Attempt]
+
+
+class DeliveryPage(msgspec.Struct):
+    """A page of deliveries, newest first."""
+
+    items: list[Delivery]
+    next_cursor: str | None
+
+
+class DeliveryQuery(msgspec.Struct, forbid_unknown_fields=False):
+    """Query of `GET /api/webhook/deliveries`."""
+
+    limit: Limit = 20
+    cursor: Cursor | None = None
+    status: OutboxStatus | None = None
+
+
+class RedeliverAccepted(msgspec.Struct):
+    """Answer of `POST /api/webhook/deliveries/{id}/redeliver`."""
+
+    status: str
+    id: int
+    redelivery_of: int
+    event_id: uuid.UUID
+
+
+# ------------------------------------------------------------------ internal
+
+
+class InternalEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /internal/events`."""
+
+    user_ids: Annotated[list[uuid.UUID], Meta(min_length=1, max_length=10_000)]
+    event: EventName
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=255)]
+    entity_type: Annotated[str, Meta(max_length=64)] | None = None
+    entity_id: Annotated[str, Meta(max_length=512)] | None = None
+    entity_name: Annotated[str, Meta(max_length=512)] | None = None
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+    deliver_at: AwareDatetime | None = None
+
+
+class InternalEventAccepted(msgspec.Struct):
+    """Answer of `POST /internal/events`."""
+
+    id: uuid.UUID
+    notifications: int
+    scheduled: bool
+    deliver_at: datetime
+
+
+# ------------------------------------------------------------------ operations
+
+
+class Health(msgspec.Struct):
+    """Answer of `GET /health`."""
+
+    status: str
+    checks: dict[str, str]

@@ -1,0 +1,287 @@
+"""The user's webhook: `/api/webhook…` (register, read, delete, rotate, test,
+deliveries, redeliver).
+
+One webhook per user. Registering again replaces the URL and the secret and
+re-enables a disabled webhook (its paused deliveries resume). The secret is
+shown only when created or rotated; after a rotation the previous secret
+keeps signing alongside the new one for `PREVIOUS_SECRET_HOURS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import uuid
+from typing import Any
+
+from psycopg.rows import dict_row
+from starlette.requests import Request
+from starlette.responses import Response
+
+from notifier import ssrf
+from notifier.api import auth, cursor, parsing
+from notifier.api.context import ctx
+from notifier.api.errors import ApiError, FieldError, not_found
+from notifier.api.routing import Endpoint, no_content, respond
+from notifier.api.schemas import (
+    Attempt,
+    Delivery,
+    DeliveryPage,
+    DeliveryQuery,
+    PingAccepted,
+    RedeliverAccepted,
+    Webhook,
+    WebhookCreate,
+    WebhookWithSecret,
+)
+
+CURSOR_KIND = "d"
+SECRET_BYTES = 32
+PREVIOUS_SECRET_HOURS = 24
+URL_CHECK_TIMEOUT_SECONDS = 10.0
+MAX_ATTEMPTS_SHOWN = 50
+
+# Index: webhook_configs_user_key (user_id) takes the conflict.
+UPSERT = """
+INSERT INTO notifier.webhook_configs (user_id, url, secret)
+VALUES (%(user)s, %(url)s, %(secret)s)
+ON CONFLICT (user_id) DO UPDATE SET
+    url = EXCLUDED.url, secret = EXCLUDED.secret,
+    previous_secret = NULL, previous_secret_expires_at = NULL,
+    active = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL,
+    updated_at = now()
+RETURNING id, url, secret, active, created_at, previous_secret_expires_at
+"""
+# Index: outbox_webhook_status_idx (webhook_id, status).
+RESUME_PAUSED = """
+UPDATE notifier.outbox SET status = 'pending', next_attempt_at = now(), updated_at = now()
+WHERE webhook_id = %s AND status = 'paused'
+"""
+# Index: webhook_configs_user_key (user_id).
+GET = """
+SELECT id, url, active, disabled_reason, disabled_at, failing_since, created_at, updated_at
+FROM notifier.webhook_configs WHERE user_id = %s
+"""
+# Index: outbox_webhook_status_idx: undelivered rows of a deleted webhook never go out.
+CANCEL_UNSENT = """
+UPDATE notifier.outbox SET status = 'cancelled', updated_at = now()
+WHERE webhook_id = %s AND status IN ('pending', 'paused')
+"""
+# Index: webhook_configs_user_key (user_id).
+DELETE = "DELETE FROM notifier.webhook_configs WHERE user_id = %s RETURNING id"
+LOCK = "SELECT id, active FROM notifier.webhook_configs WHERE user_id = %s FOR UPDATE"
+# Index: webhook_configs_user_key (user_id).
+ROTATE = f"""
+UPDATE notifier.webhook_configs SET
+    previous_secret = secret,
+    previous_secret_expires_at = now() + interval '{PREVIOUS_SECRET_HOURS} hours',
+    secret = %(secret)s, updated_at = now()
+WHERE user_id = %(user)s
+RETURNING id, url, secret, active, created_at, previous_secret_expires_at
+"""  # noqa: S608 - built from constants only, never from input
+# events_dedup_key (unique) holds the random ping key; the ping goes straight
+# to the outbox (it is no feed item), so it is fanned out at insert.
+INSERT_PING = """
+INSERT INTO notifier.events (dedup_key, source, event, detail, fanned_out_at, recipients,
+                             recipient_count)
+VALUES (%(key)s, 'ping', 'ping', '{}'::jsonb, now(), ARRAY[%(user)s]::uuid[], 1)
+RETURNING id
+"""
+INSERT_OUTBOX = """
+INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, redelivery_of)
+VALUES (%(user)s, %(event)s, 'webhook', %(webhook)s, %(redelivery_of)s)
+RETURNING id
+"""
+_DELIVERY_COLUMNS = """
+o.id, o.event_id, e.event, o.channel, o.status, o.attempts AS attempt_count,
+CASE WHEN o.status IN ('pending', 'paused') THEN o.next_attempt_at END AS next_attempt_at,
+o.last_error, o.redelivery_of, o.created_at, o.delivered_at
+"""
+# Index: outbox_user_id_idx (user_id, id DESC); events by primary key.
+DELIVERIES = f"""
+SELECT {_DELIVERY_COLUMNS}
+FROM notifier.outbox o JOIN notifier.events e ON e.id = o.event_id
+WHERE o.user_id = %(user)s AND o.id < %(before)s
+  AND (%(status)s::text IS NULL OR o.status = %(status)s::text)
+ORDER BY o.id DESC LIMIT %(limit)s
+"""  # noqa: S608 - built from constants only, never from input
+# Index: delivery_attempts_outbox_idx (outbox_id, id).
+ATTEMPTS = """
+SELECT outbox_id, attempted_at, duration_ms, status_code, error FROM (
+    SELECT a.*, row_number() OVER (PARTITION BY outbox_id ORDER BY id DESC) AS rn
+    FROM notifier.delivery_attempts a WHERE outbox_id = ANY(%(ids)s) AND user_id = %(user)s
+) latest
+WHERE rn <= %(max)s ORDER BY outbox_id, attempted_at
+"""
+# Index: outbox primary key, then the user check.
+ORIGINAL = """
+SELECT event_id, channel FROM notifier.outbox WHERE id = %(id)s AND user_id = %(user)s
+"""
+
+
+def new_secret() -> str:
+    """`whsec_` + base64 of 32 random bytes (Standard Webhooks format)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
+
+
+async def check_url(url: str, allow_private: bool) -> None:
+    """The SSRF guard (DNS in a thread); a 422 naming the reason when refused."""
+    try:
+        await asyncio.wait_for(
+            asyncio.to_thread(ssrf.check_url, url, allow_private=allow_private),
+            URL_CHECK_TIMEOUT_SECONDS,
+        )
+    except ssrf.UnsafeURL as exc:
+        reason = str(exc)
+    except TimeoutError:
+        reason = "the host did not resolve in time"
+    else:
+        return
+    raise ApiError(
+        422, f"unusable webhook URL: {reason}", code="invalid_url",
+        details=[FieldError(location="body", field="url", message=reason)],
+    )  # fmt: skip
+
+
+async def register(request: Request) -> Response:
+    """POST /api/webhook: 201 with the secret."""
+    who = await auth.user(request)
+    body = await parsing.json_body(request, WebhookCreate)
+    c = ctx(request)
+    url = body.url.strip()
+    await check_url(url, c.settings.webhook_allow_private)
+    async with c.pool.connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(UPSERT, {"user": who.id, "url": url, "secret": new_secret()})
+        row = await cur.fetchone()
+        assert row is not None
+        await conn.execute(RESUME_PAUSED, (row["id"],))
+    return respond(WebhookWithSecret(**row), 201)
+
+
+async def get_webhook(request: Request) -> Response:
+    """GET /api/webhook: no secret, with `disabled_reason`."""
+    who = await auth.user(request)
+    async with ctx(request).pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(GET, (who.id,))
+        row = await cur.fetchone()
+    if row is None:
+        raise not_found("webhook")
+    return respond(Webhook(**row))
+
+
+async def delete_webhook(request: Request) -> Response:
+    """DELETE /api/webhook: undelivered deliveries are cancelled."""
+    who = await auth.user(request)
+    async with ctx(request).pool.connection() as conn, conn.transaction():
+        row = await (await conn.execute(LOCK, (who.id,))).fetchone()
+        if row is None:
+            raise not_found("webhook")
+        await conn.execute(CANCEL_UNSENT, (row[0],))
+        await conn.execute(DELETE, (who.id,))
+    return no_content()
+
+
+async def rotate_secret(request: Request) -> Response:
+    """POST /api/webhook/rotate-secret: 200 with the new secret."""
+    who = await auth.user(request)
+    async with ctx(request).pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(ROTATE, {"user": who.id, "secret": new_secret()})
+        row = await cur.fetchone()
+    if row is None:
+        raise not_found("webhook")
+    return respond(WebhookWithSecret(**row))
+
+
+async def test_ping(request: Request) -> Response:
+    """POST /api/webhook/test: a `ping` event through the normal outbox."""
+    who = await auth.user(request)
+    async with ctx(request).pool.connection() as conn, conn.transaction():
+        hook = await (await conn.execute(LOCK, (who.id,))).fetchone()
+        if hook is None:
+            raise not_found("webhook")
+        if not hook[1]:
+            raise ApiError(
+                409, "the webhook is disabled; register it again", code="webhook_disabled"
+            )
+        key = f"ping:{who.id}:{uuid.uuid4()}"
+        event = await (await conn.execute(INSERT_PING, {"key": key, "user": who.id})).fetchone()
+        assert event is not None
+        params = {"user": who.id, "event": event[0], "webhook": hook[0], "redelivery_of": None}
+        out = await (await conn.execute(INSERT_OUTBOX, params)).fetchone()
+        assert out is not None
+    return respond(PingAccepted(status="accepted", event_id=event[0], delivery_id=out[0]), 202)
+
+
+async def deliveries(request: Request) -> Response:
+    """GET /api/webhook/deliveries: newest first, each with its latest attempts."""
+    who = await auth.user(request)
+    q = parsing.query(request, DeliveryQuery)
+    before = cursor.decode_id(q.cursor, CURSOR_KIND) if q.cursor else cursor.MAX_BIGINT
+    params = {"user": who.id, "before": before, "status": q.status, "limit": q.limit + 1}
+    async with ctx(request).pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(DELIVERIES, params)
+        rows = (await cur.fetchall())[: q.limit + 1]
+        page = rows[: q.limit]
+        attempts: dict[int, list[Attempt]] = {r["id"]: [] for r in page}
+        if page:
+            ids = [r["id"] for r in page]
+            await cur.execute(ATTEMPTS, {"ids": ids, "user": who.id, "max": MAX_ATTEMPTS_SHOWN})
+            for a in await cur.fetchall():
+                attempts[a.pop("outbox_id")].append(Attempt(**a))
+    items = [Delivery(**r, attempts=attempts[r["id"]]) for r in page]
+    next_cursor = cursor.encode(CURSOR_KIND, items[-1].id) if len(rows) > q.limit else None
+    return respond(DeliveryPage(items=items, next_cursor=next_cursor))
+
+
+async def redeliver(request: Request) -> Response:
+    """POST /api/webhook/deliveries/{id}/redeliver: same event, so same webhook-id."""
+    who = await auth.user(request)
+    did = parsing.path_int(request, "id", "delivery")
+    async with ctx(request).pool.connection() as conn, conn.transaction():
+        original = await (await conn.execute(ORIGINAL, {"id": did, "user": who.id})).fetchone()
+        if original is None or original[1] != "webhook":
+            raise not_found("delivery")
+        hook = await (await conn.execute(LOCK, (who.id,))).fetchone()
+        if hook is None:
+            raise not_found("webhook")
+        if not hook[1]:
+            raise ApiError(
+                409, "the webhook is disabled; register it again", code="webhook_disabled"
+            )
+        params: dict[str, Any] = {"user": who.id, "event": original[0], "webhook": hook[0],
+                                  "redelivery_of": did}  # fmt: skip
+        out = await (await conn.execute(INSERT_OUTBOX, params)).fetchone()
+        assert out is not None
+    return respond(
+        RedeliverAccepted(status="accepted", id=out[0], redelivery_of=did, event_id=original[0]),
+        202,
+    )
+
+
+ENDPOINTS = [
+    Endpoint("POST", "/api/webhook", register, "Register (or replace) the webhook", "webhook",
+             status=201, response=WebhookWithSecret, body=WebhookCreate,
+             errors=(400, 413, 422),
+             description="The URL must be https (http too when private addresses are allowed) "
+             "and must not resolve to a private address. The secret is shown only here and "
+             "on rotation."),
+    Endpoint("GET", "/api/webhook", get_webhook, "The webhook, without its secret", "webhook",
+             response=Webhook, errors=(404,)),
+    Endpoint("DELETE", "/api/webhook", delete_webhook, "Remove the webhook", "webhook",
+             status=204, errors=(404,)),
+    Endpoint("POST", "/api/webhook/rotate-secret", rotate_secret, "Rotate the signing secret",
+             "webhook", response=WebhookWithSecret, errors=(404,),
+             description="The previous secret keeps signing alongside for 24 hours."),
+    Endpoint("POST", "/api/webhook/test", test_ping, "Send a ping event", "webhook",
+             status=202, response=PingAccepted, errors=(404, 409)),
+    Endpoint("GET", "/api/webhook/deliveries", deliveries, "Recent deliveries with attempts",
+             "webhook", response=DeliveryPage, query=DeliveryQuery, errors=(400, 422)),
+    Endpoint("POST", "/api/webhook/deliveries/{id}/redeliver", redeliver,
+             "Deliver an event again (same webhook-id)", "webhook", status=202,
+             response=RedeliverAccepted, path_params={"id": "integer"}, errors=(404, 409)),
+]  # fmt: skip
