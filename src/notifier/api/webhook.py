@@ -112,7 +112,7 @@ SELECT outbox_id, attempted_at, duration_ms, status_code, error FROM (
     SELECT a.*, row_number() OVER (PARTITION BY outbox_id ORDER BY id DESC) AS rn
     FROM notifier.delivery_attempts a WHERE outbox_id = ANY(%(ids)s) AND user_id = %(user)s
 ) latest
-WHERE rn <= %(max)s ORDER BY outbox_id, attempted_at
+WHERE rn <= %(max)s ORDER BY outbox_id, id
 """
 # Index: outbox primary key, then the user check.
 ORIGINAL = """
