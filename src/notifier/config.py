@@ -66,6 +66,11 @@ class Settings:
     smtp_from: str | None
     log_level: str
     replica: str
+    # Router (issue 3): diff unit size, unit lease, broker prefetch, idle poll.
+    router_unit_size: int = 500
+    router_lease_seconds: float = 120.0
+    router_prefetch: int = 16
+    router_poll_seconds: float = 1.0
     # API (issue 5): per-user rate limit (requests/minute, 0 = off; burst) and pool size.
     api_rate_limit_per_minute: int = 600
     api_rate_limit_burst: int = 120
@@ -205,6 +210,11 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         smtp_from=r.optional("NOTIFIER_SMTP_FROM"),
         log_level=log_level,
         replica=r.text("NOTIFIER_REPLICA", socket.gethostname()),
+        # Router (issue 3).
+        router_unit_size=int(_router_number(r, "NOTIFIER_ROUTER_UNIT_SIZE", 500, 1, 100_000, int)),
+        router_lease_seconds=_router_number(r, "NOTIFIER_ROUTER_LEASE_SECONDS", 120.0, 1, 86_400),
+        router_prefetch=int(_router_number(r, "NOTIFIER_ROUTER_PREFETCH", 16, 1, 10_000, int)),
+        router_poll_seconds=_router_number(r, "NOTIFIER_ROUTER_POLL_SECONDS", 1.0, 0.01, 3_600),
         # API (issue 5).
         **_api_settings(r),
     )
@@ -248,3 +258,19 @@ def _api_settings(r: _Reader) -> dict[str, Any]:
         "api_rate_limit_burst": count("NOTIFIER_API_RATE_BURST", 120, 1, 10_000_000),
         "api_pool_size": count("NOTIFIER_API_POOL_SIZE", 10, 1, 1_000),
     }
+
+
+# Router (issue 3): a bounded number setting.
+def _router_number(
+    r: _Reader, name: str, default: float, low: float, high: float, kind: type = float
+) -> float:
+    value = r.raw(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = kind(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number {low}-{high}, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{name}: expected a number {low}-{high}, got {value!r}")
+    return float(number)

@@ -1,0 +1,243 @@
+"""Cycles in PostgreSQL: completion signals, firing, diff units and their leases.
+
+A version fires once every required service has signalled it. Signals are
+recorded under a transaction-scoped advisory lock, so two routers receiving
+the last two signals at once cannot both miss (or both see) the last one; the
+conditional UPDATE 'collecting' -> 'running' then happens exactly once, and the
+same transaction creates the cycle's diff units. Units are claimed with
+FOR UPDATE SKIP LOCKED and a lease; a unit whose lease expired (its router
+died) is claimed again by any router.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+# pg_advisory_xact_lock key for signal recording: "n-cycles" in ASCII.
+SIGNAL_LOCK_KEY = 0x6E2D6379636C6573
+
+# The diff of genre, style and search units needs the cycle's new releases,
+# written by the single 'releases' unit (seq 0) first.
+RELEASES_UNIT = "releases"
+NEEDS_RELEASES = ("genre", "style", "search")
+
+# A unit failing this many times is closed as failed (counted in the cycle's
+# stats) rather than blocking the cycle for ever.
+MAX_ATTEMPTS = 8
+
+# Primary key of cycles.
+INSERT_CYCLE = """
+INSERT INTO notifier.cycles (version, required_services) VALUES (%(version)s, %(required)s)
+ON CONFLICT (version) DO NOTHING
+"""
+# Primary key (version, service) absorbs duplicates and redeliveries.
+INSERT_SIGNAL = """
+INSERT INTO notifier.cycle_signals (version, service, completed_at, message)
+VALUES (%(version)s, %(service)s, %(completed_at)s, %(message)s::jsonb)
+ON CONFLICT (version, service) DO NOTHING
+"""
+# cycles primary key, cycle_signals primary key for each required service;
+# the previous cycle is the last one fired (cycles is one row a month: a scan).
+FIRE = """
+UPDATE notifier.cycles c
+SET status = 'running', fired_at = now(), started_at = now(),
+    previous_version = (SELECT p.version FROM notifier.cycles p
+                        WHERE p.fired_at IS NOT NULL ORDER BY p.fired_at DESC LIMIT 1)
+WHERE c.version = %(version)s AND c.status = 'collecting'
+  AND NOT EXISTS (
+      SELECT 1 FROM unnest(c.required_services) AS s (service)
+      WHERE NOT EXISTS (SELECT 1 FROM notifier.cycle_signals g
+                        WHERE g.version = c.version AND g.service = s.service))
+RETURNING started_at
+"""
+# The 'releases' unit first (lowest id), then chunks of distinct watched
+# entities per type (watchlists_entity_idx gives them in (type, id) order).
+INSERT_RELEASES_UNIT = """
+INSERT INTO notifier.diff_units (version, entity_type, seq, entity_ids)
+VALUES (%(version)s, 'releases', 0, '{}')
+ON CONFLICT (version, entity_type, seq) DO NOTHING
+"""
+INSERT_UNITS = """
+INSERT INTO notifier.diff_units (version, entity_type, seq, entity_ids)
+SELECT %(version)s, entity_type, (rn / %(size)s)::int + 1, array_agg(entity_id ORDER BY entity_id)
+FROM (
+    SELECT entity_type, entity_id,
+           row_number() OVER (PARTITION BY entity_type ORDER BY entity_id) - 1 AS rn
+    FROM (SELECT DISTINCT entity_type, entity_id FROM notifier.watchlists
+          WHERE created_at < %(started)s) AS d
+) AS x
+GROUP BY entity_type, rn / %(size)s
+ON CONFLICT (version, entity_type, seq) DO NOTHING
+"""
+
+# cycles_running_idx picks the oldest running cycle (cycles run one after the
+# other: a diff compares with the previous cycle's snapshots); then
+# diff_units_pending_idx (version, id) WHERE status = 'pending'.
+CLAIM = """
+WITH cycle AS (
+    SELECT version FROM notifier.cycles WHERE status = 'running' ORDER BY fired_at LIMIT 1
+), next AS (
+    SELECT u.id FROM notifier.diff_units u JOIN cycle c ON c.version = u.version
+    WHERE u.status = 'pending' AND (u.lease_until IS NULL OR u.lease_until < now())
+      AND (u.entity_type <> ALL(%(needs)s) OR NOT EXISTS (
+          SELECT 1 FROM notifier.diff_units r
+          WHERE r.version = u.version AND r.status = 'pending' AND r.entity_type = 'releases'))
+    ORDER BY u.id
+    LIMIT 1
+    FOR UPDATE OF u SKIP LOCKED
+)
+UPDATE notifier.diff_units u
+SET claimed_by = %(me)s, lease_until = now() + %(lease)s * interval '1 second',
+    attempts = u.attempts + 1
+FROM next WHERE u.id = next.id
+RETURNING u.id, u.version, u.entity_type, u.entity_ids, u.attempts
+"""
+# Primary key of cycles.
+CYCLE_INFO = "SELECT started_at, previous_version FROM notifier.cycles WHERE version = %(version)s"
+# Primary key of diff_units.
+RENEW = """
+UPDATE notifier.diff_units SET lease_until = now() + %(lease)s * interval '1 second'
+WHERE id = %(id)s AND claimed_by = %(me)s AND status = 'pending'
+"""
+# Primary key of diff_units: the finishing transaction holds the unit's row
+# lock, so a router whose lease was taken over cannot also commit it.
+LOCK_UNIT = "SELECT status, claimed_by FROM notifier.diff_units WHERE id = %(id)s FOR UPDATE"
+MARK_DONE = """
+UPDATE notifier.diff_units
+SET status = 'done', finished_at = now(), lease_until = NULL, stats = %(stats)s::jsonb
+WHERE id = %(id)s
+"""
+# Primary key of diff_units: give a failed unit back after a backoff.
+RELEASE = """
+UPDATE notifier.diff_units SET lease_until = now() + %(delay)s * interval '1 second',
+    stats = stats || %(stats)s::jsonb
+WHERE id = %(id)s AND claimed_by = %(me)s AND status = 'pending'
+"""
+# diff_units_pending_idx for the NOT EXISTS; the stats sum reads the cycle's
+# units by version (diff_units_version_type_seq_key prefix).
+FINISH_CYCLE = """
+UPDATE notifier.cycles c
+SET status = 'done', finished_at = now(),
+    stats = c.stats || coalesce((
+        SELECT jsonb_object_agg(key, total) FROM (
+            SELECT s.key, sum(s.value::numeric) AS total
+            FROM notifier.diff_units u, jsonb_each_text(u.stats) AS s
+            WHERE u.version = c.version AND s.value ~ '^-?[0-9]+$'
+            GROUP BY s.key) AS t), '{}'::jsonb)
+         || jsonb_build_object('units', (SELECT count(*) FROM notifier.diff_units u
+                                          WHERE u.version = c.version))
+WHERE c.status = 'running'
+  AND NOT EXISTS (SELECT 1 FROM notifier.diff_units u
+                  WHERE u.version = c.version AND u.status = 'pending')
+RETURNING c.version
+"""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A claimed diff unit and what its cycle says."""
+
+    id: int
+    version: str
+    entity_type: str
+    entity_ids: list[str]
+    attempts: int
+    started_at: datetime
+    previous_version: str | None
+
+
+async def record_signal(
+    conn: AsyncConnection[Any],
+    *,
+    version: str,
+    service: str,
+    completed_at: datetime | None,
+    message: dict[str, Any],
+    required: tuple[str, ...],
+    unit_size: int,
+) -> bool:
+    """Record one completion signal; fire the cycle if it was the last one.
+
+    Returns True when this call fired the cycle (and created its units). Runs
+    in its own transaction; the caller acks the message after it returns.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SIGNAL_LOCK_KEY,))
+        await conn.execute(INSERT_CYCLE, {"version": version, "required": list(required)})
+        await conn.execute(
+            INSERT_SIGNAL,
+            {
+                "version": version,
+                "service": service,
+                "completed_at": completed_at,
+                "message": json.dumps(message),
+            },
+        )
+        cur = await conn.execute(FIRE, {"version": version})
+        row = await cur.fetchone()
+        if row is None:
+            return False
+        started: datetime = row[0]
+        await conn.execute(INSERT_RELEASES_UNIT, {"version": version})
+        await conn.execute(
+            INSERT_UNITS, {"version": version, "started": started, "size": unit_size}
+        )
+        return True
+
+
+async def claim(conn: AsyncConnection[Any], me: str, lease_seconds: float) -> Unit | None:
+    """Claim the next claimable unit of the oldest running cycle, or None."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            CLAIM, {"me": me, "lease": lease_seconds, "needs": list(NEEDS_RELEASES)}
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        info = await (await conn.execute(CYCLE_INFO, {"version": row[1]})).fetchone()
+        assert info is not None
+        return Unit(row[0], row[1], row[2], list(row[3]), row[4], info[0], info[1])
+
+
+async def renew(conn: AsyncConnection[Any], unit_id: int, me: str, lease_seconds: float) -> bool:
+    """Extend a unit's lease; False if it is no longer ours."""
+    cur = await conn.execute(RENEW, {"id": unit_id, "me": me, "lease": lease_seconds})
+    return cur.rowcount == 1
+
+
+async def lock_owned(conn: AsyncConnection[Any], unit_id: int, me: str) -> bool:
+    """Inside a transaction: lock the unit; True if it is still pending and ours."""
+    cur = await conn.execute(LOCK_UNIT, {"id": unit_id})
+    row = await cur.fetchone()
+    return row is not None and row[0] == "pending" and row[1] == me
+
+
+async def mark_done(conn: AsyncConnection[Any], unit_id: int, stats: dict[str, Any]) -> None:
+    """Inside the unit's transaction: mark it done with its stats."""
+    await conn.execute(MARK_DONE, {"id": unit_id, "stats": json.dumps(stats)})
+
+
+async def release(
+    conn: AsyncConnection[Any], unit_id: int, me: str, delay: float, stats: dict[str, Any]
+) -> None:
+    """Give a unit back (after a failure) so it is claimed again after `delay` seconds."""
+    await conn.execute(
+        RELEASE, {"id": unit_id, "me": me, "delay": delay, "stats": json.dumps(stats)}
+    )
+
+
+async def finish_cycles(conn: AsyncConnection[Any]) -> list[str]:
+    """Mark done every running cycle without pending units; return their versions."""
+    cur = await conn.execute(FINISH_CYCLE)
+    return [row[0] for row in await cur.fetchall()]
+
+
+def claim_token(replica: str) -> str:
+    """A claim identity unique to this process (replicas may share a host name)."""
+    return f"{replica}:{uuid.uuid4().hex[:12]}"

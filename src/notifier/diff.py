@@ -1,0 +1,471 @@
+"""The diff: pure functions from (graph state, last snapshot) to events.
+
+No I/O here. The router reads the graph (notifier.graph) and the snapshots
+(PostgreSQL), calls these functions, and writes what they return.
+
+Rules shared by every entity type (contract §6):
+- Baseline: an entity without a snapshot, or whose snapshot is not from the
+  previous cycle (it was unwatched for a while), yields no event; its state is
+  only recorded.
+- Ids in the graph are strings; the snapshots keep sorted bigint arrays, so a
+  non-numeric id (or a non-canonical one such as "007") is skipped and counted.
+- `detail` lists are capped (see the *_CAP constants) with the full count
+  beside them, and `fit_detail` shrinks lists further if needed, so a webhook
+  body always stays under 64 KiB.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Detail caps (documented in the README): a capped list keeps its first items
+# in ascending id order; the full count is always beside it.
+RELEASE_ID_CAP = 500
+NAMED_CAP = 100
+NOTABLE_CAP = 10
+SEARCH_MATCH_CAP = 100
+NAME_MAX = 200
+ENTITY_NAME_MAX = 512
+# Room left for the envelope (id, event, entity, version, timestamp) of a body.
+DETAIL_MAX_BYTES = 60_000
+
+BIGINT_MAX = 2**63 - 1
+
+
+@dataclass
+class Counters:
+    """What a diff skipped or noticed, summed into diff_units.stats."""
+
+    values: dict[str, int] = field(default_factory=dict)
+
+    def add(self, key: str, n: int = 1) -> None:
+        """Add `n` to counter `key` (zero is not recorded)."""
+        if n:
+            self.values[key] = self.values.get(key, 0) + n
+
+    def merge(self, other: Counters) -> None:
+        """Add every counter of `other`."""
+        for k, v in other.values.items():
+            self.add(k, v)
+
+
+def parse_id(raw: object) -> int | None:
+    """A Discogs id as an int, or None if it is not a canonical non-negative integer."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw if 0 <= raw <= BIGINT_MAX else None
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        value = int(raw)
+        if str(value) == raw and value <= BIGINT_MAX:
+            return value
+    return None
+
+
+def parse_ids(raws: Iterable[object], counters: Counters, what: str) -> list[int]:
+    """Sorted distinct ints of `raws`; bad ones counted as `non_numeric_<what>`."""
+    out: set[int] = set()
+    bad = 0
+    for raw in raws:
+        if raw is None:
+            continue
+        value = parse_id(raw)
+        if value is None:
+            bad += 1
+        else:
+            out.add(value)
+    counters.add(f"non_numeric_{what}", bad)
+    return sorted(out)
+
+
+def clip_name(name: object, limit: int = NAME_MAX) -> str | None:
+    """A display name as text of at most `limit` characters (None stays None)."""
+    if name is None:
+        return None
+    text = name if isinstance(name, str) else str(name)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def dedup_key(version: str, entity_type: str, entity_id: str, event: str, *extra: object) -> str:
+    """The unique key of a router event: version:entity_type:entity_id:event[:extra]."""
+    return ":".join([version, entity_type, entity_id, event, *(str(e) for e in extra)])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The last recorded state of one watched entity (notifier.entity_snapshots)."""
+
+    version: str
+    entity_name: str | None = None
+    release_ids: Sequence[int] | None = None
+    alias_ids: Sequence[int] | None = None
+    member_ids: Sequence[int] | None = None
+    release_count: int | None = None
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """An event to insert: `extra` goes into the dedup key after the event name."""
+
+    event: str
+    entity_type: str
+    entity_id: str
+    entity_name: str | None
+    detail: dict[str, Any]
+    extra: tuple[object, ...] = ()
+
+    def key(self, version: str) -> str:
+        """The dedup key of this event in cycle `version`."""
+        return dedup_key(version, self.entity_type, self.entity_id, self.event, *self.extra)
+
+
+@dataclass
+class DiffResult:
+    """Events and the new snapshot (None when nothing must be written)."""
+
+    events: list[EventDraft]
+    snapshot: Snapshot | None
+    counters: Counters
+
+
+def is_baseline(snapshot: Snapshot | None, previous_version: str | None) -> bool:
+    """True when the entity's first (or first-after-a-gap) cycle only records a baseline."""
+    if snapshot is None:
+        return True
+    return previous_version is not None and snapshot.version != previous_version
+
+
+def added(current: Sequence[int], before: Sequence[int] | None) -> list[int]:
+    """Ids of sorted `current` absent from `before` (sorted)."""
+    if not before:
+        return list(current)
+    old = set(before)
+    return [i for i in current if i not in old]
+
+
+def fit_detail(detail: dict[str, Any], max_bytes: int = DETAIL_MAX_BYTES) -> dict[str, Any]:
+    """Halve the lists in `detail` until its JSON is under `max_bytes`."""
+    out = dict(detail)
+    while len(json.dumps(out, ensure_ascii=False).encode()) >= max_bytes:
+        lists = [k for k, v in out.items() if isinstance(v, list) and v]
+        if not lists:
+            break
+        for k in lists:
+            out[k] = out[k][: len(out[k]) // 2]
+    return out
+
+
+def _named(items: Mapping[int, str | None], ids: Sequence[int]) -> list[dict[str, Any]]:
+    return [{"id": str(i), "name": clip_name(items.get(i))} for i in ids[:NAMED_CAP]]
+
+
+@dataclass(frozen=True)
+class ArtistState:
+    """An artist as read from the graph (raw ids, as the graph gives them)."""
+
+    name: object
+    release_ids: Sequence[object]
+    aliases: Sequence[tuple[object, object]]
+    members: Sequence[tuple[object, object]]
+
+
+def _names(pairs: Sequence[tuple[object, object]], counters: Counters, what: str) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    bad = 0
+    for raw, name in pairs:
+        value = parse_id(raw)
+        if value is None:
+            bad += 1 if raw is not None else 0
+            continue
+        out[value] = name
+    counters.add(f"non_numeric_{what}", bad)
+    return out
+
+
+def diff_artist(
+    version: str,
+    previous_version: str | None,
+    entity_id: str,
+    state: ArtistState | None,
+    snapshot: Snapshot | None,
+) -> DiffResult:
+    """new_releases, new_aliases and new_members of one artist."""
+    return _diff_people(version, previous_version, "artist", entity_id, state, snapshot)
+
+
+def _diff_people(
+    version: str,
+    previous_version: str | None,
+    entity_type: str,
+    entity_id: str,
+    state: ArtistState | None,
+    snapshot: Snapshot | None,
+) -> DiffResult:
+    counters = Counters()
+    if state is None:
+        counters.add("vanished")
+        return DiffResult([], _keep(snapshot, version), counters)
+    name = clip_name(state.name, ENTITY_NAME_MAX)
+    if state.name is None:
+        counters.add("missing_name")
+    releases = parse_ids(state.release_ids, counters, "release_ids")
+    aliases = _names(state.aliases, counters, "alias_ids")
+    members = _names(state.members, counters, "member_ids")
+    new = Snapshot(
+        version=version,
+        entity_name=name,
+        release_ids=releases,
+        alias_ids=sorted(aliases),
+        member_ids=sorted(members),
+        release_count=len(releases),
+    )
+    if is_baseline(snapshot, previous_version):
+        counters.add("baseline")
+        return DiffResult([], new, counters)
+    assert snapshot is not None
+    events: list[EventDraft] = []
+    new_releases = added(releases, snapshot.release_ids)
+    if new_releases:
+        events.append(_new_releases(entity_type, entity_id, name, new_releases))
+    new_aliases = added(sorted(aliases), snapshot.alias_ids)
+    if new_aliases:
+        detail = {"aliases": _named(aliases, new_aliases), "alias_count": len(new_aliases)}
+        events.append(EventDraft("new_aliases", entity_type, entity_id, name, fit_detail(detail)))
+    new_members = added(sorted(members), snapshot.member_ids)
+    if new_members:
+        detail = {"members": _named(members, new_members), "member_count": len(new_members)}
+        events.append(EventDraft("new_members", entity_type, entity_id, name, fit_detail(detail)))
+    return DiffResult(events, new, counters)
+
+
+def _new_releases(
+    entity_type: str, entity_id: str, name: str | None, ids: Sequence[int]
+) -> EventDraft:
+    detail = {
+        "new_release_count": len(ids),
+        "release_ids": [str(i) for i in ids[:RELEASE_ID_CAP]],
+    }
+    return EventDraft("new_releases", entity_type, entity_id, name, fit_detail(detail))
+
+
+def _keep(snapshot: Snapshot | None, version: str) -> Snapshot | None:
+    """A vanished entity keeps its last known state, stamped with this cycle."""
+    if snapshot is None:
+        return None
+    return Snapshot(
+        version=version,
+        entity_name=snapshot.entity_name,
+        release_ids=snapshot.release_ids,
+        alias_ids=snapshot.alias_ids,
+        member_ids=snapshot.member_ids,
+        release_count=snapshot.release_count,
+    )
+
+
+@dataclass(frozen=True)
+class LabelState:
+    """A label as read from the graph: its releases include its sublabels'."""
+
+    name: object
+    release_ids: Sequence[object]
+
+
+def diff_label(
+    version: str,
+    previous_version: str | None,
+    entity_id: str,
+    state: LabelState | None,
+    snapshot: Snapshot | None,
+) -> DiffResult:
+    """new_releases of one label (sublabels included)."""
+    counters = Counters()
+    if state is None:
+        counters.add("vanished")
+        return DiffResult([], _keep(snapshot, version), counters)
+    name = clip_name(state.name, ENTITY_NAME_MAX)
+    if state.name is None:
+        counters.add("missing_name")
+    releases = parse_ids(state.release_ids, counters, "release_ids")
+    new = Snapshot(
+        version=version, entity_name=name, release_ids=releases, release_count=len(releases)
+    )
+    if is_baseline(snapshot, previous_version):
+        counters.add("baseline")
+        return DiffResult([], new, counters)
+    assert snapshot is not None
+    fresh = added(releases, snapshot.release_ids)
+    events = [_new_releases("label", entity_id, name, fresh)] if fresh else []
+    return DiffResult(events, new, counters)
+
+
+def crossed(previous: int, current: int, thresholds: Iterable[int]) -> list[int]:
+    """The thresholds t with previous < t <= current, ascending."""
+    return sorted({t for t in thresholds if previous < t <= current})
+
+
+@dataclass(frozen=True)
+class NotableRelease:
+    """A new release of the cycle with its ranking key (its biggest artist's size)."""
+
+    release_id: int
+    title: str | None
+    rank: int
+
+
+def rank_notable(releases: Iterable[NotableRelease]) -> list[NotableRelease]:
+    """Documented ranking: biggest artist first (release count in the graph), then lowest id."""
+    return sorted(releases, key=lambda r: (-r.rank, r.release_id))
+
+
+@dataclass(frozen=True)
+class TagState:
+    """A genre or style as read from the graph."""
+
+    release_count: int
+
+
+def diff_tag(
+    version: str,
+    previous_version: str | None,
+    entity_type: str,
+    entity_id: str,
+    state: TagState | None,
+    snapshot: Snapshot | None,
+    thresholds: Iterable[int],
+    new_releases: Sequence[NotableRelease],
+) -> DiffResult:
+    """release_count_threshold (one event per crossed threshold) and notable_releases.
+
+    `thresholds` are the distinct threshold values the watchers use: their
+    explicit `threshold` options, plus the default milestones
+    (fanout.THRESHOLD_MILESTONES) when some watcher set none. One event per
+    value crossed (previous < t <= current); fan-out gives each watcher the
+    events of its own threshold. `new_releases` are the cycle's new releases
+    carrying this genre/style (ranked by `rank_notable`).
+    """
+    counters = Counters()
+    if state is None:
+        counters.add("vanished")
+        return DiffResult([], _keep(snapshot, version), counters)
+    new = Snapshot(version=version, entity_name=entity_id, release_count=state.release_count)
+    if is_baseline(snapshot, previous_version) or snapshot is None:
+        counters.add("baseline")
+        return DiffResult([], new, counters)
+    previous = snapshot.release_count or 0
+    events: list[EventDraft] = []
+    for t in crossed(previous, state.release_count, thresholds):
+        counts = {"threshold": t, "previous_count": previous, "release_count": state.release_count}
+        events.append(
+            EventDraft("release_count_threshold", entity_type, entity_id, entity_id, counts, (t,))
+        )
+    if new_releases:
+        top = rank_notable(new_releases)[:NOTABLE_CAP]
+        detail: dict[str, Any] = {
+            "release_ids": [str(r.release_id) for r in top],
+            "new_release_count": len(new_releases),
+        }
+        events.append(EventDraft("notable_releases", entity_type, entity_id, entity_id, detail))
+    return DiffResult(events, new, counters)
+
+
+@dataclass(frozen=True)
+class SearchMatch:
+    """A new release matching a saved search."""
+
+    release_id: int
+    name: str | None
+
+
+def diff_search(
+    version: str,
+    previous_version: str | None,
+    entity_id: str,
+    entity_name: str | None,
+    matches: Sequence[SearchMatch] | None,
+    match_count: int,
+    snapshot: Snapshot | None,
+) -> DiffResult:
+    """search_match of one saved search; `matches` None means the search is invalid."""
+    counters = Counters()
+    if matches is None:
+        counters.add("invalid_search")
+        return DiffResult([], None, counters)
+    new = Snapshot(version=version, entity_name=entity_name, release_count=match_count)
+    if is_baseline(snapshot, previous_version):
+        counters.add("baseline")
+        return DiffResult([], new, counters)
+    if match_count == 0:
+        return DiffResult([], new, counters)
+    detail = {
+        "match_count": match_count,
+        "matches": [
+            {"entity_type": "release", "id": str(m.release_id), "name": clip_name(m.name)}
+            for m in matches[:SEARCH_MATCH_CAP]
+        ],
+    }
+    name = clip_name(entity_name, ENTITY_NAME_MAX)
+    return DiffResult(
+        [EventDraft("search_match", "search", entity_id, name, fit_detail(detail))], new, counters
+    )
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A saved search's options (contract §5), normalised for percolation.
+
+    Matching (documented): every whitespace-separated term of `q` must occur,
+    case-insensitively, in the release's title, artist names or label names;
+    `genre`, `style`, `format` match one of the release's values
+    case-insensitively; `artist` and `label` match an id or a name
+    (case-insensitive); `year_from`/`year_to` are inclusive and exclude
+    releases without a year. Only `entity_type` "release" (the default) is
+    percolated.
+    """
+
+    terms: tuple[str, ...] = ()
+    genre: str | None = None
+    style: str | None = None
+    label: str | None = None
+    artist: str | None = None
+    format: str | None = None
+    year_from: int | None = None
+    year_to: int | None = None
+
+
+_TEXT_OPTIONS = ("genre", "style", "label", "artist", "format")
+
+
+def parse_search(options: object) -> SearchQuery | None:
+    """The query of a search watch's options, or None when they are unusable."""
+    if not isinstance(options, Mapping):
+        return None
+    kind = options.get("entity_type")
+    if kind is not None and (not isinstance(kind, str) or kind.lower() != "release"):
+        return None
+    texts: dict[str, str | None] = {}
+    for key in _TEXT_OPTIONS:
+        value = options.get(key)
+        if value is not None and not isinstance(value, str):
+            return None
+        texts[key] = value.strip().lower() or None if isinstance(value, str) else None
+    years: dict[str, int | None] = {}
+    for key in ("year_from", "year_to"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return None
+        if value is not None and not -100_000 <= value <= 100_000:
+            return None
+        years[key] = value
+    q = options.get("q")
+    if q is not None and not isinstance(q, str):
+        return None
+    terms = tuple(t for t in (q or "").lower().split() if t)[:32]
+    query = SearchQuery(
+        terms=terms, year_from=years["year_from"], year_to=years["year_to"], **texts
+    )
+    if query == SearchQuery():
+        return None
+    return query

@@ -1,0 +1,352 @@
+"""`notifier router`: completion messages in, cycles out (contract §3, design "The flow" 1-3).
+
+Two loops in one process:
+- the consumer: a durable queue `notifier.<exchange>` bound to the fanout
+  completion exchange; each message is validated (msgspec), recorded in
+  PostgreSQL, and acked only after that commit. A malformed message is
+  rejected without requeue, which the queue's dead-letter exchange routes to
+  `notifier.<exchange>.dead`; the router keeps running.
+- the worker: claims diff units of the oldest running cycle
+  (notifier.cycles), runs them (notifier.units), and marks a cycle done when
+  its last unit is. Every replica runs both loops.
+
+`GET /health` and `GET /metrics` are served on NOTIFIER_PORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+import urllib.parse
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import aio_pika
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from neo4j import AsyncDriver, AsyncGraphDatabase
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from psycopg_pool import AsyncConnectionPool
+
+from notifier import cycles, db
+from notifier.config import Settings
+from notifier.graph import Graph
+from notifier.units import UnitRunner
+
+log = logging.getLogger(__name__)
+
+# A completion message is a few hundred bytes; anything this big is not one.
+MAX_MESSAGE_BYTES = 64 * 1024
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+
+REGISTRY = CollectorRegistry()
+MESSAGES = Counter(
+    "notifier_router_messages", "Completion messages by outcome", ["outcome"], registry=REGISTRY
+)
+UNITS = Counter("notifier_router_units", "Diff units by outcome", ["outcome"], registry=REGISTRY)
+EVENTS = Counter("notifier_router_events", "Events written by the router", registry=REGISTRY)
+FEED_ROWS = Counter("notifier_router_feed_rows", "Feed rows written", registry=REGISTRY)
+OUTBOX_ROWS = Counter("notifier_router_outbox_rows", "Outbox rows written", registry=REGISTRY)
+CYCLES_DONE = Counter("notifier_router_cycles_done", "Cycles finished", registry=REGISTRY)
+BUSY = Gauge("notifier_router_busy", "1 while a unit is being processed", registry=REGISTRY)
+
+
+Service = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+Version = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=VERSION_PATTERN)]
+
+
+class CompletionMessage(msgspec.Struct):
+    """Contract §3; unknown fields are ignored."""
+
+    type: Literal["import_completed"]
+    service: Service
+    version: Version
+    completed_at: datetime | None = None
+
+
+class BadMessage(ValueError):
+    """A completion message that cannot be used; `str()` says why."""
+
+
+_decoder = msgspec.json.Decoder(CompletionMessage)
+
+
+def decode_message(body: bytes) -> CompletionMessage:
+    """Validate one completion message body, or raise BadMessage with the reason."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise BadMessage(f"message of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        return _decoder.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+        raise BadMessage(str(exc)[:300]) from None
+
+
+def amqp_url(s: Settings) -> str:
+    """The AMQP URL of the configured broker (credentials quoted; never logged)."""
+    user = urllib.parse.quote(s.rabbitmq_username, safe="")
+    password = urllib.parse.quote(s.rabbitmq_password, safe="")
+    vhost = urllib.parse.quote(s.rabbitmq_vhost, safe="")
+    return f"amqp://{user}:{password}@{s.rabbitmq_host}:{s.rabbitmq_port}/{vhost}"
+
+
+def queue_names(exchange: str) -> tuple[str, str, str]:
+    """(queue, dead-letter exchange, dead-letter queue) for a completion exchange."""
+    return f"notifier.{exchange}", f"notifier.{exchange}.dlx", f"notifier.{exchange}.dead"
+
+
+class Router:
+    """One router replica: consumer, unit worker, health endpoint."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.me = cycles.claim_token(settings.replica)
+        self.stop = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the queue is consumed
+        self.pool: AsyncConnectionPool | None = None
+        self.driver: AsyncDriver | None = None
+        self.amqp: AbstractRobustConnection | None = None
+
+    async def run(self, *, serve_http: bool = True) -> int:
+        """Run until `stop` is set (SIGTERM); return the exit code."""
+        s = self.settings
+        self.pool = db.pool(s.postgres_conninfo, min_size=1, max_size=4)
+        await self.pool.open(wait=True, timeout=30)
+        self.driver = AsyncGraphDatabase.driver(
+            s.neo4j_uri, auth=(s.neo4j_username, s.neo4j_password)
+        )
+        server: asyncio.Server | None = None
+        try:
+            self.amqp = await aio_pika.connect_robust(amqp_url(s))
+            queue = await self._declare(self.amqp)
+            tag = await queue.consume(self._on_message)
+            if serve_http:
+                server = await asyncio.start_server(self._http, "0.0.0.0", s.port)  # noqa: S104
+            log.info("router started", extra={"queue": queue.name, "claim": self.me})
+            self.ready.set()
+            await self._work()
+            await queue.cancel(tag)
+            return 0
+        finally:
+            if server is not None:
+                server.close()
+            if self.amqp is not None:
+                await self.amqp.close()
+            await self.driver.close()
+            await self.pool.close()
+
+    async def _declare(self, conn: AbstractRobustConnection) -> aio_pika.abc.AbstractQueue:
+        channel = await conn.channel()
+        await channel.set_qos(prefetch_count=self.settings.router_prefetch)
+        queue_name, dlx_name, dlq_name = queue_names(self.settings.completion_exchange)
+        exchange = await channel.declare_exchange(
+            self.settings.completion_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dlx = await channel.declare_exchange(dlx_name, aio_pika.ExchangeType.FANOUT, durable=True)
+        dlq = await channel.declare_queue(dlq_name, durable=True)
+        await dlq.bind(dlx)
+        queue = await channel.declare_queue(
+            queue_name, durable=True, arguments={"x-dead-letter-exchange": dlx_name}
+        )
+        await queue.bind(exchange)
+        return queue
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            msg = decode_message(message.body)
+        except BadMessage as exc:
+            log.warning(
+                "malformed completion message dead-lettered",
+                extra={"reason": str(exc), "bytes": len(message.body)},
+            )
+            MESSAGES.labels("dead_lettered").inc()
+            await message.reject(requeue=False)
+            return
+        assert self.pool is not None
+        try:
+            raw = json.loads(message.body)
+            async with self.pool.connection() as conn:
+                fired = await cycles.record_signal(
+                    conn,
+                    version=msg.version,
+                    service=msg.service,
+                    completed_at=msg.completed_at,
+                    message=raw if isinstance(raw, dict) else {},
+                    required=self.settings.required_services,
+                    unit_size=self.settings.router_unit_size,
+                )
+        except Exception:
+            log.exception("could not record a completion signal; requeued")
+            MESSAGES.labels("requeued").inc()
+            await asyncio.sleep(1)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        MESSAGES.labels("recorded").inc()
+        if msg.service not in self.settings.required_services:
+            log.info("signal from a service that is not required", extra={"service": msg.service})
+        log.info(
+            "completion signal recorded",
+            extra={"version": msg.version, "service": msg.service, "fired": fired},
+        )
+        if fired:
+            self.wake.set()
+
+    async def _work(self) -> None:
+        """Claim and run units until stopped."""
+        assert self.pool is not None and self.driver is not None
+        s = self.settings
+        graph = Graph(self.driver, s.neo4j_database)
+        runner = UnitRunner(self.pool, graph, self.me, email=s.smtp_enabled, batch=1000)
+        while not self.stop.is_set():
+            unit = None
+            try:
+                async with self.pool.connection() as conn:
+                    unit = await cycles.claim(conn, self.me, s.router_lease_seconds)
+                    if unit is None:
+                        for version in await cycles.finish_cycles(conn):
+                            CYCLES_DONE.inc()
+                            log.info("cycle done", extra={"version": version})
+            except Exception:
+                log.exception("could not claim a diff unit")
+            if unit is None:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._either(), s.router_poll_seconds)
+                continue
+            await self._run_unit(runner, unit)
+
+    async def _either(self) -> None:
+        waits = [asyncio.create_task(self.stop.wait()), asyncio.create_task(self.wake.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _run_unit(self, runner: UnitRunner, unit: cycles.Unit) -> None:
+        assert self.pool is not None
+        started = time.monotonic()
+        BUSY.set(1)
+        keeper = asyncio.create_task(self._keep_lease(unit.id))
+        try:
+            stats = await runner.run(unit)
+        except Exception as exc:
+            log.exception("diff unit failed", extra={"unit": unit.id, "attempts": unit.attempts})
+            UNITS.labels("failed").inc()
+            await self._give_back(unit, exc)
+            return
+        finally:
+            keeper.cancel()
+            BUSY.set(0)
+        if stats is None:
+            UNITS.labels("lost").inc()
+            log.warning("diff unit taken over by another router", extra={"unit": unit.id})
+            return
+        UNITS.labels("done").inc()
+        EVENTS.inc(stats.get("events", 0))
+        FEED_ROWS.inc(stats.get("feed_rows", 0))
+        OUTBOX_ROWS.inc(stats.get("outbox_rows", 0))
+        log.info(
+            "diff unit done",
+            extra={
+                "unit": unit.id,
+                "version": unit.version,
+                "entity_type": unit.entity_type,
+                "seconds": round(time.monotonic() - started, 3),
+                "stats": stats,
+            },
+        )
+        try:
+            async with self.pool.connection() as conn:
+                for version in await cycles.finish_cycles(conn):
+                    CYCLES_DONE.inc()
+                    log.info("cycle done", extra={"version": version})
+        except Exception:
+            log.exception("could not finish the cycle (the next idle poll retries)")
+
+    async def _give_back(self, unit: cycles.Unit, exc: BaseException) -> None:
+        assert self.pool is not None
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                if unit.attempts >= cycles.MAX_ATTEMPTS:
+                    if await cycles.lock_owned(conn, unit.id, self.me):
+                        await cycles.mark_done(
+                            conn, unit.id, {"failed_units": 1, "last_error": error}
+                        )
+                        log.error("diff unit abandoned", extra={"unit": unit.id, "error": error})
+                else:
+                    delay = min(2.0**unit.attempts, 300.0)
+                    await cycles.release(conn, unit.id, self.me, delay, {"last_error": error})
+        except Exception:
+            log.exception("could not release a failed unit (its lease expires anyway)")
+
+    async def _keep_lease(self, unit_id: int) -> None:
+        assert self.pool is not None
+        lease = self.settings.router_lease_seconds
+        while True:
+            await asyncio.sleep(max(lease / 3, 0.2))
+            try:
+                async with self.pool.connection() as conn:
+                    if not await cycles.renew(conn, unit_id, self.me, lease):
+                        return
+            except Exception:
+                log.exception("could not renew a unit lease")
+
+    async def _health(self) -> tuple[int, dict[str, Any]]:
+        checks: dict[str, str] = {}
+        try:
+            assert self.pool is not None
+            async with self.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = type(exc).__name__
+        amqp_ok = self.amqp is not None and not self.amqp.is_closed
+        checks["rabbitmq"] = "ok" if amqp_ok else "disconnected"
+        healthy = all(v == "ok" for v in checks.values())
+        body = {"status": "healthy" if healthy else "unhealthy", "role": "router", "checks": checks}
+        return (200 if healthy else 503), body
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A minimal HTTP/1.0 server: GET /health and GET /metrics."""
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            parts = line.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 and parts[0] == "GET" else ""
+            if path.split("?")[0] == "/health":
+                status, doc = await self._health()
+                body, ctype = json.dumps(doc).encode(), "application/json"
+            elif path.split("?")[0] == "/metrics":
+                status, body, ctype = 200, generate_latest(REGISTRY), "text/plain; version=0.0.4"
+            else:
+                status, body, ctype = 404, b'{"error": {"code": "not_found"}}', "application/json"
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+            head = (
+                f"HTTP/1.0 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, UnicodeError):
+            pass
+        finally:
+            writer.close()
+
+
+def main(settings: Settings) -> int:
+    """Entry point of `notifier router`: run until SIGTERM/SIGINT, then drain and exit 0."""
+
+    async def _main() -> int:
+        router = Router(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, router.stop.set)
+        return await router.run()
+
+    return asyncio.run(_main())
