@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -187,9 +188,14 @@ class UnitRunner:
         self, pool: AsyncConnectionPool, graph: Graph, me: str, *, email: bool, batch: int
     ) -> None:
         self.pool, self.graph, self.me, self.email, self.batch = pool, graph, me, email, batch
+        self._started = time.monotonic()
 
     async def run(self, unit: cycles.Unit) -> dict[str, Any] | None:
-        """Process `unit`; return its stats, or None if it was no longer ours."""
+        """Process `unit`; return its stats, or None if it was no longer ours.
+
+        One unit at a time per runner (the timings in the stats assume it).
+        """
+        self._started = time.monotonic()
         if unit.entity_type == cycles.RELEASES_UNIT:
             return await self._releases(unit)
         ids = unit.entity_ids
@@ -234,6 +240,7 @@ class UnitRunner:
     ) -> dict[str, Any] | None:
         """The unit's transaction: lock, snapshots, events, fan-out, done."""
         counters = counters or diff.Counters()
+        graph_done = time.monotonic()
         async with self.pool.connection() as conn, conn.transaction():
             if not await cycles.lock_owned(conn, unit.id, self.me):
                 return None
@@ -254,6 +261,7 @@ class UnitRunner:
                 conn, unit.entity_type, unit.entity_ids, results, snapshots, unit.version
             )
             event_ids = await insert_events(conn, unit.version, events)
+            fanout_start = time.monotonic()
             out = await fanout.fan_out_events(
                 conn, event_ids, watches_before=unit.started_at, email=self.email
             )
@@ -263,6 +271,10 @@ class UnitRunner:
                 events=len(event_ids),
                 feed_rows=out.feed_rows,
                 outbox_rows=out.outbox_rows,
+                # Milliseconds spent reading the graph, fanning out, and in the whole unit.
+                graph_ms=round((graph_done - self._started) * 1000),
+                fanout_ms=round((time.monotonic() - fanout_start) * 1000),
+                unit_ms=round((time.monotonic() - self._started) * 1000),
             )
             await cycles.mark_done(conn, unit.id, stats)
         return stats
