@@ -347,6 +347,11 @@ def main(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, router.stop.set)
-        return await router.run()
+        try:
+            return await router.run()
+        except Exception as exc:
+            # Unreachable database or broker at start: one clear line, exit 1.
+            log.error("router stopped: %s: %s", type(exc).__name__, exc)
+            return 1
 
     return asyncio.run(_main())

@@ -262,9 +262,16 @@ async def test_search_match_percolates_only_new_releases(
 async def test_feed_preference_off_and_webhook_outbox(
     router: Router, publish: Publish, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
-    quiet, hooked = uuid.uuid4(), uuid.uuid4()
+    quiet, hooked, late = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     watch(pg_url, quiet, "artist", "1")
     watch(pg_url, hooked, "artist", "1")
+    # A watch created after the cycle started does not receive it.
+    q(
+        pg_url,
+        "INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, created_at)"
+        " VALUES (%s, 'artist', '1', now() + interval '1 hour')",
+        late,
+    )
     q(
         pg_url,
         "INSERT INTO notifier.preferences (user_id, event, feed, webhook)"
@@ -286,6 +293,7 @@ async def test_feed_preference_off_and_webhook_outbox(
     assert [e[0] for e in events(pg_url, "v2")] == ["new_releases"]
     assert feed(pg_url, quiet) == []
     assert feed(pg_url, hooked) == [("new_releases", "1", "v2")]
+    assert feed(pg_url, late) == []
     outbox = q(pg_url, "SELECT user_id, channel, status FROM notifier.outbox")
     assert outbox == [(hooked, "webhook", "pending")]
     assert stats["feed_rows"] == 1 and stats["outbox_rows"] == 1 and stats["events"] == 1

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,6 +147,11 @@ async def test_two_routers_share_one_cycle(
     )
     assert claimers == [("a",), ("b",)]
     assert q(pg_url, "SELECT count(*) FROM notifier.cycles") == [(2,)]
+    async with httpx.AsyncClient() as client:
+        metrics = await client.get(f"http://127.0.0.1:{ports['a']}/metrics")
+        missing = await client.get(f"http://127.0.0.1:{ports['a']}/nope")
+    assert metrics.status_code == 200 and "notifier_router_units_total" in metrics.text
+    assert missing.status_code == 404
     for p in procs:
         p.send_signal(signal.SIGTERM)
         assert p.wait(60) == 0
@@ -196,3 +202,16 @@ async def test_router_killed_mid_cycle_is_finished_by_another(
     assert [r[0] for r in by] == ["first", "second"]
     second.send_signal(signal.SIGTERM)
     assert second.wait(60) == 0
+
+
+@pytest.mark.slow
+def test_router_without_its_database_exits_with_one_line(
+    router_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(router_env, POSTGRES_PORT=str(services.free_port()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "notifier.cli", "router"], env=env, capture_output=True, timeout=120
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr.decode()
+    assert b"router stopped" in proc.stderr
