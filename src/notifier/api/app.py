@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
@@ -134,6 +135,10 @@ class _Server(uvicorn.Server):
         if ctx is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(ctx.hub.close)
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals after draining; the contract
+            # wants SIGTERM to drain and then exit 0.
+            self._captured_signals = [s for s in self._captured_signals if s != sig]
 
 
 def main(settings: Settings) -> int:
