@@ -14,8 +14,11 @@ import msgspec
 
 from notifier.api.errors import ErrorEnvelope
 from notifier.api.routing import Endpoint
+from notifier.api.schemas import SearchOptions, ThresholdOptions
 
 REF = "#/components/schemas/{name}"
+# Shapes a request carries inside a free-form field (a watch's `options`).
+DOCUMENTED: tuple[Any, ...] = (SearchOptions, ThresholdOptions)
 MAX_BIGINT = 2**63 - 1
 
 _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -34,10 +37,13 @@ def _query_parameters(query: Any) -> list[dict[str, Any]]:
     (ref,), components = msgspec.json.schema_components([query], ref_template=REF)
     definition = components[ref["$ref"].rsplit("/", 1)[1]]
     required = set(definition.get("required", ()))
-    return [
-        {"name": name, "in": "query", "required": name in required, "schema": schema}
-        for name, schema in definition["properties"].items()
-    ]
+    params = []
+    for name, schema in definition["properties"].items():
+        branches = [b for b in schema.get("anyOf", ()) if b != {"type": "null"}]
+        if len(branches) == 1:  # `T | None = None`: in a query string, simply optional
+            schema = branches[0]
+        params.append({"name": name, "in": "query", "required": name in required, "schema": schema})
+    return params
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +97,7 @@ def _operation(e: Endpoint, schema_of: dict[Any, dict[str, Any]]) -> dict[str, A
 
 def document(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `endpoints`."""
-    types: list[Any] = [ErrorEnvelope]
+    types: list[Any] = [ErrorEnvelope, *DOCUMENTED]
     for e in endpoints:
         for t in (e.body, e.response):
             if t is not None and t not in types:
