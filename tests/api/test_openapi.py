@@ -21,7 +21,7 @@ async def test_document_lists_every_route(api: Api) -> None:
     doc = r.json()
     assert doc["openapi"] == "3.1.0"
     routes = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
-    expected = {(e.method, e.path) for e in endpoints()}
+    expected = {(e.method, e.path.replace(":int", "")) for e in endpoints()}
     assert routes == expected
     contract = {
         ("GET", "/api/watchlist"), ("POST", "/api/watchlist"), ("DELETE", "/api/watchlist/{id}"),
@@ -68,7 +68,10 @@ def test_schemathesis_finds_no_server_error(
     try:
         user_token = token(uuid.uuid4(), exp_in=3600)
         common = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/openapi.json",
-                  "--checks", "not_a_server_error,response_schema_conformance",
+                  "--checks", "all",
+                  # Schema-valid input may still be refused on meaning (an SSRF-unsafe URL,
+                  # options that do not fit the entity type, a forged cursor): 4xx, not 5xx.
+                  "--exclude-checks", "positive_data_acceptance",
                   "--max-examples", "25", "--seed", "1", "--request-timeout", "10",
                   "--exclude-path", "/api/notifications/stream",
                   "--generation-allow-x00", "true", "--warnings", "off"]  # fmt: skip

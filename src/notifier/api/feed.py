@@ -190,8 +190,8 @@ ENDPOINTS = [
              "feed", response=UnreadCount),
     Endpoint("POST", "/api/notifications/read-all", mark_all_read, "Mark every notification read",
              "feed", response=ReadAll),
-    Endpoint("GET", "/api/notifications/{id}", get_notification, "One notification",
+    Endpoint("GET", "/api/notifications/{id:int}", get_notification, "One notification",
              "feed", response=Notification, path_params={"id": "integer"}, errors=(404,)),
-    Endpoint("POST", "/api/notifications/{id}/read", mark_read, "Mark one notification read",
+    Endpoint("POST", "/api/notifications/{id:int}/read", mark_read, "Mark one notification read",
              "feed", response=Status, path_params={"id": "integer"}, errors=(404,)),
 ]  # fmt: skip

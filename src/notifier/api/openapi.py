@@ -7,6 +7,7 @@ Schema 2020-12, which is what msgspec emits.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,7 +107,8 @@ def document(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
     schema_of = dict(zip(types, schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:
-        paths.setdefault(e.path, {})[e.method.lower()] = _operation(e, schema_of)
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", e.path)  # `{id:int}` is Starlette's
+        paths.setdefault(path, {})[e.method.lower()] = _operation(e, schema_of)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -8,7 +8,7 @@ from typing import TypeVar
 import msgspec
 from starlette.requests import Request
 
-from notifier.api.errors import ApiError, validation_error
+from notifier.api.errors import ApiError, FieldError, validation_error
 
 T = TypeVar("T")
 
@@ -57,6 +57,14 @@ async def json_body(request: Request, type_: type[T], limit: int = API_BODY_LIMI
 def query(request: Request, type_: type[T]) -> T:
     """The query string converted to `type_` (a struct of optional fields); 422 if invalid."""
     params = dict(request.query_params)
+    for key, value in params.items():
+        repeated = len(request.query_params.getlist(key)) > 1
+        if repeated or value == "null":  # msgspec's lax mode would read "null" as None
+            message = "given more than once" if repeated else "null is not a value here"
+            raise ApiError(
+                422, f"{key}: {message}",
+                details=[FieldError(location="query", field=key, message=message)],
+            )  # fmt: skip
     try:
         return msgspec.convert(params, type_, strict=False)
     except msgspec.ValidationError as exc:
@@ -65,10 +73,11 @@ def query(request: Request, type_: type[T]) -> T:
 
 def path_int(request: Request, name: str, what: str) -> int:
     """A bigint path parameter; anything else is a 404 (no such resource)."""
-    raw = request.path_params[name]
-    if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_BIGINT:
+    raw = request.path_params[name]  # an int from `{id:int}`, or text
+    text = str(raw)
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_BIGINT:
         raise ApiError(404, f"{what} not found")
-    return int(raw)
+    return int(text)
 
 
 def path_uuid(request: Request, name: str, what: str) -> uuid.UUID:

@@ -281,7 +281,7 @@ ENDPOINTS = [
              status=202, response=PingAccepted, errors=(404, 409)),
     Endpoint("GET", "/api/webhook/deliveries", deliveries, "Recent deliveries with attempts",
              "webhook", response=DeliveryPage, query=DeliveryQuery, errors=(400, 422)),
-    Endpoint("POST", "/api/webhook/deliveries/{id}/redeliver", redeliver,
+    Endpoint("POST", "/api/webhook/deliveries/{id:int}/redeliver", redeliver,
              "Deliver an event again (same webhook-id)", "webhook", status=202,
              response=RedeliverAccepted, path_params={"id": "integer"}, errors=(404, 409)),
 ]  # fmt: skip
