@@ -168,14 +168,16 @@ class Router:
             return
         assert self.pool is not None
         try:
-            raw = json.loads(message.body)
+            # Only the validated fields are kept: unknown ones may hold anything
+            # (a \u0000 that jsonb refuses would otherwise requeue for ever).
+            recorded = msgspec.to_builtins(msg)
             async with self.pool.connection() as conn:
                 fired = await cycles.record_signal(
                     conn,
                     version=msg.version,
                     service=msg.service,
                     completed_at=msg.completed_at,
-                    message=raw if isinstance(raw, dict) else {},
+                    message=recorded,
                     required=self.settings.required_services,
                     unit_size=self.settings.router_unit_size,
                 )

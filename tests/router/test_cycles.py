@@ -438,7 +438,14 @@ async def test_malformed_messages_are_dead_lettered_and_router_lives(
     finally:
         await conn.close()
     assert q(pg_url, "SELECT count(*) FROM notifier.cycle_signals") == [(0,)]
-    # Unknown fields are ignored; the router still works.
-    await publish({**completion("graphinator", "v1"), "extra": {"nested": True}})
+    # Unknown fields are ignored (even ones PostgreSQL's jsonb could not store).
+    await publish({**completion("graphinator", "v1"), "extra": {"nested": "\u0000"}})
     await publish(completion("tableinator", "v1"))
     await cycle_done(pg_url, "v1")
+    messages = q(pg_url, "SELECT message FROM notifier.cycle_signals ORDER BY service")
+    assert messages[0][0] == {
+        "type": "import_completed",
+        "service": "graphinator",
+        "version": "v1",
+        "completed_at": "2026-02-03T04:05:06Z",
+    }
