@@ -83,6 +83,8 @@ async def user(request: Request) -> User:
             "too many requests; slow down",
             headers={"Retry-After": retry_after_header(wait)},
         )
+    if who.email is not None:
+        await c.emails.note(c.pool, who.id, who.email)
     return who
 
 

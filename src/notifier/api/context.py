@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 
+from notifier.api.emails import EmailBook
 from notifier.api.ratelimit import RateLimiter
 from notifier.config import Settings
 
@@ -27,6 +28,7 @@ class Context:
     hub: Hub
     limiter: RateLimiter
     metrics: Metrics
+    emails: EmailBook = field(default_factory=EmailBook)
 
 
 def ctx(request: Request) -> Context:
