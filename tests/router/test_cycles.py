@@ -7,9 +7,10 @@ import json
 import uuid
 
 import aio_pika
+import psycopg
 from neo4j import AsyncDriver
 
-from notifier import services
+from notifier import config, cycles, services
 from notifier.graphbuilder import GraphBuilder
 from notifier.router import REGISTRY, Router, queue_names
 from tests.router.conftest import (
@@ -449,3 +450,52 @@ async def test_malformed_messages_are_dead_lettered_and_router_lives(
         "version": "v1",
         "completed_at": "2026-02-03T04:05:06Z",
     }
+
+
+async def test_failing_units_are_given_back_or_abandoned_after_max_attempts(
+    router_env: dict[str, str], pg_url: str
+) -> None:
+    user = uuid.uuid4()
+    watch(pg_url, user, "artist", "1")
+    settings = config.load(dict(router_env, NEO4J_DATABASE="no_such_graph_db"), "router")
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        for service in ("graphinator", "tableinator"):
+            await cycles.record_signal(
+                conn,
+                version="v1",
+                service=service,
+                completed_at=None,
+                message={},
+                required=settings.required_services,
+                unit_size=10,
+            )
+    # One unit is on its last attempt, the other has attempts left.
+    q(
+        pg_url,
+        "UPDATE notifier.diff_units SET attempts = %s WHERE entity_type = 'releases'",
+        cycles.MAX_ATTEMPTS - 1,
+    )
+    r = Router(settings)
+    task = asyncio.create_task(r.run(serve_http=False))
+    try:
+        await wait_until(
+            lambda: (
+                q(
+                    pg_url,
+                    "SELECT status, stats ? 'failed_units' FROM notifier.diff_units"
+                    " WHERE entity_type = 'releases'",
+                )
+                == [("done", True)]
+                and q(
+                    pg_url,
+                    "SELECT stats ? 'last_error', lease_until > now() FROM"
+                    " notifier.diff_units WHERE entity_type = 'artist'",
+                )
+                == [(True, True)]
+            ),
+            what="one unit abandoned, the other given back",
+        )
+    finally:
+        r.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+    assert q(pg_url, "SELECT status FROM notifier.cycles") == [("running",)]
