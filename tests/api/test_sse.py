@@ -194,3 +194,32 @@ async def test_many_streams_are_limited_per_user(api: Api, user: uuid.UUID) -> N
         assert api.app.state.ctx.hub.streams_of(user) == MAX_STREAMS_PER_USER
         for cm, _ in opened:
             await cm.__aexit__(None, None, None)
+
+
+def _listener_pids(pg_url: str) -> list[int]:
+    db = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query LIKE 'LISTEN%%'", (db,)
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+async def test_listener_reconnects_after_losing_its_connection(api: Api, user: uuid.UUID) -> None:
+    async with sse(api.url, user) as events:
+        await events.until("notification.count")
+        old = _listener_pids(api.pg_url)
+        assert len(old) == 1
+        with psycopg.connect(api.pg_url) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (old[0],))
+        for _ in range(100):
+            new = _listener_pids(api.pg_url)
+            if new and new != old and api.app.state.ctx.hub.ready.is_set():
+                break
+            await asyncio.sleep(0.1)
+        assert new and new != old
+        body = {"user_ids": [str(user)], "event": "price_drop", "idempotency_key": "after"}
+        r = await api.client.post("/internal/events", json=body, headers=SERVICE)
+        assert r.status_code == 202
+        note, _ = await events.until("notification")
+        assert note["event"] == "price_drop"
