@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -70,7 +71,9 @@ async def sse(url: str, user: uuid.UUID, **headers: str) -> AsyncIterator[Events
 
 
 @pytest.fixture
-def replicas(api_env: dict[str, str], pg_url: str) -> Iterator[list[str]]:
+def replicas(
+    api_env: dict[str, str], pg_url: str
+) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
     """Two `notifier api` processes on the same database."""
     procs, urls = [], []
     for name in ("a", "b"):
@@ -93,7 +96,7 @@ def replicas(api_env: dict[str, str], pg_url: str) -> Iterator[list[str]]:
                     pass
                 assert time.monotonic() < deadline, "api replica did not start"
                 time.sleep(0.1)
-        yield urls
+        yield list(zip(urls, procs, strict=True))
     finally:
         for proc in procs:
             proc.terminate()
@@ -102,9 +105,9 @@ def replicas(api_env: dict[str, str], pg_url: str) -> Iterator[list[str]]:
 
 
 async def test_notification_created_on_one_replica_streams_from_another(
-    replicas: list[str], user: uuid.UUID
+    replicas: list[tuple[str, subprocess.Popen[bytes]]], user: uuid.UUID
 ) -> None:
-    a, b = replicas
+    (a, _), (b, _) = replicas
     async with sse(b, user) as events:
         assert await events.until("notification.count") == ({"count": 0}, None)
         body = {"user_ids": [str(user)], "event": "price_drop", "entity_type": "release",
@@ -223,3 +226,18 @@ async def test_listener_reconnects_after_losing_its_connection(api: Api, user: u
         assert r.status_code == 202
         note, _ = await events.until("notification")
         assert note["event"] == "price_drop"
+
+
+async def test_sigterm_ends_open_streams_and_exits_zero(
+    replicas: list[tuple[str, subprocess.Popen[bytes]]], user: uuid.UUID
+) -> None:
+    b, proc = replicas[1]
+    started = time.monotonic()
+    async with sse(b, user) as events:
+        await events.until("notification.count")
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises((EOFError, httpx.RemoteProtocolError)):
+            while True:
+                await events.next()
+    assert proc.wait(20) == 0
+    assert time.monotonic() - started < 8  # ended well before the 10 s grace period
