@@ -463,6 +463,7 @@ def _local_arcadedb() -> Iterator[GraphService]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=top,  # ArcadeDB writes ./log where it starts
         )  # fmt: skip
     try:
         _wait(
