@@ -66,11 +66,12 @@ class Settings:
     smtp_from: str | None
     log_level: str
     replica: str
-    # Router (issue 3): diff unit size, unit lease, broker prefetch, idle poll.
+    # Router (issue 3): diff unit size, unit lease, broker prefetch, idle poll, workers.
     router_unit_size: int = 500
     router_lease_seconds: float = 120.0
     router_prefetch: int = 16
     router_poll_seconds: float = 1.0
+    router_workers: int = 1
     # API (issue 5): per-user rate limit (requests/minute, 0 = off; burst) and pool size.
     api_rate_limit_per_minute: int = 600
     api_rate_limit_burst: int = 120
@@ -215,6 +216,7 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         router_lease_seconds=_router_number(r, "NOTIFIER_ROUTER_LEASE_SECONDS", 120.0, 1, 86_400),
         router_prefetch=int(_router_number(r, "NOTIFIER_ROUTER_PREFETCH", 16, 1, 10_000, int)),
         router_poll_seconds=_router_number(r, "NOTIFIER_ROUTER_POLL_SECONDS", 1.0, 0.01, 3_600),
+        router_workers=int(_router_number(r, "NOTIFIER_ROUTER_WORKERS", 1, 1, 64, int)),
         # API (issue 5).
         **_api_settings(r),
     )

@@ -52,7 +52,7 @@ EVENTS = Counter("notifier_router_events", "Events written by the router", regis
 FEED_ROWS = Counter("notifier_router_feed_rows", "Feed rows written", registry=REGISTRY)
 OUTBOX_ROWS = Counter("notifier_router_outbox_rows", "Outbox rows written", registry=REGISTRY)
 CYCLES_DONE = Counter("notifier_router_cycles_done", "Cycles finished", registry=REGISTRY)
-BUSY = Gauge("notifier_router_busy", "1 while a unit is being processed", registry=REGISTRY)
+BUSY = Gauge("notifier_router_busy", "Units being processed now", registry=REGISTRY)
 
 
 Service = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
@@ -114,7 +114,7 @@ class Router:
     async def run(self, *, serve_http: bool = True) -> int:
         """Run until `stop` is set (SIGTERM); return the exit code."""
         s = self.settings
-        self.pool = db.pool(s.postgres_conninfo, min_size=1, max_size=4)
+        self.pool = db.pool(s.postgres_conninfo, min_size=1, max_size=s.router_workers + 3)
         await self.pool.open(wait=True, timeout=30)
         self.driver = AsyncGraphDatabase.driver(
             s.neo4j_uri, auth=(s.neo4j_username, s.neo4j_password)
@@ -128,7 +128,9 @@ class Router:
                 server = await asyncio.start_server(self._http, "0.0.0.0", s.port)  # noqa: S104
             log.info("router started", extra={"queue": queue.name, "claim": self.me})
             self.ready.set()
-            await self._work()
+            # Several workers per process overlap graph and database waits; each
+            # has its own claim token, as if it were a replica of its own.
+            await asyncio.gather(*(self._work(f"{self.me}.{n}") for n in range(s.router_workers)))
             await queue.cancel(tag)
             return 0
         finally:
@@ -198,17 +200,17 @@ class Router:
         if fired:
             self.wake.set()
 
-    async def _work(self) -> None:
-        """Claim and run units until stopped."""
+    async def _work(self, me: str) -> None:
+        """One worker: claim and run units (as `me`) until stopped."""
         assert self.pool is not None and self.driver is not None
         s = self.settings
         graph = Graph(self.driver, s.neo4j_database)
-        runner = UnitRunner(self.pool, graph, self.me, email=s.smtp_enabled, batch=1000)
+        runner = UnitRunner(self.pool, graph, me, email=s.smtp_enabled, batch=1000)
         while not self.stop.is_set():
             unit = None
             try:
                 async with self.pool.connection() as conn:
-                    unit = await cycles.claim(conn, self.me, s.router_lease_seconds)
+                    unit = await cycles.claim(conn, me, s.router_lease_seconds)
                     if unit is None:
                         for version in await cycles.finish_cycles(conn):
                             CYCLES_DONE.inc()
@@ -220,7 +222,7 @@ class Router:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._either(), s.router_poll_seconds)
                 continue
-            await self._run_unit(runner, unit)
+            await self._run_unit(runner, unit, me)
 
     async def _either(self) -> None:
         waits = [asyncio.create_task(self.stop.wait()), asyncio.create_task(self.wake.wait())]
@@ -230,21 +232,21 @@ class Router:
             for w in waits:
                 w.cancel()
 
-    async def _run_unit(self, runner: UnitRunner, unit: cycles.Unit) -> None:
+    async def _run_unit(self, runner: UnitRunner, unit: cycles.Unit, me: str) -> None:
         assert self.pool is not None
         started = time.monotonic()
-        BUSY.set(1)
-        keeper = asyncio.create_task(self._keep_lease(unit.id))
+        BUSY.inc()
+        keeper = asyncio.create_task(self._keep_lease(unit.id, me))
         try:
             stats = await runner.run(unit)
         except Exception as exc:
             log.exception("diff unit failed", extra={"unit": unit.id, "attempts": unit.attempts})
             UNITS.labels("failed").inc()
-            await self._give_back(unit, exc)
+            await self._give_back(unit, exc, me)
             return
         finally:
             keeper.cancel()
-            BUSY.set(0)
+            BUSY.dec()
         if stats is None:
             UNITS.labels("lost").inc()
             log.warning("diff unit taken over by another router", extra={"unit": unit.id})
@@ -271,31 +273,31 @@ class Router:
         except Exception:
             log.exception("could not finish the cycle (the next idle poll retries)")
 
-    async def _give_back(self, unit: cycles.Unit, exc: BaseException) -> None:
+    async def _give_back(self, unit: cycles.Unit, exc: BaseException, me: str) -> None:
         assert self.pool is not None
         error = f"{type(exc).__name__}: {exc}"[:500]
         try:
             async with self.pool.connection() as conn, conn.transaction():
                 if unit.attempts >= cycles.MAX_ATTEMPTS:
-                    if await cycles.lock_owned(conn, unit.id, self.me):
+                    if await cycles.lock_owned(conn, unit.id, me):
                         await cycles.mark_done(
                             conn, unit.id, {"failed_units": 1, "last_error": error}
                         )
                         log.error("diff unit abandoned", extra={"unit": unit.id, "error": error})
                 else:
                     delay = min(2.0**unit.attempts, 300.0)
-                    await cycles.release(conn, unit.id, self.me, delay, {"last_error": error})
+                    await cycles.release(conn, unit.id, me, delay, {"last_error": error})
         except Exception:
             log.exception("could not release a failed unit (its lease expires anyway)")
 
-    async def _keep_lease(self, unit_id: int) -> None:
+    async def _keep_lease(self, unit_id: int, me: str) -> None:
         assert self.pool is not None
         lease = self.settings.router_lease_seconds
         while True:
             await asyncio.sleep(max(lease / 3, 0.2))
             try:
                 async with self.pool.connection() as conn:
-                    if not await cycles.renew(conn, unit_id, self.me, lease):
+                    if not await cycles.renew(conn, unit_id, me, lease):
                         return
             except Exception:
                 log.exception("could not renew a unit lease")

@@ -33,7 +33,7 @@ def router_env(
     graph_db: str,
     exchange_name: str,
 ) -> dict[str, str]:
-    """Environment of a router on this test's services (fast polling, short lease)."""
+    """Environment of a router on this test's services (fast polling, short lease, 2 workers)."""
     return env_for(
         pg_server,
         pg_url,
@@ -44,6 +44,7 @@ def router_env(
         NOTIFIER_ROUTER_POLL_SECONDS="0.05",
         NOTIFIER_ROUTER_LEASE_SECONDS="3",
         NOTIFIER_PORT=str(services.free_port()),
+        NOTIFIER_ROUTER_WORKERS="2",  # exercise concurrent workers in every router test
     )
 
 

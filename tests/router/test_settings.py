@@ -13,6 +13,7 @@ def test_router_defaults() -> None:
     s = config.load(BASE, "router")
     assert (s.router_unit_size, s.router_lease_seconds) == (500, 120.0)
     assert (s.router_prefetch, s.router_poll_seconds) == (16, 1.0)
+    assert s.router_workers == 1
 
 
 def test_router_values_are_read() -> None:
@@ -23,11 +24,13 @@ def test_router_values_are_read() -> None:
             "NOTIFIER_ROUTER_LEASE_SECONDS": "2.5",
             "NOTIFIER_ROUTER_PREFETCH": "3",
             "NOTIFIER_ROUTER_POLL_SECONDS": "0.05",
+            "NOTIFIER_ROUTER_WORKERS": "4",
         },
         "router",
     )
     assert (s.router_unit_size, s.router_lease_seconds) == (7, 2.5)
     assert (s.router_prefetch, s.router_poll_seconds) == (3, 0.05)
+    assert s.router_workers == 4
 
 
 @pytest.mark.parametrize(
@@ -40,6 +43,8 @@ def test_router_values_are_read() -> None:
         ("NOTIFIER_ROUTER_LEASE_SECONDS", "0"),
         ("NOTIFIER_ROUTER_PREFETCH", "-1"),
         ("NOTIFIER_ROUTER_POLL_SECONDS", "inf"),
+        ("NOTIFIER_ROUTER_WORKERS", "0"),
+        ("NOTIFIER_ROUTER_WORKERS", "65"),
     ],
 )
 def test_router_bad_values_name_the_variable(name: str, value: str) -> None:
