@@ -63,6 +63,7 @@ INSERT INTO notifier.diff_units (version, entity_type, seq, entity_ids)
 VALUES (%(version)s, 'releases', 0, '{}')
 ON CONFLICT (version, entity_type, seq) DO NOTHING
 """
+# diff_units_version_type_seq_key makes unit creation idempotent.
 INSERT_UNITS = """
 INSERT INTO notifier.diff_units (version, entity_type, seq, entity_ids)
 SELECT %(version)s, entity_type, (rn / %(size)s)::int + 1, array_agg(entity_id ORDER BY entity_id)
@@ -108,6 +109,7 @@ WHERE id = %(id)s AND claimed_by = %(me)s AND status = 'pending'
 # Primary key of diff_units: the finishing transaction holds the unit's row
 # lock, so a router whose lease was taken over cannot also commit it.
 LOCK_UNIT = "SELECT status, claimed_by FROM notifier.diff_units WHERE id = %(id)s FOR UPDATE"
+# Primary key of diff_units.
 MARK_DONE = """
 UPDATE notifier.diff_units
 SET status = 'done', finished_at = now(), lease_until = NULL, stats = %(stats)s::jsonb

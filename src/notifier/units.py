@@ -33,6 +33,7 @@ FROM notifier.entity_snapshots
 WHERE entity_type = %(type)s AND entity_id = ANY(%(ids)s)
 FOR UPDATE
 """
+# entity_snapshots primary key: insert or replace the entity's state.
 UPSERT_SNAPSHOT = """
 INSERT INTO notifier.entity_snapshots
     (entity_type, entity_id, entity_name, version, release_ids, alias_ids, member_ids,
@@ -126,6 +127,7 @@ WHERE first_version = %(version)s AND release_id > %(after)s
 ORDER BY release_id
 LIMIT %(limit)s
 """
+# cycle_releases primary key (version, release_id) absorbs a resumed scan's rows.
 INSERT_CYCLE_RELEASES = """
 INSERT INTO notifier.cycle_releases
     (version, release_id, title, year, formats, artist_ids, artist_names, label_ids,
