@@ -241,3 +241,24 @@ async def test_sigterm_ends_open_streams_and_exits_zero(
                 await events.next()
     assert proc.wait(20) == 0
     assert time.monotonic() - started < 8  # ended well before the 10 s grace period
+
+
+async def test_bursts_and_malformed_notifications(api: Api, user: uuid.UUID) -> None:
+    async with sse(api.url, user) as events:
+        await events.until("notification.count")
+        with psycopg.connect(api.pg_url, autocommit=True) as conn:
+            for bad in ("garbage", '{"event_id": "not-a-uuid"}', "[]", '{"x": 1}'):
+                conn.execute("SELECT pg_notify('notifier_feed', %s)", (bad,))
+                conn.execute("SELECT pg_notify('notifier_read', %s)", (bad,))
+        # 30 events in quick succession arrive, in order, on the same stream.
+        for i in range(30):
+            body = {"user_ids": [str(user)], "event": "price_drop", "entity_id": str(i),
+                    "idempotency_key": f"burst-{i}"}  # fmt: skip
+            r = await api.client.post("/internal/events", json=body, headers=SERVICE)
+            assert r.status_code == 202
+        got = []
+        while len(got) < 30:
+            note, _ = await events.until("notification")
+            got.append(note["entity_id"])
+        assert got == [str(i) for i in range(30)]
+        assert api.app.state.ctx.hub.connected == 1

@@ -53,11 +53,13 @@ SELECT {_COLUMNS}
 FROM notifier.notification_events ne JOIN notifier.events e ON e.id = ne.event_id
 WHERE ne.id = %(id)s AND ne.user_id = %(user)s
 """  # noqa: S608 - built from constants only, never from input
-# Index: notification_events_user_event_key (user_id, event_id), used by the SSE hub.
-FEED_OF_EVENT = f"""
+# Index: notification_events_user_event_key (user_id, event_id), both as ANY
+# arrays: the SSE hub reads a batch of new events for this replica's users.
+FEED_OF_EVENTS = f"""
 SELECT ne.user_id, {_COLUMNS}
 FROM notifier.notification_events ne JOIN notifier.events e ON e.id = ne.event_id
-WHERE ne.event_id = %(event)s AND ne.user_id = ANY(%(users)s)
+WHERE ne.event_id = ANY(%(events)s) AND ne.user_id = ANY(%(users)s)
+ORDER BY ne.id
 """  # noqa: S608 - built from constants only, never from input
 # Index: unread_counters primary key: one row however large the feed.
 UNREAD_COUNT = "SELECT unread FROM notifier.unread_counters WHERE user_id = %s"

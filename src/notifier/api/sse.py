@@ -40,6 +40,8 @@ from notifier.api.routing import Endpoint
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+INBOX_SIZE = 100_000
+BATCH = 500  # new events read per query
 MAX_STREAMS_PER_USER = 10
 REPLAY_LIMIT = 100
 RECONNECT_MAX_SECONDS = 5.0
@@ -96,6 +98,7 @@ class Hub:
         self.pool = pool
         self.subscribers: dict[uuid.UUID, set[Subscriber]] = {}
         self.ready = asyncio.Event()
+        self._inbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=INBOX_SIZE)
         self.closed = False
 
     @property
@@ -136,6 +139,15 @@ class Hub:
 
     async def run(self) -> None:
         """LISTEN until cancelled, reconnecting with backoff when PostgreSQL goes away."""
+        processor = asyncio.create_task(self._process(), name="sse-hub")
+        try:
+            await self._listen()
+        finally:
+            processor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await processor
+
+    async def _listen(self) -> None:
         delay = 0.2
         while not self.closed:
             try:
@@ -147,7 +159,7 @@ class Hub:
                     self.ready.set()
                     delay = 0.2
                     async for note in conn.notifies():
-                        await self.dispatch(note.channel, note.payload)
+                        self.dispatch(note.channel, note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: reconnect, never die
@@ -157,30 +169,57 @@ class Hub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
-    async def dispatch(self, channel: str, payload: str) -> None:
-        """Handle one notification; bad payloads are logged and ignored."""
+    def dispatch(self, channel: str, payload: str) -> None:
+        """Queue one notification for the processor (the listener never waits on a query)."""
         try:
-            data = msgspec.json.decode(payload)
-            if channel == fanout.FEED_CHANNEL:
-                await self._on_event(uuid.UUID(str(data["event_id"])))
-            elif channel == feed.READ_CHANNEL:
-                self._on_read(uuid.UUID(str(data["user_id"])), data.get("ids"), data["unread"])
-        except (msgspec.DecodeError, KeyError, TypeError, ValueError):
-            log.warning("ignored a malformed notification", extra={"channel": channel})
-        except psycopg.Error as exc:
-            log.warning("sse could not read a new event", extra={"error": type(exc).__name__})
+            self._inbox.put_nowait((channel, payload))
+        except asyncio.QueueFull:
+            log.warning("sse hub overloaded; a notification was dropped")
 
-    async def _on_event(self, event_id: uuid.UUID) -> None:
+    async def _process(self) -> None:
+        while True:
+            items = [await self._inbox.get()]
+            while len(items) < BATCH and not self._inbox.empty():
+                items.append(self._inbox.get_nowait())
+            await self.handle(items)
+
+    async def handle(self, items: list[tuple[str, str]]) -> None:
+        """Handle notifications in order, reading consecutive new events in one query.
+
+        Bad payloads are logged and ignored; a failed read is logged (the
+        clients catch up with `Last-Event-ID` when they reconnect).
+        """
+        events: list[uuid.UUID] = []
+        for channel, payload in items:
+            try:
+                data = msgspec.json.decode(payload)
+                if channel == fanout.FEED_CHANNEL:
+                    events.append(uuid.UUID(str(data["event_id"])))
+                elif channel == feed.READ_CHANNEL:
+                    await self._on_events(events)
+                    events = []
+                    ids, unread = data.get("ids"), int(data["unread"])
+                    self._on_read(uuid.UUID(str(data["user_id"])), ids, unread)
+            except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError):
+                log.warning("ignored a malformed notification", extra={"channel": channel})
+        await self._on_events(events)
+
+    async def _on_events(self, event_ids: list[uuid.UUID]) -> None:
         users = list(self.subscribers)
-        if not users:
+        if not users or not event_ids:
             return
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(feed.FEED_OF_EVENT, {"event": event_id, "users": users})
-            rows = await cur.fetchall()
-            if not rows:
-                return
-            counts = await (await conn.execute(COUNTS, ([r["user_id"] for r in rows],))).fetchall()
+        try:
+            async with self.pool.connection() as conn:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(feed.FEED_OF_EVENTS, {"events": event_ids, "users": users})
+                rows = await cur.fetchall()
+                if not rows:
+                    return
+                touched = list({r["user_id"] for r in rows})
+                counts = await (await conn.execute(COUNTS, (touched,))).fetchall()
+        except psycopg.Error as exc:  # PoolTimeout included
+            log.warning("sse could not read new events", extra={"error": type(exc).__name__})
+            return
         for row in rows:
             user_id = row.pop("user_id")
             n = feed.notification(row)
