@@ -66,7 +66,12 @@ def create_app(settings: Settings, *, heartbeat_seconds: float = 15.0) -> Starle
     """The Starlette app; its lifespan opens the pool, the graph driver and the SSE hub."""
     eps = endpoints()
     metrics = Metrics()
-    doc = msgspec.json.encode(openapi.document(eps, version=_version()))
+    doc = msgspec.json.encode(
+        openapi.document(
+            eps, version=_version(), rate_per_minute=settings.api_rate_limit_per_minute,
+            burst=settings.api_rate_limit_burst,
+        )
+    )  # fmt: skip
 
     async def openapi_json(request: Request) -> Response:
         return Response(doc, media_type="application/json")

@@ -96,8 +96,16 @@ def _operation(e: Endpoint, schema_of: dict[Any, dict[str, Any]]) -> dict[str, A
     return op
 
 
-def document(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `endpoints`."""
+def document(
+    endpoints: Sequence[Endpoint], *, version: str, rate_per_minute: int = 0, burst: int = 0
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `endpoints` (with this deployment's rate limit)."""
+    rate = (
+        f"each user may send {rate_per_minute} requests per minute per replica, in bursts of "
+        f"up to {burst}; past that, 429 with Retry-After"
+        if rate_per_minute > 0
+        else "no per-user rate limit is configured"
+    )
     types: list[Any] = [ErrorEnvelope, *DOCUMENTED]
     for e in endpoints:
         for t in (e.body, e.response):
@@ -117,8 +125,7 @@ def document(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
             "description": "Watch artists, labels, genres, styles and searches; get told what "
             "each monthly import changed, in a feed, over SSE and through signed webhooks. "
             'Errors: `{"error": {"code", "message", "details"?}}`. Limits: request '
-            "bodies 64 KiB on /api (1 MiB on /internal); a per-user rate limit answers 429 "
-            "with Retry-After.",
+            "bodies 64 KiB on /api (1 MiB on /internal), else 413; " + rate + ".",
         },
         "paths": paths,
         "components": {
