@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from notifier.api import errors, feed, health, internal, openapi, preferences, sse, watchlist
 from notifier.api import webhook as webhook_routes
@@ -104,8 +105,6 @@ def create_app(settings: Settings, *, heartbeat_seconds: float = 15.0) -> Starle
                 await listener
             await pool.close()
             await graph.close()
-
-    from starlette.routing import Route
 
     app = Starlette(
         routes=[*routes(eps), Route("/openapi.json", openapi_json, methods=["GET"])],
