@@ -225,7 +225,7 @@ async def deliveries(request: Request) -> Response:
     async with ctx(request).pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(DELIVERIES, params)
-        rows = (await cur.fetchall())[: q.limit + 1]
+        rows = await cur.fetchall()
         page = rows[: q.limit]
         attempts: dict[int, list[Attempt]] = {r["id"]: [] for r in page}
         if page:
