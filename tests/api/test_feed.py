@@ -128,3 +128,24 @@ async def test_another_users_notifications_are_404(api: Api, user: uuid.UUID) ->
     for bad in ("abc", "99999999999999999999999", "-1", "1.5"):
         r = await api.client.get(f"/api/notifications/{bad}", headers=h)
         assert r.status_code == 404, bad
+
+
+async def test_concurrent_reads_count_once(api: Api, user: uuid.UUID) -> None:
+    import asyncio
+
+    h = bearer(user)
+    seed_feed(api.pg_url, user, 6)
+    items = (await api.client.get("/api/notifications", headers=h)).json()["items"]
+    target = items[0]["id"]
+    calls = [api.client.post(f"/api/notifications/{target}/read", headers=h) for _ in range(10)]
+    calls += [api.client.post(f"/api/notifications/{items[1]['id']}/read", headers=h)]
+    answers = await asyncio.gather(*calls)
+    assert {r.status_code for r in answers} == {200}
+    count = (await api.client.get("/api/notifications/unread-count", headers=h)).json()
+    assert count == {"count": 4}
+    r = await asyncio.gather(*[api.client.post("/api/notifications/read-all", headers=h)
+                               for _ in range(5)])  # fmt: skip
+    assert sum(x.json()["marked"] for x in r) == 4
+    assert (await api.client.get("/api/notifications/unread-count", headers=h)).json() == {
+        "count": 0
+    }
