@@ -75,6 +75,14 @@ class Result:
     status_code: int | None = None
     error: str | None = None  # error class when no HTTP answer: "timeout", "connect_error", …
     retry_after: float | None = None
+    ok: bool | None = None  # None: success means a 2xx status code
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the attempt delivered the message."""
+        if self.ok is not None:
+            return self.ok
+        return self.status_code is not None and 200 <= self.status_code < 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +113,7 @@ def decide(
 ) -> Decision:
     """The row's fate after its `attempts`-th attempt ended with `result`."""
     code = result.status_code
-    if code is not None and 200 <= code < 300:
+    if result.succeeded:
         return Decision("delivered")
     error = describe(result)
     if channel == "webhook" and code == 410:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from notifier import backoff
+
 Role = Literal["migrate", "api", "router", "delivery", "all", "dev"]
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -72,6 +74,16 @@ class Settings:
     router_prefetch: int = 16
     router_poll_seconds: float = 1.0
     router_workers: int = 1
+    # Delivery (issue 4): sender limits, claim batch and lease, timeouts, retries.
+    delivery_concurrency: int = 256
+    delivery_per_endpoint: int = 8
+    delivery_batch: int = 200
+    delivery_lease_seconds: float = 60.0
+    delivery_connect_timeout: float = 5.0
+    delivery_read_timeout: float = 10.0
+    delivery_timeout: float = 15.0
+    delivery_poll_seconds: float = 0.5
+    delivery_retry_schedule: tuple[float, ...] = backoff.DEFAULT_SCHEDULE
     # API (issue 5): per-user rate limit (requests/minute, 0 = off; burst) and pool size.
     api_rate_limit_per_minute: int = 600
     api_rate_limit_burst: int = 120
@@ -217,6 +229,8 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         router_prefetch=int(_router_number(r, "NOTIFIER_ROUTER_PREFETCH", 16, 1, 10_000, int)),
         router_poll_seconds=_router_number(r, "NOTIFIER_ROUTER_POLL_SECONDS", 1.0, 0.01, 3_600),
         router_workers=int(_router_number(r, "NOTIFIER_ROUTER_WORKERS", 1, 1, 64, int)),
+        # Delivery (issue 4).
+        **_delivery_settings(r),
         # API (issue 5).
         **_api_settings(r),
     )
@@ -236,6 +250,65 @@ def _require(s: Settings, role: str) -> None:
         raise ConfigError("JWT_SECRET_KEY: required by the API (or JWT_SECRET_KEY_FILE)")
     if s.smtp_host and not s.smtp_from:
         raise ConfigError("NOTIFIER_SMTP_FROM: required when NOTIFIER_SMTP_HOST is set")
+
+
+# Delivery (issue 4): the NOTIFIER_DELIVERY_* settings.
+def _delivery_settings(r: _Reader) -> dict[str, Any]:
+    """The NOTIFIER_DELIVERY_* settings (issue 4), validated."""
+
+    def number(name: str, default: float, low: float, high: float, kind: type = float) -> Any:
+        value = r.raw(name)
+        if value is None or value.strip() == "":
+            return kind(default)
+        try:
+            parsed = kind(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number {low}-{high}, got {value!r}") from None
+        if not low <= parsed <= high:
+            raise ConfigError(f"{name}: expected a number {low}-{high}, got {value!r}")
+        return parsed
+
+    timeout = number("NOTIFIER_DELIVERY_TIMEOUT", 15.0, 0.1, 600)
+    lease = number("NOTIFIER_DELIVERY_LEASE_SECONDS", 60.0, 1, 86_400)
+    if lease < 3 * timeout:
+        raise ConfigError(
+            "NOTIFIER_DELIVERY_LEASE_SECONDS: must be at least 3x NOTIFIER_DELIVERY_TIMEOUT "
+            f"({lease:g} < 3 x {timeout:g}), or rows in flight would be claimed twice"
+        )
+    schedule_text = r.optional("NOTIFIER_DELIVERY_RETRY_SCHEDULE")
+    try:
+        schedule = (
+            backoff.parse_schedule(schedule_text) if schedule_text else backoff.DEFAULT_SCHEDULE
+        )
+    except ValueError as exc:
+        raise ConfigError(f"NOTIFIER_DELIVERY_RETRY_SCHEDULE: {exc}") from None
+    return {
+        "delivery_concurrency": number("NOTIFIER_DELIVERY_CONCURRENCY", 256, 1, 10_000, int),
+        "delivery_per_endpoint": number("NOTIFIER_DELIVERY_PER_ENDPOINT", 8, 1, 10_000, int),
+        "delivery_batch": number("NOTIFIER_DELIVERY_BATCH", 200, 1, 10_000, int),
+        "delivery_lease_seconds": lease,
+        "delivery_connect_timeout": number("NOTIFIER_DELIVERY_CONNECT_TIMEOUT", 5.0, 0.1, 600),
+        "delivery_read_timeout": number("NOTIFIER_DELIVERY_READ_TIMEOUT", 10.0, 0.1, 600),
+        "delivery_timeout": timeout,
+        "delivery_poll_seconds": number("NOTIFIER_DELIVERY_POLL_SECONDS", 0.5, 0.01, 3_600),
+        "delivery_retry_schedule": schedule,
+    }
+
+
+# Router (issue 3): a bounded number setting.
+def _router_number(
+    r: _Reader, name: str, default: float, low: float, high: float, kind: type = float
+) -> float:
+    value = r.raw(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = kind(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number {low}-{high}, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{name}: expected a number {low}-{high}, got {value!r}")
+    return float(number)
 
 
 # API (issue 5): the NOTIFIER_API_* settings.
@@ -260,19 +333,3 @@ def _api_settings(r: _Reader) -> dict[str, Any]:
         "api_rate_limit_burst": count("NOTIFIER_API_RATE_BURST", 120, 1, 10_000_000),
         "api_pool_size": count("NOTIFIER_API_POOL_SIZE", 10, 1, 1_000),
     }
-
-
-# Router (issue 3): a bounded number setting.
-def _router_number(
-    r: _Reader, name: str, default: float, low: float, high: float, kind: type = float
-) -> float:
-    value = r.raw(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        number = kind(value.strip())
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number {low}-{high}, got {value!r}") from None
-    if not low <= number <= high:
-        raise ConfigError(f"{name}: expected a number {low}-{high}, got {value!r}")
-    return float(number)

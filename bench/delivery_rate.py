@@ -1,0 +1,218 @@
+"""Deliveries/s of one `notifier delivery` process vs a bare httpx loop, same run.
+
+    uv run python -m bench.delivery_rate [--rows 20000] [--concurrency 64]
+
+Both post to the same fast loopback receiver (a raw asyncio HTTP/1.1 server
+in its own process) with the same concurrency. Ours: N outbox rows over 500
+webhooks, due at one instant; a fresh `notifier delivery` process claims,
+signs, sends, and records every attempt; the clock runs from the instant the
+rows fall due to the moment the last one is `delivered` in PostgreSQL. The
+peer: one `httpx.AsyncClient` and `concurrency` tasks posting the same N
+bodies (no signing, no database). Also usable as a figure of `python -m bench`
+(`delivery_rate(ctx)`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench.core import Context, Figure, timer
+from notifier import services
+
+WEBHOOKS = 500
+_CONTENT_LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
+_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+
+
+class _Answer(asyncio.Protocol):
+    """Answers every HTTP/1.1 request with 200 ok, keep-alive."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            m = _CONTENT_LENGTH.search(self.buf, 0, end)
+            total = end + 4 + (int(m.group(1)) if m else 0)
+            if len(self.buf) < total:
+                return
+            self.buf = self.buf[total:]
+            self.transport.write(_RESPONSE)
+
+
+async def _serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Answer, "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+@contextlib.contextmanager
+def _receiver() -> Any:
+    port = services.free_port()
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "bench.delivery_rate", "--serve", str(port)]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/", content=b"{}")
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+async def _fill(url: str, hook_url: str, rows: int, due_in: float) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO notifier.webhook_configs (user_id, url, secret) "
+            "SELECT gen_random_uuid(), %s, 'whsec_' || encode(decode("
+            "md5(random()::text) || md5(random()::text), 'hex'), 'base64') "
+            "FROM generate_series(1, %s)",
+            (hook_url, WEBHOOKS),
+        )
+        await conn.execute(
+            "INSERT INTO notifier.events (dedup_key, source, version, event, entity_type, "
+            "entity_id, entity_name, detail) SELECT 'b' || i, 'router', '20260201', "
+            "'new_releases', 'artist', i::text, 'Artist ' || i, "
+            "jsonb_build_object('new_release_count', 3, 'release_ids', "
+            "jsonb_build_array('456', '789', '1011')) FROM generate_series(1, %s) AS i",
+            (rows,),
+        )
+        await conn.execute(
+            "INSERT INTO notifier.outbox (user_id, event_id, webhook_id, next_attempt_at) "
+            "SELECT w.user_id, e.id, w.id, now() + make_interval(secs => %s) "
+            "FROM (SELECT id, row_number() OVER () %% %s AS k FROM notifier.events) e "
+            "JOIN (SELECT id, user_id, row_number() OVER () - 1 AS k "
+            "      FROM notifier.webhook_configs) w ON w.k = e.k",
+            (due_in, WEBHOOKS),
+        )
+        await conn.execute("VACUUM ANALYZE notifier.outbox")
+
+
+async def _ours(ctx: Context, url: str, hook_url: str, rows: int, concurrency: int) -> float:
+    due_in = 8.0
+    await _fill(url, hook_url, rows, due_in)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT min(next_attempt_at), now() FROM notifier.outbox")
+        due_at, db_now = await cur.fetchone()  # type: ignore[misc]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "NOTIFIER_"))}
+        env.update(
+            POSTGRES_HOST=ctx.pg.host, POSTGRES_PORT=str(ctx.pg.port),
+            POSTGRES_USERNAME=ctx.pg.user, POSTGRES_PASSWORD=ctx.pg.password or "trust",
+            POSTGRES_DATABASE=url.rsplit("/", 1)[1], NOTIFIER_WEBHOOK_ALLOW_PRIVATE="true",
+            NOTIFIER_PORT=str(services.free_port()), LOG_LEVEL="WARNING",
+            NOTIFIER_DELIVERY_CONCURRENCY=str(concurrency),
+            NOTIFIER_DELIVERY_PER_ENDPOINT=str(concurrency),  # one receiver for every webhook
+            NOTIFIER_DELIVERY_BATCH=str(max(200, concurrency)),
+        )  # fmt: skip
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
+            [sys.executable, "-m", "notifier.cli", "delivery"], env=env
+        )
+        try:
+            while True:
+                cur = await conn.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'delivered'), max(delivered_at) "
+                    "FROM notifier.outbox"
+                )
+                done, last = await cur.fetchone()  # type: ignore[misc]
+                if done == rows:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError("notifier delivery exited early")
+                await asyncio.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait()
+        if db_now > due_at:
+            raise RuntimeError("the rows fell due before the delivery process was up")
+        return float(rows / (last - due_at).total_seconds())
+
+
+async def _bare(hook_url: str, rows: int, concurrency: int) -> float:
+    body = (
+        b'{"id":"00000000-0000-0000-0000-000000000000","event":"new_releases",'
+        b'"entity_type":"artist","entity_id":"1","entity_name":"Artist 1","detail":'
+        b'{"new_release_count": 3, "release_ids": ["456", "789", "1011"]},'
+        b'"version":"20260201","timestamp":"2026-02-01T00:00:00Z"}'
+    )
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(rows):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                r = await client.post(
+                    hook_url, content=body, headers={"Content-Type": "application/json"}
+                )
+                assert r.status_code == 200
+
+        with timer() as elapsed:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return rows / elapsed()
+
+
+async def delivery_rate(ctx: Context, rows: int | None = None, concurrency: int = 64) -> Figure:
+    """The figure: ours vs the bare httpx loop, same receiver, same concurrency."""
+    n = rows or ctx.sizes.get("outbox_rows", 20_000)
+    url = ctx.fresh_database()
+    with _receiver() as hook_url:
+        bare = await _bare(hook_url, n, concurrency)
+        ours = await _ours(ctx, url, hook_url, n, concurrency)
+    return Figure(
+        name="delivery rate (one process)",
+        ours=ours,
+        unit="deliveries/s",
+        peer=bare,
+        peer_name=f"bare httpx loop, concurrency {concurrency}",
+        target=">= 1,500/s and >= 0.8x",
+        passed=ours >= 1500 and ours >= 0.8 * bare,
+        notes={"rows": n, "concurrency": concurrency},
+    )
+
+
+def main() -> int:
+    """Standalone: measure and print the figure."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rows", type=int, default=20_000)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        asyncio.run(_serve(args.serve))
+        return 0
+    from bench.core import table
+
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(services.postgres())
+        ctx = Context("custom", {"outbox_rows": args.rows}, pg, stack)
+        fig = asyncio.run(delivery_rate(ctx, args.rows, args.concurrency))
+    print(table([fig]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

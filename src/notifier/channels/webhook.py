@@ -1,0 +1,322 @@
+"""The webhook channel: signed POSTs through one shared `httpx.AsyncClient`.
+
+- Bounded global concurrency and a per-endpoint cap (endpoint = scheme, host,
+  port of the URL), so one slow receiver only ever holds its own few slots.
+  Rows queue for a busy endpoint up to a bound (a base count plus what the
+  endpoint has been answering in two seconds, and a wait time inside the
+  lease); beyond it they are released unsent (`Sent.deferred`), due again a
+  second later. A fast receiver thus takes big batches while a hanging one
+  holds only a few rows.
+- Connect, read and write timeouts, plus a total deadline per attempt (a
+  receiver dripping one byte a second never trips the read timeout alone).
+- Redirects are not followed (a 3xx is a failed attempt, retried like others).
+- Only the first `MAX_RESPONSE_BYTES` of a response are read.
+- SSRF: the client's network backend resolves the host itself and refuses to
+  connect when any resolved address is forbidden (`ssrf.is_forbidden_ip`),
+  then connects to the address it checked. The check therefore applies to the
+  address actually used, which defeats DNS rebinding; TLS SNI and the Host
+  header keep the name. Proxies from the environment are ignored for the same
+  reason. With `allow_private` (tests, development) nothing is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+import typing
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpcore
+import httpx
+from httpcore._backends.anyio import AnyIOBackend
+
+from notifier import backoff, signing, ssrf
+from notifier.channels import Sent, excerpt
+from notifier.poller import Job
+
+log = logging.getLogger(__name__)
+
+PACE_WINDOW = 0.25
+MAX_DEFER = 10.0  # seconds a row released unsent waits before it is due again
+IDLE_ENDPOINTS = 4096  # endpoint stats kept after they go idle, at most
+QUEUE_SECONDS = 2.0
+
+MAX_RESPONSE_BYTES = 4096
+USER_AGENT = "Discogsography-Notifier/1 (+webhooks)"
+
+
+class BlockedAddress(Exception):
+    """The webhook host resolved to an address delivery may not connect to."""
+
+
+class ResolveError(Exception):
+    """The webhook host did not resolve."""
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves, checks every address against the SSRF rules, connects to a checked one."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        self.allow_private = allow_private
+        self._inner = AnyIOBackend()
+
+    async def _resolve(self, host: str, port: int, seconds: float | None) -> list[str]:
+        literal = ssrf.literal_ip(host)
+        if literal is not None:
+            return [str(literal)]
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(seconds):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+        except OSError as exc:
+            raise ResolveError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Connect to `host`, but only to an address the SSRF rules allow."""
+        addresses = await self._resolve(host, port, timeout)
+        if not self.allow_private:
+            for address in addresses:
+                reason = ssrf.is_forbidden_ip(ipaddress.ip_address(address.split("%", 1)[0]))
+                if reason is not None:
+                    raise BlockedAddress(f"{host} resolves to a {reason}")
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        raise last or ResolveError(f"{host} has no address")
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Unix sockets are never a webhook target."""
+        raise BlockedAddress("unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        """Delegate to the anyio backend."""
+        await self._inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with the connection pool on a `GuardedBackend`."""
+
+    def __init__(self, *, allow_private: bool, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits, trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(allow_private=allow_private),
+        )
+
+
+@dataclass
+class _Endpoint:
+    """Slots, queue and recent pace of one endpoint (dropped when it goes idle)."""
+
+    slots: asyncio.Semaphore
+    waiting: int = 0
+    users: int = 0
+    window_start: float = 0.0
+    window_done: int = 0
+    pace: float = 0.0  # answers per second over the last full window
+
+    def answered(self, now: float) -> None:
+        """Count one finished request toward the endpoint's pace."""
+        elapsed = now - self.window_start
+        if elapsed >= PACE_WINDOW:
+            # A window that ran long (the endpoint went quiet) says nothing recent.
+            self.pace = self.window_done / elapsed if elapsed < 4 * PACE_WINDOW else 0.0
+            self.window_start, self.window_done = now, 0
+        self.window_done += 1
+
+    def drain_seconds(self) -> float:
+        """About how long the current queue takes to drain (when to offer a row again)."""
+        if self.pace <= 0:
+            return MAX_DEFER
+        return min(max(self.waiting / self.pace, 1.0), MAX_DEFER)
+
+    def queue_limit(self, base: int) -> int:
+        """Rows allowed to wait: a base, plus what the endpoint answers in QUEUE_SECONDS."""
+        return base + int(self.pace * QUEUE_SECONDS)
+
+
+@dataclass(frozen=True)
+class WebhookOptions:
+    """Limits of the webhook sender."""
+
+    concurrency: int = 256
+    per_endpoint: int = 8
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    total_timeout: float = 15.0
+    allow_private: bool = False
+    # Longest wait for an endpoint slot before the row is released unsent; the
+    # delivery loop keeps it well inside the lease.
+    max_wait: float = 30.0
+    # Rows that may queue for one busy endpoint before more are released
+    # unsent, so a hanging receiver never fills the process's in-flight set;
+    # an endpoint that answers fast may queue what it answers in QUEUE_SECONDS.
+    max_queue: int = 128
+
+
+def origin(url: str) -> str:
+    """The endpoint key of `url`: scheme://host:port, lower-cased."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def classify(exc: BaseException) -> str:
+    """The error class recorded for an attempt that got no HTTP answer."""
+    if isinstance(exc, BlockedAddress):
+        return f"blocked_address: {exc}"
+    if isinstance(exc, ResolveError):
+        return f"dns_error: {exc}"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect_timeout"
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect_error"
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.LocalProtocolError):
+        return "protocol_error"
+    if isinstance(exc, httpx.TransportError):
+        return "transport_error"
+    if isinstance(exc, signing.BadSecret):
+        return f"bad_secret: {exc}"
+    return f"error: {type(exc).__name__}"
+
+
+@dataclass
+class WebhookSender:
+    """Sends signed webhook POSTs; one instance per process."""
+
+    options: WebhookOptions = field(default_factory=WebhookOptions)
+
+    def __post_init__(self) -> None:
+        o = self.options
+        self._global = asyncio.Semaphore(o.concurrency)
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._client = httpx.AsyncClient(
+            transport=GuardedTransport(
+                allow_private=o.allow_private,
+                limits=httpx.Limits(
+                    max_connections=o.concurrency,
+                    max_keepalive_connections=o.concurrency,
+                    keepalive_expiry=30,
+                ),
+            ),
+            timeout=httpx.Timeout(
+                connect=o.connect_timeout,
+                read=o.read_timeout,
+                write=o.read_timeout,
+                pool=o.total_timeout,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+        )
+
+    async def aclose(self) -> None:
+        """Close the shared client."""
+        await self._client.aclose()
+
+    def _allowed_scheme(self, url: str) -> bool:
+        scheme = urllib.parse.urlsplit(url).scheme
+        return scheme == "https" or (scheme == "http" and self.options.allow_private)
+
+    async def send(self, job: Job) -> Sent:
+        """POST the job's body to its webhook once (see the module docstring)."""
+        now = datetime.now(UTC)
+        if not job.url or not self._allowed_scheme(job.url):
+            return Sent(backoff.Result(error="bad_url: scheme not allowed"), now, 0)
+        key = origin(job.url)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = _Endpoint(
+                asyncio.Semaphore(self.options.per_endpoint)
+            )
+        if endpoint.slots.locked() and endpoint.waiting >= endpoint.queue_limit(
+            self.options.max_queue
+        ):
+            return Sent(backoff.Result(retry_after=endpoint.drain_seconds()), now, 0, deferred=True)
+        endpoint.users += 1
+        try:
+            endpoint.waiting += 1
+            try:
+                async with asyncio.timeout(self.options.max_wait):
+                    await endpoint.slots.acquire()
+            except TimeoutError:
+                return Sent(backoff.Result(retry_after=endpoint.drain_seconds()), now, 0,
+                            deferred=True)  # fmt: skip
+            finally:
+                endpoint.waiting -= 1
+            try:
+                async with self._global:
+                    return await self._post(job, job.url)
+            finally:
+                endpoint.answered(time.monotonic())
+                endpoint.slots.release()
+        finally:
+            endpoint.users -= 1
+            if endpoint.users == 0 and len(self._endpoints) > IDLE_ENDPOINTS:
+                self._prune()
+
+    def _prune(self) -> None:
+        """Forget idle endpoints (their pace is relearnt on the next burst)."""
+        for key in [k for k, e in self._endpoints.items() if e.users == 0]:
+            del self._endpoints[key]
+
+    async def _post(self, job: Job, url: str) -> Sent:
+        body = job.body()
+        started = time.perf_counter()
+        attempted_at = datetime.now(UTC)
+        data = b""
+        try:
+            keys = [signing.secret_key(s) for s in job.secrets]
+            headers = signing.headers(keys, str(job.event_id), int(time.time()), body)
+            async with asyncio.timeout(self.options.total_timeout):
+                async with self._client.stream("POST", url, content=body, headers=headers) as r:
+                    async for chunk in r.aiter_raw():
+                        data += chunk
+                        if len(data) >= MAX_RESPONSE_BYTES:
+                            break
+                    retry_after = backoff.parse_retry_after(
+                        r.headers.get("retry-after"), attempted_at
+                    )
+                    result = backoff.Result(status_code=r.status_code, retry_after=retry_after)
+        except (httpx.HTTPError, TimeoutError, BlockedAddress, ResolveError) as exc:
+            result = backoff.Result(error=classify(exc))
+        except signing.BadSecret as exc:
+            result = backoff.Result(error=classify(exc))
+        except OSError as exc:
+            result = backoff.Result(error=f"os_error: {exc.strerror or type(exc).__name__}")
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        return Sent(result, attempted_at, duration_ms, excerpt(data[:MAX_RESPONSE_BYTES]))

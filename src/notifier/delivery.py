@@ -1,0 +1,429 @@
+"""`notifier delivery`: the poller feeding the senders (contract §1, §6).
+
+One asyncio loop runs:
+- the poller: claims due outbox rows in batches (`poller.claim`, a lease; see
+  poller.py for why a lease and not a held lock) whenever there is room for
+  more rows in flight, and starts one task per row;
+- the senders: each task sends its row through its channel and turns the
+  attempt into the row's next state (`backoff.decide`);
+- the completer: writes outcomes and attempt rows in batches, one transaction
+  per batch (`poller.complete`), so the database cost per delivery stays small;
+- the scheduler: fans out scheduled events when they fall due
+  (`fanout.fan_out_due`);
+- `/health` and `/metrics` on `NOTIFIER_PORT`.
+
+SIGTERM drains: no new claims, rows in flight get until the send timeout to
+finish, anything still unsent is released (due again at once, attempt not
+counted), outcomes are flushed, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import prometheus_client
+import psycopg
+import uvicorn
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from notifier import backoff, config, db, fanout, poller
+from notifier.channels import Channel, Sent
+from notifier.channels.webhook import WebhookOptions, WebhookSender
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = prometheus_client.Counter(
+    "notifier_delivery_attempts",
+    "Delivery attempts and other row outcomes, by channel and outcome.",
+    ["channel", "outcome"],
+)
+SEND_SECONDS = prometheus_client.Histogram(
+    "notifier_delivery_send_seconds",
+    "Duration of one send attempt.",
+    ["channel"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CLAIMED = prometheus_client.Counter("notifier_delivery_claimed_rows", "Outbox rows claimed.")
+INFLIGHT = prometheus_client.Gauge("notifier_delivery_inflight", "Outbox rows being sent.")
+FANNED_OUT = prometheus_client.Counter(
+    "notifier_delivery_scheduled_fanouts", "Scheduled events fanned out by the delivery role."
+)
+DB_ERRORS = prometheus_client.Counter(
+    "notifier_delivery_db_errors", "Database errors in the delivery loop, by stage.", ["stage"]
+)
+
+RELEASE_DELAY = timedelta(seconds=1)
+COMPLETE_BATCH = 500
+COMPLETE_LINGER = 0.05  # seconds an outcome may wait for others to share its transaction
+FANOUT_EVERY = 1.0
+
+
+@dataclass
+class Limits:
+    """Knobs of the delivery loop (from `Settings`)."""
+
+    batch: int = 200
+    lease_seconds: float = 60.0
+    poll_seconds: float = 0.5
+    max_inflight: int = 512
+    drain_seconds: float = 20.0
+    schedule: tuple[float, ...] = backoff.DEFAULT_SCHEDULE
+
+    @classmethod
+    def from_settings(cls, s: config.Settings) -> Limits:
+        """The limits `s` asks for."""
+        return cls(
+            batch=s.delivery_batch,
+            lease_seconds=s.delivery_lease_seconds,
+            poll_seconds=s.delivery_poll_seconds,
+            max_inflight=max_inflight(s),
+            drain_seconds=s.delivery_timeout + 5,
+            schedule=s.delivery_retry_schedule,
+        )
+
+
+def max_inflight(s: config.Settings) -> int:
+    """Rows one process holds at most: sending, queued for a slot, or awaiting completion."""
+    return max(2 * s.delivery_concurrency, 2 * s.delivery_batch)
+
+
+def triage(job: poller.Job, now: datetime) -> poller.Completion | None:
+    """The outcome of a row that must not be sent at all, or None to send it."""
+    if job.cancelled:
+        return poller.Completion(job, "cancelled", last_error="event cancelled", released=True)
+    if job.channel == "webhook":
+        if job.webhook_id is None or job.url is None:
+            return poller.Completion(job, "dead", last_error="webhook deleted", released=True)
+        if not job.webhook_active:
+            return poller.Completion(job, "paused", last_error="webhook disabled", released=True)
+    elif job.channel == "email" and not job.email:
+        return poller.Completion(
+            job, "dead", last_error="no email address known for the user", released=True
+        )
+    return None
+
+
+def completion(
+    job: poller.Job, sent: Sent, now: datetime, schedule: tuple[float, ...]
+) -> poller.Completion:
+    """The row's next state after attempt `sent`."""
+    if sent.deferred:
+        delay = RELEASE_DELAY
+        if sent.result.retry_after is not None:
+            delay = timedelta(seconds=sent.result.retry_after)
+        return poller.Completion(job, "pending", next_attempt_at=now + delay, released=True)
+    d = backoff.decide(sent.result, job.attempts, now, channel=job.channel, schedule=schedule)
+    return poller.Completion(
+        job,
+        d.status,
+        next_attempt_at=d.next_attempt_at,
+        last_error=d.last_error,
+        disable_reason=d.disable_reason,
+        attempted_at=sent.attempted_at,
+        duration_ms=sent.duration_ms,
+        status_code=sent.result.status_code,
+        error=sent.result.error,
+        excerpt=sent.excerpt,
+    )
+
+
+def _outcome(c: poller.Completion) -> str:
+    if c.released and c.status == "pending":
+        return "deferred"
+    return "retry" if c.status == "pending" else c.status
+
+
+@dataclass
+class Delivery:
+    """The poller, senders and completer of one process."""
+
+    pool: AsyncConnectionPool[Any]
+    channels: Mapping[str, Channel]
+    replica: str
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._deferred = 0
+        self._room = asyncio.Event()
+        self._done: asyncio.Queue[poller.Completion] = asyncio.Queue()
+        self.healthy = True
+
+    @property
+    def inflight(self) -> int:
+        """Rows claimed by this process and not yet completed."""
+        return len(self._inflight)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set, then drain."""
+        completer = asyncio.create_task(self._complete_loop(), name="completer")
+        scheduler = asyncio.create_task(self._schedule_loop(stop), name="scheduler")
+        try:
+            await self._poll_loop(stop)
+        finally:
+            scheduler.cancel()
+            await self._drain()
+            await self._done.put(_STOP)
+            await completer
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduler
+
+    async def _poll_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            room = self.limits.max_inflight - len(self._inflight)
+            # Claim in sizeable batches: a claim per freed slot would cost a
+            # round trip per row.
+            if room < min(self.limits.batch, self.limits.max_inflight) // 2 or room <= 0:
+                self._room.clear()
+                await _wait_any(stop, self._room, seconds=self.limits.poll_seconds)
+                continue
+            limit = min(self.limits.batch, room)
+            try:
+                async with self.pool.connection() as conn:
+                    jobs = await poller.claim(
+                        conn, limit=limit, lease_seconds=self.limits.lease_seconds,
+                        replica=self.replica,
+                    )  # fmt: skip
+                self.healthy = True
+            except (psycopg.Error, OSError) as exc:
+                DB_ERRORS.labels("claim").inc()
+                self.healthy = False
+                log.warning("claim failed", extra={"error": str(exc)})
+                await _wait_any(stop, seconds=max(self.limits.poll_seconds, 1.0))
+                continue
+            CLAIMED.inc(len(jobs))
+            deferred_before = self._deferred
+            for job in jobs:
+                task = asyncio.create_task(self._handle(job))
+                self._inflight[job.outbox_id] = task
+            INFLIGHT.set(len(self._inflight))
+            await asyncio.sleep(0)  # let the new tasks reach their endpoint queues
+            # Mostly released unsent (one saturated endpoint heads the due
+            # queue): pause instead of claiming the same rows round and round.
+            saturated = self._deferred - deferred_before > len(jobs) // 2
+            if len(jobs) < limit or saturated:
+                await _wait_any(stop, seconds=self.limits.poll_seconds)
+
+    async def _handle(self, job: poller.Job) -> None:
+        result: poller.Completion | None = None
+        try:
+            now = datetime.now(UTC)
+            result = triage(job, now)
+            if result is None:
+                channel = self.channels.get(job.channel)
+                if channel is None:
+                    result = poller.Completion(
+                        job, "dead", last_error=f"{job.channel} channel not configured",
+                        released=True,
+                    )  # fmt: skip
+                else:
+                    sent = await channel.send(job)
+                    if not sent.deferred:
+                        SEND_SECONDS.labels(job.channel).observe(sent.duration_ms / 1000)
+                    result = completion(job, sent, datetime.now(UTC), self.limits.schedule)
+        except asyncio.CancelledError:
+            # Draining: give the row back unsent, due again at once.
+            result = poller.Completion(job, "pending", next_attempt_at=datetime.now(UTC),
+                                       released=True)  # fmt: skip
+        except Exception:  # a bug must not lose the row: it is retried on schedule
+            log.exception("sending failed unexpectedly", extra={"outbox_id": job.outbox_id})
+            result = completion(
+                job, Sent(backoff.Result(error="internal_error"), datetime.now(UTC), 0),
+                datetime.now(UTC), self.limits.schedule,
+            )  # fmt: skip
+        finally:
+            if result is not None:
+                outcome = _outcome(result)
+                self._deferred += outcome == "deferred"
+                ATTEMPTS.labels(job.channel, outcome).inc()
+                self._done.put_nowait(result)
+            self._inflight.pop(job.outbox_id, None)
+            INFLIGHT.set(len(self._inflight))
+            self._room.set()
+
+    async def _complete_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._done.get()
+            batch: list[poller.Completion] = []
+            if first is _STOP:
+                stopping = True
+            else:
+                batch.append(first)
+            # Linger briefly so that one transaction carries many outcomes.
+            deadline = asyncio.get_running_loop().time() + COMPLETE_LINGER
+            while len(batch) < COMPLETE_BATCH and not stopping:
+                if self._done.empty():
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        break
+                    await asyncio.sleep(min(left, 0.005))
+                    continue
+                item = self._done.get_nowait()
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)
+            await self._flush(batch, final=stopping)
+
+    async def _flush(self, batch: list[poller.Completion], *, final: bool) -> None:
+        tries = 0
+        while batch:
+            try:
+                async with self.pool.connection() as conn:
+                    await poller.complete(conn, batch)
+                return
+            except (psycopg.Error, OSError) as exc:
+                DB_ERRORS.labels("complete").inc()
+                tries += 1
+                log.warning("completing failed", extra={"error": str(exc), "rows": len(batch)})
+                if final and tries >= 5:
+                    # The leases will run out and the rows be delivered again.
+                    log.error("giving up on writing outcomes", extra={"rows": len(batch)})
+                    return
+                await asyncio.sleep(min(tries, 5))
+
+    async def _schedule_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    n = await fanout.fan_out_due(conn, email="email" in self.channels)
+                FANNED_OUT.inc(n)
+            except (psycopg.Error, OSError) as exc:
+                DB_ERRORS.labels("fanout").inc()
+                log.warning("scheduled fan-out failed", extra={"error": str(exc)})
+            await _wait_any(stop, seconds=FANOUT_EVERY)
+
+    async def _drain(self) -> None:
+        tasks = list(self._inflight.values())
+        if not tasks:
+            return
+        log.info("draining", extra={"inflight": len(tasks)})
+        _, pending = await asyncio.wait(tasks, timeout=self.limits.drain_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+
+_STOP: Any = object()
+
+
+async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+def channels_for(s: config.Settings) -> dict[str, Channel]:
+    """The channels `s` enables: webhook always, email when an SMTP host is set."""
+    out: dict[str, Channel] = {
+        "webhook": WebhookSender(
+            WebhookOptions(
+                concurrency=s.delivery_concurrency,
+                per_endpoint=s.delivery_per_endpoint,
+                connect_timeout=s.delivery_connect_timeout,
+                read_timeout=s.delivery_read_timeout,
+                total_timeout=s.delivery_timeout,
+                allow_private=s.webhook_allow_private,
+                max_wait=s.delivery_lease_seconds - 2 * s.delivery_timeout,
+                max_queue=min(16 * s.delivery_per_endpoint, max_inflight(s) // 4),
+            )
+        )
+    }
+    if s.smtp_enabled:
+        from notifier.channels.email import EmailSender
+
+        out["email"] = EmailSender.from_settings(s)
+    return out
+
+
+def health_app(delivery: Delivery) -> Starlette:
+    """`/health` and `/metrics` of the delivery role."""
+
+    async def health(_: Request) -> Response:
+        try:
+            async with delivery.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            ok = delivery.healthy
+        except Exception:  # any failure to reach the database is "unhealthy"
+            ok = False
+        body = {
+            "status": "healthy" if ok else "unhealthy",
+            "role": "delivery",
+            "replica": delivery.replica,
+            "inflight": delivery.inflight,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(
+            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
+        )
+
+    return Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the role owns SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: config.Settings, stop: asyncio.Event) -> None:
+    """Run the delivery role until `stop` is set (then drain)."""
+    channels = channels_for(settings)
+    pool = db.pool(settings.postgres_conninfo, min_size=2, max_size=6)
+    await pool.open()
+    delivery = Delivery(pool, channels, settings.replica, Limits.from_settings(settings))
+    server = _Server(
+        uvicorn.Config(
+            health_app(delivery), host="0.0.0.0", port=settings.port,  # noqa: S104
+            log_level="warning", access_log=False, lifespan="off",
+        )
+    )  # fmt: skip
+    http = asyncio.create_task(server.serve(), name="http")
+    log.info("delivery started", extra={"port": settings.port})
+    try:
+        await delivery.run(stop)
+    finally:
+        server.should_exit = True
+        await http
+        for channel in channels.values():
+            await channel.aclose()
+        await pool.close()
+    log.info("delivery stopped")
+
+
+def main(settings: config.Settings) -> int:
+    """Entry point of `notifier delivery`."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        log.error("delivery failed", extra={"error": str(exc)})
+        return 1
+    return 0

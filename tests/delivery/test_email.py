@@ -1,0 +1,105 @@
+"""The email channel against a real local SMTP server (aiosmtpd)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from notifier import config, delivery, services
+from notifier.channels.email import EmailSender
+from tests.delivery.conftest import add_event, add_outbox, rows, running, wait_until
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+class Inbox:
+    """Collects messages; refuses recipients at refused.example."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.endswith("@refused.example"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.content, bytes)
+        self.messages.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    """A running aiosmtpd server on loopback."""
+    inbox = Inbox()
+    port = services.free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+async def _user_with_email(conn: Conn, address: str | None) -> Any:
+    import uuid
+
+    user = uuid.uuid4()
+    if address:
+        await conn.execute(
+            "INSERT INTO notifier.user_emails (user_id, email) VALUES (%s, %s)", (user, address)
+        )
+    return user
+
+
+async def test_email_is_sent_and_failures_recorded(
+    pg_url: str, conn: Conn, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    ok_user = await _user_with_email(conn, "fan@example.org")
+    bad_user = await _user_with_email(conn, "ghost@refused.example")
+    nobody = await _user_with_email(conn, None)
+    event = await add_event(conn)
+    ok = await add_outbox(conn, ok_user, event, None, channel="email")
+    bad = await add_outbox(conn, bad_user, event, None, channel="email")
+    none = await add_outbox(conn, nobody, event, None, channel="email")
+    sender = EmailSender("127.0.0.1", port, "notifier@discogsography.example")
+    async with running(pg_url, channels={"email": sender}, schedule=(3600,)):
+        await wait_until(
+            lambda: rows(pg_url, "SELECT 1 FROM notifier.outbox WHERE claim_token IS NULL "
+                         "AND status <> 'pending' OR attempts = 1 AND claim_token IS NULL "
+                         "HAVING count(*) = 3"), "three outcomes")  # fmt: skip
+    assert len(inbox.messages) == 1
+    rcpts, raw = inbox.messages[0]
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert rcpts == ["fan@example.org"]
+    assert msg["Subject"] == "[Discogsography] new releases: John Coltrane"
+    assert msg["Message-ID"] == f"<{event}@notifier.discogsography>"
+    assert "release_ids" in msg.get_content()
+    status = dict(await rows(pg_url, "SELECT id, status FROM notifier.outbox"))
+    assert status == {ok: "delivered", bad: "pending", none: "dead"}
+    attempts = await rows(
+        pg_url, "SELECT outbox_id, status_code, error FROM notifier.delivery_attempts ORDER BY 1"
+    )
+    assert sorted(attempts) == sorted([(ok, 250, None), (bad, 550, "recipient_refused")])
+
+
+def test_email_channel_is_off_by_default() -> None:
+    base = {"POSTGRES_PASSWORD": "x"}
+    assert set(delivery.channels_for(config.load(base, "delivery"))) == {"webhook"}
+    on = config.load(
+        {**base, "NOTIFIER_SMTP_HOST": "127.0.0.1", "NOTIFIER_SMTP_FROM": "n@example.org"},
+        "delivery",
+    )
+    assert set(delivery.channels_for(on)) == {"webhook", "email"}

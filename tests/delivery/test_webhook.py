@@ -1,0 +1,265 @@
+"""Webhook delivery against real loopback receivers (in-process delivery loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import psycopg
+from standardwebhooks.webhooks import Webhook
+
+from notifier.channels.webhook import WebhookOptions
+from tests.delivery.conftest import (
+    add_delivery,
+    add_event,
+    add_outbox,
+    add_webhook,
+    new_secret,
+    rows,
+    running,
+    wait_until,
+)
+from tests.delivery.receiver import Plan, receiver
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+async def _status(pg_url: str, outbox_id: int) -> str:
+    return str(
+        (await rows(pg_url, "SELECT status FROM notifier.outbox WHERE id = %s", outbox_id))[0][0]
+    )
+
+
+async def _attempts(pg_url: str, outbox_id: int) -> list[tuple[Any, ...]]:
+    return await rows(
+        pg_url,
+        "SELECT status_code, error, response_excerpt, duration_ms, attempted_at"
+        " FROM notifier.delivery_attempts WHERE outbox_id = %s ORDER BY id",
+        outbox_id,
+    )
+
+
+def _independent_check(secret: str, header: str, body: bytes) -> bool:
+    """The t=,v1= header checked without notifier.signing."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    fields = dict(part.split("=", 1) for part in header.split(",") if not part.startswith("v1="))
+    sigs = [part[3:] for part in header.split(",") if part.startswith("v1=")]
+    expected = hmac.new(key, f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
+    return abs(time.time() - int(fields["t"])) < 300 and any(
+        hmac.compare_digest(s, expected) for s in sigs
+    )
+
+
+async def test_delivers_the_contract_body_signed_both_ways(pg_url: str, conn: Conn) -> None:
+    with receiver() as r:
+        outbox_id, event_id, _, secret = await add_delivery(conn, r.url)
+        async with running(pg_url):
+            await wait_until(lambda: r.requests, "the webhook")
+            await wait_until(lambda: _is(pg_url, outbox_id, "delivered"), "delivered")
+        got = r.requests[0]
+    body = json.loads(got.body)
+    assert list(body) == [
+        "id", "event", "entity_type", "entity_id", "entity_name", "detail", "version", "timestamp",
+    ]  # fmt: skip
+    assert body["id"] == str(event_id) == got.headers["webhook-id"]
+    assert body["event"] == "new_releases" and body["entity_name"] == "John Coltrane"
+    assert body["detail"] == {"new_release_count": 1, "release_ids": ["456"]}
+    assert body["version"] == "20260201" and body["timestamp"].endswith("Z")
+    assert got.headers["content-type"] == "application/json"
+    assert Webhook(secret).verify(got.body, got.headers)["id"] == str(event_id)
+    assert _independent_check(secret, got.headers["x-discogsography-signature"], got.body)
+    attempts = await _attempts(pg_url, outbox_id)
+    assert len(attempts) == 1 and attempts[0][0] == 200 and attempts[0][2] == "ok"
+
+
+async def _is(pg_url: str, outbox_id: int, status: str) -> bool:
+    return await _status(pg_url, outbox_id) == status
+
+
+async def test_rotation_signs_with_both_secrets_until_expiry(pg_url: str, conn: Conn) -> None:
+    old = new_secret()
+    with receiver() as r:
+        a, *_, new = await add_delivery(conn, r.url, previous=old, previous_valid=True)
+        b, *_, newer = await add_delivery(conn, r.url, previous=old, previous_valid=False)
+        async with running(pg_url):
+            await wait_until(lambda: len(r.requests) == 2, "two webhooks")
+            await wait_until(lambda: _is(pg_url, b, "delivered"), "delivered")
+        by_secret_count = sorted(r.requests, key=lambda q: -len(q.headers["webhook-signature"]))
+    rotating, single = by_secret_count
+    assert len(rotating.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        Webhook(secret).verify(rotating.body, rotating.headers)
+        assert _independent_check(secret, rotating.headers["x-discogsography-signature"],
+                                  rotating.body)  # fmt: skip
+    assert len(single.headers["webhook-signature"].split(" ")) == 1
+    Webhook(newer).verify(single.body, single.headers)
+    assert not _independent_check(old, single.headers["x-discogsography-signature"], single.body)
+    assert a != b
+
+
+async def test_500_is_retried_then_delivered_with_the_same_id(pg_url: str, conn: Conn) -> None:
+    answers = iter([Plan(status=500, body=b"boom"), Plan(status=503), Plan()])
+    with receiver(lambda _: next(answers)) as r:
+        outbox_id, event_id, hook, _ = await add_delivery(conn, r.url)
+        async with running(pg_url, schedule=(0.1, 0.1, 0.1)):
+            await wait_until(lambda: _is(pg_url, outbox_id, "delivered"), "delivered")
+        ids = {q.headers["webhook-id"] for q in r.requests}
+        bodies = set(r.bodies())
+    assert ids == {str(event_id)} and len(bodies) == 1 and len(r.requests) == 3
+    attempts = await _attempts(pg_url, outbox_id)
+    assert [a[0] for a in attempts] == [500, 503, 200]
+    assert attempts[0][2] == "boom"
+    assert all(a[3] >= 0 and a[4] is not None for a in attempts)
+    (failing,) = await rows(pg_url, "SELECT failing_since FROM notifier.webhook_configs "
+                            "WHERE id = %s", hook)  # fmt: skip
+    assert failing == (None,)
+
+
+async def test_429_retry_after_seconds_and_http_date(pg_url: str, conn: Conn) -> None:
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 7200))
+    with receiver(lambda q: Plan(429, {"Retry-After": "600" if q.path == "/a" else date})) as r:
+        a, *_ = await add_delivery(conn, r.url.replace("/hook", "/a"))
+        b, *_ = await add_delivery(conn, r.url.replace("/hook", "/b"))
+        async with running(pg_url, schedule=(0.1,)):
+            await wait_until(lambda: len(r.requests) == 2, "both attempts")
+            await wait_until(
+                lambda: rows(pg_url, "SELECT 1 FROM notifier.outbox WHERE claim_token IS NULL "
+                             "AND attempts = 1 HAVING count(*) = 2"),
+                "both completed",
+            )  # fmt: skip
+        waits = dict(
+            await rows(pg_url, "SELECT id, extract(epoch FROM next_attempt_at - now()) "
+                       "FROM notifier.outbox WHERE status = 'pending'")
+        )  # fmt: skip
+    assert 590 <= waits[a] <= 600
+    assert 7100 <= waits[b] <= 7200
+    assert len(await _attempts(pg_url, a)) == 1 and (await _attempts(pg_url, a))[0][0] == 429
+
+
+async def test_410_disables_the_webhook_and_pauses_its_rows(pg_url: str, conn: Conn) -> None:
+    with receiver(lambda _: Plan(410)) as r:
+        hook, user, _ = await add_webhook(conn, r.url)
+        first = await add_outbox(conn, user, await add_event(conn), hook)
+        later = await add_outbox(conn, user, await add_event(conn), hook, delay_s=3600)
+        async with running(pg_url):
+            await wait_until(lambda: _is(pg_url, first, "paused"), "paused")
+    (cfg,) = await rows(pg_url, "SELECT active, disabled_reason, disabled_at FROM "
+                        "notifier.webhook_configs WHERE id = %s", hook)  # fmt: skip
+    assert cfg[0] is False and "410" in cfg[1] and cfg[2] is not None
+    assert await _status(pg_url, later) == "paused"
+    assert [a[0] for a in await _attempts(pg_url, first)] == [410]
+    assert len(r.requests) == 1
+
+
+async def test_failing_past_the_schedule_disables_with_a_reason(pg_url: str, conn: Conn) -> None:
+    with receiver(lambda _: Plan(500)) as r:
+        hook, user, _ = await add_webhook(conn, r.url)
+        first = await add_outbox(conn, user, await add_event(conn), hook)
+        other = await add_outbox(conn, user, await add_event(conn), hook, delay_s=3600)
+        async with running(pg_url, schedule=(0.05, 0.05)):
+            await wait_until(lambda: _is(pg_url, first, "paused"), "paused")
+    (cfg,) = await rows(pg_url, "SELECT active, disabled_reason, failing_since FROM "
+                        "notifier.webhook_configs WHERE id = %s", hook)  # fmt: skip
+    assert cfg[0] is False and cfg[2] is not None
+    assert cfg[1].startswith("disabled after 3 failed attempts") and "HTTP 500" in cfg[1]
+    assert await _status(pg_url, other) == "paused"  # kept, not lost
+    assert len(await _attempts(pg_url, first)) == 3 == len(r.requests)
+
+
+async def test_errors_are_recorded_by_class(pg_url: str, conn: Conn) -> None:
+    huge = 50 * 1024 * 1024
+    plans = {
+        "/hang": Plan(hang=30),
+        "/drip": Plan(body=b"x" * 100, drip=0.1),
+        "/redirect": Plan(302, {"Location": "/elsewhere"}),
+        "/huge": Plan(huge=huge),
+    }
+    with receiver(lambda q: plans.get(q.path, Plan())) as r:
+        ids = {p: (await add_delivery(conn, r.url.replace("/hook", p)))[0] for p in plans}
+        ids["/refused"] = (await add_delivery(conn, "http://127.0.0.1:9/hook"))[0]
+        opts = WebhookOptions(allow_private=True, total_timeout=1.0, read_timeout=5.0)
+        async with running(pg_url, options=opts, schedule=(3600,)):
+            await wait_until(
+                lambda: rows(pg_url, "SELECT 1 FROM notifier.delivery_attempts "
+                             "HAVING count(*) = 5"), "five attempts")  # fmt: skip
+        by_path = {p: (await _attempts(pg_url, i))[0] for p, i in ids.items()}
+    assert by_path["/hang"][1] == "timeout" and by_path["/hang"][0] is None
+    assert by_path["/drip"][1] == "timeout"
+    assert by_path["/redirect"][0] == 302
+    assert not any(q.path == "/elsewhere" for q in r.requests)
+    assert by_path["/refused"][1] == "connect_error"
+    assert by_path["/huge"][0] == 200 and len(by_path["/huge"][2]) <= 512
+    assert await _status(pg_url, ids["/huge"]) == "delivered"
+    for p in ("/hang", "/drip", "/redirect", "/refused"):
+        assert await _status(pg_url, ids[p]) == "pending"
+
+
+async def test_a_hanging_endpoint_does_not_slow_the_others(pg_url: str, conn: Conn) -> None:
+    with receiver(lambda _: Plan(hang=30)) as slow, receiver() as fast:
+        hook, user, _ = await add_webhook(conn, slow.url)
+        for _ in range(40):
+            await add_outbox(conn, user, await add_event(conn), hook)
+        fast_ids = [(await add_delivery(conn, fast.url))[0] for _ in range(40)]
+        opts = WebhookOptions(allow_private=True, total_timeout=5.0, per_endpoint=4)
+        started = time.monotonic()
+        async with running(pg_url, options=opts, schedule=(3600,), lease_seconds=60):
+            await wait_until(lambda: len(fast.requests) == 40, "the healthy endpoints")
+            healthy_latency = time.monotonic() - started
+            await wait_until(
+                lambda: rows(pg_url, "SELECT 1 FROM notifier.outbox WHERE status = 'delivered'"
+                             " HAVING count(*) = 40"), "delivered")  # fmt: skip
+            in_flight_slow = len(slow.requests)
+    print(f"\n40 healthy deliveries took {healthy_latency:.2f}s while one endpoint hung")
+    assert in_flight_slow <= 4  # the per-endpoint cap
+    assert all([await _status(pg_url, i) == "delivered" for i in fast_ids])
+
+
+async def test_cancelled_and_future_rows_are_not_sent(pg_url: str, conn: Conn) -> None:
+    with receiver() as r:
+        hook, user, _ = await add_webhook(conn, r.url)
+        cancelled = await add_outbox(conn, user, await add_event(conn, cancelled=True), hook)
+        future = await add_outbox(conn, user, await add_event(conn), hook, delay_s=3600)
+        due = await add_outbox(conn, user, await add_event(conn), hook)
+        async with running(pg_url):
+            await wait_until(lambda: _is(pg_url, due, "delivered"), "the due row")
+            await wait_until(lambda: _is(pg_url, cancelled, "cancelled"), "the cancelled row")
+            await asyncio.sleep(0.3)
+    assert len(r.requests) == 1
+    assert await _status(pg_url, future) == "pending"
+    assert await _attempts(pg_url, cancelled) == []
+    (n,) = await rows(pg_url, "SELECT attempts FROM notifier.outbox WHERE id = %s", cancelled)
+    assert n == (0,)
+
+
+async def test_ssrf_blocks_loopback_at_delivery_time(pg_url: str, conn: Conn) -> None:
+    with receiver() as r:
+        by_name, *_ = await add_delivery(conn, f"https://localhost:{r.port}/hook")
+        literal, *_ = await add_delivery(conn, f"https://127.0.0.1:{r.port}/hook")
+        plain, *_ = await add_delivery(conn, r.url)
+        opts = WebhookOptions(allow_private=False, total_timeout=2.0)
+        async with running(pg_url, options=opts, schedule=(3600,)):
+            await wait_until(
+                lambda: rows(pg_url, "SELECT 1 FROM notifier.delivery_attempts "
+                             "HAVING count(*) = 3"), "three attempts")  # fmt: skip
+    assert r.requests == []
+    assert (await _attempts(pg_url, by_name))[0][1].startswith("blocked_address: localhost")
+    assert "loopback" in (await _attempts(pg_url, literal))[0][1]
+    assert (await _attempts(pg_url, plain))[0][1].startswith("bad_url")
+
+
+async def test_deleted_or_disabled_webhooks(pg_url: str, conn: Conn) -> None:
+    with receiver() as r:
+        a, _, hook_a, _ = await add_delivery(conn, r.url)
+        b, _, hook_b, _ = await add_delivery(conn, r.url)
+        await conn.execute("UPDATE notifier.webhook_configs SET active = false WHERE id = %s",
+                           (hook_a,))  # fmt: skip
+        await conn.execute("DELETE FROM notifier.webhook_configs WHERE id = %s", (hook_b,))
+        async with running(pg_url):
+            await wait_until(lambda: _is(pg_url, a, "paused"), "paused")
+            await wait_until(lambda: _is(pg_url, b, "dead"), "dead")
+    assert r.requests == []
