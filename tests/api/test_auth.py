@@ -39,6 +39,7 @@ def test_decode_user_rules() -> None:
     assert _refused(token(sub, exp_in=-60)) == "token expired"
     assert "not accepted" in _refused(token(sub, type="admin"))
     assert "not accepted" in _refused(token(sub, type="2fa_challenge"))
+    assert "not accepted" in _refused(token(sub, type=None))
     assert _refused(token("not-a-uuid")) == "invalid token subject"
     no_exp = jwt.encode({"sub": sub}, JWT_KEY, algorithm="HS256")
     assert _refused(no_exp) == "invalid token"
@@ -94,3 +95,26 @@ async def test_internal_routes_off_without_token(api_env: dict[str, str], pg_url
             assert r.status_code == 404
     finally:
         server.stop()
+
+
+async def test_email_claim_is_recorded_for_the_email_channel(api: Api) -> None:
+    import psycopg
+
+    sub = uuid.uuid4()
+
+    def stored() -> list[tuple[object, ...]]:
+        with psycopg.connect(api.pg_url) as conn:
+            return conn.execute(
+                "SELECT email, updated_at FROM notifier.user_emails WHERE user_id = %s", (sub,)
+            ).fetchall()
+
+    await api.client.get("/api/notifications", headers=bearer(sub))
+    assert stored() == []
+    for _ in range(2):
+        r = await api.client.get("/api/notifications", headers=bearer(sub, email="a@example.com"))
+        assert r.status_code == 200
+    first = stored()
+    assert [row[0] for row in first] == ["a@example.com"]
+    await api.client.get("/api/notifications", headers=bearer(sub, email="b@example.com"))
+    await api.client.get("/api/notifications", headers=bearer(sub, email="not-an-address"))
+    assert [row[0] for row in stored()] == ["b@example.com"]
