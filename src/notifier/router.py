@@ -35,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 from notifier import cycles, db
 from notifier.config import Settings
 from notifier.graph import Graph
-from notifier.units import UnitRunner
+from notifier.units import Stopping, UnitRunner
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Router:
         assert self.pool is not None and self.driver is not None
         s = self.settings
         graph = Graph(self.driver, s.neo4j_database)
-        runner = UnitRunner(self.pool, graph, me, email=s.smtp_enabled, batch=1000)
+        runner = UnitRunner(self.pool, graph, me, email=s.smtp_enabled, batch=1000, stop=self.stop)
         while not self.stop.is_set():
             unit = None
             try:
@@ -239,6 +239,10 @@ class Router:
         keeper = asyncio.create_task(self._keep_lease(unit.id, me))
         try:
             stats = await runner.run(unit)
+        except Stopping:
+            log.info("shutting down: diff unit given back", extra={"unit": unit.id})
+            await self._give_back(unit, None, me)
+            return
         except Exception as exc:
             log.exception("diff unit failed", extra={"unit": unit.id, "attempts": unit.attempts})
             UNITS.labels("failed").inc()
@@ -273,12 +277,15 @@ class Router:
         except Exception:
             log.exception("could not finish the cycle (the next idle poll retries)")
 
-    async def _give_back(self, unit: cycles.Unit, exc: BaseException, me: str) -> None:
+    async def _give_back(self, unit: cycles.Unit, exc: BaseException | None, me: str) -> None:
+        """Release a unit after a failure (with a backoff) or at shutdown (`exc` None)."""
         assert self.pool is not None
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        error = "" if exc is None else f"{type(exc).__name__}: {exc}"[:500]
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                if unit.attempts >= cycles.MAX_ATTEMPTS:
+                if exc is None:
+                    await cycles.release(conn, unit.id, me, 0, {})
+                elif unit.attempts >= cycles.MAX_ATTEMPTS:
                     if await cycles.lock_owned(conn, unit.id, me):
                         await cycles.mark_done(
                             conn, unit.id, {"failed_units": 1, "last_error": error}

@@ -10,6 +10,7 @@ result.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -183,13 +184,25 @@ def release_row(version: str, info: ReleaseInfo, counters: diff.Counters) -> tup
     )
 
 
+class Stopping(Exception):
+    """The process is shutting down: a long unit gives itself back unfinished."""
+
+
 class UnitRunner:
     """Runs claimed units against one graph and one PostgreSQL pool."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, graph: Graph, me: str, *, email: bool, batch: int
+        self,
+        pool: AsyncConnectionPool,
+        graph: Graph,
+        me: str,
+        *,
+        email: bool,
+        batch: int,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.pool, self.graph, self.me, self.email, self.batch = pool, graph, me, email, batch
+        self.stop = stop or asyncio.Event()
         self._started = time.monotonic()
 
     async def run(self, unit: cycles.Unit) -> dict[str, Any] | None:
@@ -378,6 +391,8 @@ class UnitRunner:
             baseline = not (row is not None and row[0])
             scanned = 0
             async for chunk in self.graph.release_ids(self.batch):
+                if self.stop.is_set():  # the scan is long: drain by giving it back
+                    raise Stopping
                 ids = diff.parse_ids(chunk, counters, "release_ids")
                 scanned += len(chunk)
                 await conn.execute(INSERT_SEEN, {"ids": ids, "version": unit.version})

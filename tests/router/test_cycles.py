@@ -8,11 +8,14 @@ import uuid
 
 import aio_pika
 import psycopg
+import pytest
 from neo4j import AsyncDriver
 
-from notifier import config, cycles, services
+from notifier import config, cycles, db, services
+from notifier.graph import Graph
 from notifier.graphbuilder import GraphBuilder
 from notifier.router import REGISTRY, Router, queue_names
+from notifier.units import Stopping, UnitRunner
 from tests.router.conftest import (
     Publish,
     completion,
@@ -499,3 +502,38 @@ async def test_failing_units_are_given_back_or_abandoned_after_max_attempts(
         r.stop.set()
         assert await asyncio.wait_for(task, 60) == 0
     assert q(pg_url, "SELECT status FROM notifier.cycles") == [("running",)]
+
+
+async def test_release_scan_gives_itself_back_when_stopping(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    await write(graph_driver, graph_db, lambda g: g.release("100").release("101"))
+    pool = db.pool(router_settings.postgres_conninfo)
+    await pool.open()
+    try:
+        async with pool.connection() as conn:
+            for service in ("graphinator", "tableinator"):
+                await cycles.record_signal(
+                    conn,
+                    version="v1",
+                    service=service,
+                    completed_at=None,
+                    message={},
+                    required=router_settings.required_services,
+                    unit_size=10,
+                )
+            unit = await cycles.claim(conn, "me", 60)
+        assert unit is not None and unit.entity_type == "releases"
+        stop = asyncio.Event()
+        stop.set()
+        runner = UnitRunner(
+            pool, Graph(graph_driver, graph_db), "me", email=False, batch=1, stop=stop
+        )
+        with pytest.raises(Stopping):
+            await runner.run(unit)
+        async with pool.connection() as conn:
+            await cycles.release(conn, unit.id, "me", 0, {})
+            again = await cycles.claim(conn, "other", 60)
+        assert again is not None and again.id == unit.id and again.attempts == 2
+    finally:
+        await pool.close()
