@@ -244,7 +244,9 @@ class UnitRunner:
             "unknown entity type in a diff unit",
             extra={"unit": unit.id, "entity_type": unit.entity_type},
         )
-        return await self._commit(unit, lambda s: [], counters)
+        return await self._commit(
+            unit, lambda s: [diff.DiffResult([], None, diff.Counters()) for _ in ids], counters
+        )
 
     async def _commit(
         self,
