@@ -159,9 +159,7 @@ def _watch_add(c: Client, a: argparse.Namespace) -> str | Any:
         options["threshold"] = a.threshold
     if a.q is not None:
         options["q"] = a.q
-    # A search's entity_id is set by the server; send a placeholder.
-    entity_id = a.entity_id or ("search" if a.entity_type == "search" else "")
-    payload = {"entity_type": a.entity_type, "entity_id": entity_id, "options": options}
+    payload = {"entity_type": a.entity_type, "entity_id": a.entity_id or "", "options": options}
     watch = c.request("POST", "/api/watchlist", json=payload)
     return watch if a.json else render_table([watch], _WATCH_COLUMNS)
 

@@ -121,3 +121,15 @@ async def test_list_pages_and_delete(api: Api, user: uuid.UUID) -> None:
     assert (await api.client.delete("/api/watchlist/not-a-uuid", headers=h)).status_code == 404
     left = (await api.client.get("/api/watchlist", headers=h)).json()["items"]
     assert len(left) == 6
+
+
+async def test_a_search_ignores_any_entity_id_on_input(api: Api, user: uuid.UUID) -> None:
+    made = []
+    for entity_id in ("", "whatever", None):
+        body: dict[str, object] = {"entity_type": "search", "options": {"q": "blue train"}}
+        if entity_id is not None:
+            body["entity_id"] = entity_id
+        r = await api.client.post("/api/watchlist", json=body, headers=bearer(user))
+        assert r.status_code in (200, 201), r.text
+        made.append(r.json()["entity_id"])
+    assert made[0].startswith("search:") and len(set(made)) == 1

@@ -118,7 +118,7 @@ class WatchCreate(msgspec.Struct, forbid_unknown_fields=True):
     """
 
     entity_type: WatchEntityType
-    entity_id: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
+    entity_id: Annotated[str, Meta(max_length=512)] | None = None
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
