@@ -8,8 +8,8 @@ webhooks, due at one instant; a fresh `notifier delivery` process claims,
 signs, sends, and records every attempt; the clock runs from the instant the
 rows fall due to the moment the last one is `delivered` in PostgreSQL. The
 peer: one `httpx.AsyncClient` and `concurrency` tasks posting the same N
-bodies (no signing, no database). Also usable as a figure of `python -m bench`
-(`delivery_rate(ctx)`).
+bodies with the same header set (fixed values: no signing, no database).
+Also usable as a figure of `python -m bench` (`delivery_rate(ctx)`).
 """
 
 from __future__ import annotations
@@ -93,10 +93,10 @@ async def _fill(url: str, hook_url: str, rows: int, due_in: float) -> None:
         )
         await conn.execute(
             "INSERT INTO notifier.events (dedup_key, source, version, event, entity_type, "
-            "entity_id, entity_name, detail) SELECT 'b' || i, 'router', '20260201', "
+            "entity_id, entity_name, detail, fanned_out_at) SELECT 'b' || i, 'router', '20260201', "
             "'new_releases', 'artist', i::text, 'Artist ' || i, "
             "jsonb_build_object('new_release_count', 3, 'release_ids', "
-            "jsonb_build_array('456', '789', '1011')) FROM generate_series(1, %s) AS i",
+            "jsonb_build_array('456', '789', '1011')), now() FROM generate_series(1, %s) AS i",
             (rows,),
         )
         await conn.execute(
@@ -126,8 +126,8 @@ async def _ours(ctx: Context, url: str, hook_url: str, rows: int, concurrency: i
             NOTIFIER_DELIVERY_PER_ENDPOINT=str(concurrency),  # one receiver for every webhook
             NOTIFIER_DELIVERY_BATCH=str(max(200, concurrency)),
         )  # fmt: skip
-        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
-            [sys.executable, "-m", "notifier.cli", "delivery"], env=env
+        proc = subprocess.Popen(  # noqa: S603, ASYNC220 - our interpreter; started once
+            [sys.executable, *_profiler(), "-m", "notifier.cli", "delivery"], env=env
         )
         try:
             while True:
@@ -141,12 +141,30 @@ async def _ours(ctx: Context, url: str, hook_url: str, rows: int, concurrency: i
                 if proc.poll() is not None:
                     raise RuntimeError("notifier delivery exited early")
                 await asyncio.sleep(0.2)
+            cpu = _cpu_seconds(proc.pid)
         finally:
             proc.terminate()
             proc.wait()
+        elapsed = (last - due_at).total_seconds()
+        print(f"notifier delivery: {cpu:.1f} s CPU over {elapsed:.1f} s", file=sys.stderr)
         if db_now > due_at:
             raise RuntimeError("the rows fell due before the delivery process was up")
         return float(rows / (last - due_at).total_seconds())
+
+
+def _profiler() -> list[str]:
+    """`-m cProfile -o PATH` when BENCH_PROFILE=PATH is set (to see where time goes)."""
+    path = os.environ.get("BENCH_PROFILE")
+    return ["-m", "cProfile", "-o", path] if path else []
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _bare(hook_url: str, rows: int, concurrency: int) -> float:
@@ -156,6 +174,15 @@ async def _bare(hook_url: str, rows: int, concurrency: int) -> float:
         b'{"new_release_count": 3, "release_ids": ["456", "789", "1011"]},'
         b'"version":"20260201","timestamp":"2026-02-01T00:00:00Z"}'
     )
+    # The same header set as a signed delivery (fixed values: no signing work).
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Discogsography-Notifier/1 (+webhooks)",
+        "webhook-id": "00000000-0000-0000-0000-000000000000",
+        "webhook-timestamp": "1769904000",
+        "webhook-signature": "v1," + "A" * 43 + "=",
+        "X-Discogsography-Signature": "t=1769904000,v1=" + "0" * 64,
+    }
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(rows):
         queue.put_nowait(i)
@@ -165,9 +192,7 @@ async def _bare(hook_url: str, rows: int, concurrency: int) -> float:
         async def worker() -> None:
             while not queue.empty():
                 queue.get_nowait()
-                r = await client.post(
-                    hook_url, content=body, headers={"Content-Type": "application/json"}
-                )
+                r = await client.post(hook_url, content=body, headers=headers)
                 assert r.status_code == 200
 
         with timer() as elapsed:

@@ -48,8 +48,9 @@ async def add_event(
     """Insert an immutable event."""
     cur = await conn.execute(
         "INSERT INTO notifier.events (dedup_key, source, version, event, entity_type, entity_id,"
-        " entity_name, detail, cancelled_at) VALUES (%s, 'router', '20260201', %s, 'artist',"
-        " '123', 'John Coltrane', %s::jsonb, CASE WHEN %s THEN now() END) RETURNING id",
+        " entity_name, detail, cancelled_at, fanned_out_at) VALUES (%s, 'router', '20260201',"
+        " %s, 'artist', '123', 'John Coltrane', %s::jsonb, CASE WHEN %s THEN now() END, now())"
+        " RETURNING id",
         (uuid.uuid4().hex, event, detail, cancelled),
     )
     row = await cur.fetchone()

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -146,6 +147,7 @@ class _Endpoint:
     window_start: float = 0.0
     window_done: int = 0
     pace: float = 0.0  # answers per second over the last full window
+    measured: bool = False
 
     def answered(self, now: float) -> None:
         """Count one finished request toward the endpoint's pace."""
@@ -153,13 +155,15 @@ class _Endpoint:
         if elapsed >= PACE_WINDOW:
             # A window that ran long (the endpoint went quiet) says nothing recent.
             self.pace = self.window_done / elapsed if elapsed < 4 * PACE_WINDOW else 0.0
+            self.measured = self.window_start > 0
             self.window_start, self.window_done = now, 0
         self.window_done += 1
 
     def drain_seconds(self) -> float:
         """About how long the current queue takes to drain (when to offer a row again)."""
         if self.pace <= 0:
-            return MAX_DEFER
+            # Not measured yet (a new burst): soon; measured as stalled: later.
+            return MAX_DEFER if self.measured else 1.0
         return min(max(self.waiting / self.pace, 1.0), MAX_DEFER)
 
     def queue_limit(self, base: int) -> int:
@@ -186,11 +190,15 @@ class WebhookOptions:
     max_queue: int = 128
 
 
-def origin(url: str) -> str:
-    """The endpoint key of `url`: scheme://host:port, lower-cased."""
+@functools.lru_cache(maxsize=65536)
+def origin(url: str) -> tuple[str, str]:
+    """(scheme, endpoint key `scheme://host:port` lower-cased) of `url`; cached, it is hot."""
     parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port out of range: keyed by the raw netloc, refused by httpx
+        port = 0
+    return parts.scheme, f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def classify(exc: BaseException) -> str:
@@ -228,7 +236,7 @@ class WebhookSender:
             transport=GuardedTransport(
                 allow_private=o.allow_private,
                 limits=httpx.Limits(
-                    max_connections=o.concurrency,
+                    max_connections=2 * o.concurrency,
                     max_keepalive_connections=o.concurrency,
                     keepalive_expiry=30,
                 ),
@@ -248,16 +256,13 @@ class WebhookSender:
         """Close the shared client."""
         await self._client.aclose()
 
-    def _allowed_scheme(self, url: str) -> bool:
-        scheme = urllib.parse.urlsplit(url).scheme
-        return scheme == "https" or (scheme == "http" and self.options.allow_private)
-
     async def send(self, job: Job) -> Sent:
         """POST the job's body to its webhook once (see the module docstring)."""
         now = datetime.now(UTC)
-        if not job.url or not self._allowed_scheme(job.url):
+        url = job.url or ""
+        scheme, key = origin(url)
+        if scheme != "https" and not (scheme == "http" and self.options.allow_private):
             return Sent(backoff.Result(error="bad_url: scheme not allowed"), now, 0)
-        key = origin(job.url)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             endpoint = self._endpoints[key] = _Endpoint(
@@ -271,7 +276,10 @@ class WebhookSender:
         try:
             endpoint.waiting += 1
             try:
-                async with asyncio.timeout(self.options.max_wait):
+                if endpoint.slots.locked():
+                    async with asyncio.timeout(self.options.max_wait):
+                        await endpoint.slots.acquire()
+                else:  # the common case: no timer needed
                     await endpoint.slots.acquire()
             except TimeoutError:
                 return Sent(backoff.Result(retry_after=endpoint.drain_seconds()), now, 0,
@@ -280,7 +288,7 @@ class WebhookSender:
                 endpoint.waiting -= 1
             try:
                 async with self._global:
-                    return await self._post(job, job.url)
+                    return await self._post(job, url)
             finally:
                 endpoint.answered(time.monotonic())
                 endpoint.slots.release()
