@@ -200,23 +200,33 @@ async def test_errors_are_recorded_by_class(pg_url: str, conn: Conn) -> None:
 
 
 async def test_a_hanging_endpoint_does_not_slow_the_others(pg_url: str, conn: Conn) -> None:
+    opts = WebhookOptions(allow_private=True, total_timeout=5.0, per_endpoint=4)
     with receiver(lambda _: Plan(hang=30)) as slow, receiver() as fast:
+        # Baseline: 40 deliveries to healthy endpoints alone.
+        for _ in range(40):
+            await add_delivery(conn, fast.url)
+        started = time.monotonic()
+        async with running(pg_url, options=opts, schedule=(3600,), drain_seconds=1):
+            await wait_until(lambda: len(fast.requests) == 40, "the baseline")
+            alone = time.monotonic() - started
+        # The same again while one endpoint hangs with 40 rows of its own.
         hook, user, _ = await add_webhook(conn, slow.url)
         for _ in range(40):
             await add_outbox(conn, user, await add_event(conn), hook)
         fast_ids = [(await add_delivery(conn, fast.url))[0] for _ in range(40)]
-        opts = WebhookOptions(allow_private=True, total_timeout=5.0, per_endpoint=4)
         started = time.monotonic()
-        async with running(pg_url, options=opts, schedule=(3600,), lease_seconds=60):
-            await wait_until(lambda: len(fast.requests) == 40, "the healthy endpoints")
-            healthy_latency = time.monotonic() - started
-            await wait_until(
-                lambda: rows(pg_url, "SELECT 1 FROM notifier.outbox WHERE status = 'delivered'"
-                             " HAVING count(*) = 40"), "delivered")  # fmt: skip
+        async with running(pg_url, options=opts, schedule=(3600,), drain_seconds=1):
+            await wait_until(lambda: len(fast.requests) == 80, "the healthy endpoints")
+            beside_hang = time.monotonic() - started
+            await wait_until(lambda: len(slow.requests) == 4, "the hanging requests")
+            await asyncio.sleep(0.2)
             in_flight_slow = len(slow.requests)
-    print(f"\n40 healthy deliveries took {healthy_latency:.2f}s while one endpoint hung")
-    assert in_flight_slow <= 4  # the per-endpoint cap
-    assert all([await _status(pg_url, i) == "delivered" for i in fast_ids])
+        statuses = [await _status(pg_url, i) for i in fast_ids]
+    print(
+        f"\n40 healthy deliveries: {alone:.2f}s alone, {beside_hang:.2f}s while one endpoint hung"
+    )
+    assert in_flight_slow == 4  # the per-endpoint cap
+    assert statuses == ["delivered"] * 40
 
 
 async def test_cancelled_and_future_rows_are_not_sent(pg_url: str, conn: Conn) -> None:
@@ -250,6 +260,27 @@ async def test_ssrf_blocks_loopback_at_delivery_time(pg_url: str, conn: Conn) ->
     assert (await _attempts(pg_url, by_name))[0][1].startswith("blocked_address: localhost")
     assert "loopback" in (await _attempts(pg_url, literal))[0][1]
     assert (await _attempts(pg_url, plain))[0][1].startswith("bad_url")
+
+
+async def test_bad_urls_and_secrets_are_recorded_not_crashed(pg_url: str, conn: Conn) -> None:
+    with receiver() as r:
+        bad_url, *_ = await add_delivery(conn, "http://exa mple.org:99999/hook")
+        no_host, *_ = await add_delivery(conn, "http:///hook")
+        bad_secret, *_ = await add_delivery(conn, r.url, secret="whsec_not base64!")
+        async with running(pg_url, schedule=(3600,)):
+            await wait_until(
+                lambda: rows(pg_url, "SELECT 1 FROM notifier.delivery_attempts "
+                             "HAVING count(*) = 3"), "three attempts")  # fmt: skip
+    assert r.requests == []
+    for outbox_id, prefix in (
+        (bad_url, ("bad_url", "dns_error")),
+        (no_host, ("bad_url",)),
+        (bad_secret, ("bad_secret",)),
+    ):
+        (attempt,) = await _attempts(pg_url, outbox_id)
+        assert attempt[1].startswith(prefix), attempt
+        assert "not base64!" not in attempt[1]  # the secret never ends up in a record
+        assert await _status(pg_url, outbox_id) == "pending"
 
 
 async def test_deleted_or_disabled_webhooks(pg_url: str, conn: Conn) -> None:

@@ -215,8 +215,10 @@ def classify(exc: BaseException) -> str:
         return "connect_error"
     if isinstance(exc, httpx.RemoteProtocolError | httpx.LocalProtocolError):
         return "protocol_error"
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return f"bad_url: {exc}"
     if isinstance(exc, httpx.TransportError):
-        return "transport_error"
+        return f"transport_error: {type(exc).__name__}"
     if isinstance(exc, signing.BadSecret):
         return f"bad_secret: {exc}"
     return f"error: {type(exc).__name__}"
@@ -324,6 +326,8 @@ class WebhookSender:
             result = backoff.Result(error=classify(exc))
         except signing.BadSecret as exc:
             result = backoff.Result(error=classify(exc))
+        except httpx.InvalidURL as exc:
+            result = backoff.Result(error=f"bad_url: {exc}")
         except OSError as exc:
             result = backoff.Result(error=f"os_error: {exc.strerror or type(exc).__name__}")
         duration_ms = int((time.perf_counter() - started) * 1000)
