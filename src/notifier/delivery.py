@@ -386,25 +386,32 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(settings: config.Settings, stop: asyncio.Event) -> None:
-    """Run the delivery role until `stop` is set (then drain)."""
+async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: bool = True) -> None:
+    """Run the delivery role until `stop` is set (then drain).
+
+    `serve_http=False` (inside `notifier all`) leaves `/health` and `/metrics`
+    to the process's API server; the metrics share the default registry.
+    """
     channels = channels_for(settings)
     pool = db.pool(settings.postgres_conninfo, min_size=2, max_size=6)
     await pool.open()
     delivery = Delivery(pool, channels, settings.replica, Limits.from_settings(settings))
+    http: asyncio.Task[None] | None = None
     server = _Server(
         uvicorn.Config(
             health_app(delivery), host="0.0.0.0", port=settings.port,  # noqa: S104
             log_level="warning", access_log=False, lifespan="off",
         )
     )  # fmt: skip
-    http = asyncio.create_task(server.serve(), name="http")
-    log.info("delivery started", extra={"port": settings.port})
+    if serve_http:
+        http = asyncio.create_task(server.serve(), name="http")
+    log.info("delivery started", extra={"port": settings.port if serve_http else None})
     try:
         await delivery.run(stop)
     finally:
-        server.should_exit = True
-        await http
+        if http is not None:
+            server.should_exit = True
+            await http
         for channel in channels.values():
             await channel.aclose()
         await pool.close()

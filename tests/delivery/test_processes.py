@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import signal
@@ -14,8 +15,9 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
-from notifier import services
+from notifier import config, delivery, services
 from tests.delivery.conftest import (
     add_event,
     add_outbox,
@@ -149,3 +151,21 @@ async def test_kill_9_in_flight_loses_nothing(
     for q in requests:
         bodies[q.headers["webhook-id"]].add(q.body)
     assert all(len(b) == 1 for b in bodies.values())
+
+
+async def test_serve_inside_notifier_all_without_http(
+    pg_server: services.PostgresService, pg_url: str, conn: Conn
+) -> None:
+    env = delivery_env(pg_server, pg_url)
+    settings = config.load(env, "delivery")
+    with receiver() as r:
+        await _fill(conn, r.url, 1, 3)
+        stop = asyncio.Event()
+        task = asyncio.create_task(delivery.serve(settings, stop, serve_http=False))
+        await wait_until(lambda: _is_n(pg_url, 3), "three deliveries")
+        with pytest.raises(httpx.ConnectError):  # no HTTP server of its own
+            async with httpx.AsyncClient() as c:
+                await c.get(f"http://127.0.0.1:{settings.port}/health")
+        stop.set()
+        await task
+    assert len(r.requests) == 3

@@ -238,7 +238,7 @@ class WebhookSender:
             transport=GuardedTransport(
                 allow_private=o.allow_private,
                 limits=httpx.Limits(
-                    max_connections=2 * o.concurrency,
+                    max_connections=o.concurrency,
                     max_keepalive_connections=o.concurrency,
                     keepalive_expiry=30,
                 ),
