@@ -128,14 +128,19 @@ def completion(
         job,
         d.status,
         next_attempt_at=d.next_attempt_at,
-        last_error=d.last_error,
-        disable_reason=d.disable_reason,
+        last_error=_text(d.last_error),
+        disable_reason=_text(d.disable_reason),
         attempted_at=sent.attempted_at,
         duration_ms=sent.duration_ms,
         status_code=sent.result.status_code,
-        error=sent.result.error,
+        error=_text(sent.result.error),
         excerpt=sent.excerpt,
     )
+
+
+def _text(value: str | None) -> str | None:
+    """Error text fit for a text column: no NUL, bounded length."""
+    return None if value is None else value.replace("\x00", "\ufffd")[:1000]
 
 
 def _outcome(c: poller.Completion) -> str:
@@ -288,8 +293,8 @@ class Delivery:
                 DB_ERRORS.labels("complete").inc()
                 tries += 1
                 log.warning("completing failed", extra={"error": str(exc), "rows": len(batch)})
-                if final and tries >= 5:
-                    # The leases will run out and the rows be delivered again.
+                if tries >= (3 if final else 10):
+                    # Nothing is lost: the leases run out and the rows are sent again.
                     log.error("giving up on writing outcomes", extra={"rows": len(batch)})
                     return
                 await asyncio.sleep(min(tries, 5))
@@ -303,6 +308,9 @@ class Delivery:
             except (psycopg.Error, OSError) as exc:
                 DB_ERRORS.labels("fanout").inc()
                 log.warning("scheduled fan-out failed", extra={"error": str(exc)})
+            except Exception:  # a bug there must not stop delivery
+                DB_ERRORS.labels("fanout").inc()
+                log.exception("scheduled fan-out failed unexpectedly")
             await _wait_any(stop, seconds=FANOUT_EVERY)
 
     async def _drain(self) -> None:

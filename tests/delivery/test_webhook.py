@@ -283,6 +283,16 @@ async def test_bad_urls_and_secrets_are_recorded_not_crashed(pg_url: str, conn: 
         assert await _status(pg_url, outbox_id) == "pending"
 
 
+async def test_a_binary_answer_is_recorded(pg_url: str, conn: Conn) -> None:
+    with receiver(lambda _: Plan(500, body=b"\x00\xff\xfebinary\x00")) as r:
+        outbox_id, *_ = await add_delivery(conn, r.url)
+        async with running(pg_url, schedule=(3600,)):
+            await wait_until(lambda: _attempts(pg_url, outbox_id), "the attempt")
+    (attempt,) = await _attempts(pg_url, outbox_id)
+    assert attempt[0] == 500 and "binary" in attempt[2] and "\x00" not in attempt[2]
+    assert len(r.requests) == 1
+
+
 async def test_deleted_or_disabled_webhooks(pg_url: str, conn: Conn) -> None:
     with receiver() as r:
         a, _, hook_a, _ = await add_delivery(conn, r.url)

@@ -45,4 +45,6 @@ def excerpt(data: bytes) -> str | None:
     """The first `EXCERPT_CHARS` characters of a response, for the attempt row."""
     if not data:
         return None
-    return data.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
+    # PostgreSQL text cannot hold NUL: a receiver's binary answer must not
+    # make the outcome unwritable.
+    return data.decode("utf-8", errors="replace")[:EXCERPT_CHARS].replace("\x00", "\ufffd")
