@@ -304,3 +304,30 @@ async def test_deleted_or_disabled_webhooks(pg_url: str, conn: Conn) -> None:
             await wait_until(lambda: _is(pg_url, a, "paused"), "paused")
             await wait_until(lambda: _is(pg_url, b, "dead"), "dead")
     assert r.requests == []
+
+
+async def test_scheduled_events_go_out_when_due_and_cancelled_ones_never(
+    pg_url: str, conn: Conn
+) -> None:
+    with receiver() as r:
+        hook, user, _ = await add_webhook(conn, r.url)
+        cur = await conn.execute(
+            "INSERT INTO notifier.events (dedup_key, source, event, entity_type, entity_id,"
+            " entity_name, detail, deliver_at, recipients, recipient_count, cancelled_at)"
+            " SELECT k, 'internal', 'new_releases', 'artist', '1', 'A', '{}'::jsonb,"
+            " now() + interval '1 second', ARRAY[%s]::uuid[], 1,"
+            " CASE WHEN k = 'cancelled' THEN now() END"
+            " FROM unnest(ARRAY['due-soon', 'cancelled']) AS k RETURNING id, dedup_key",
+            (user,),
+        )
+        ids = {key: event_id for event_id, key in await cur.fetchall()}
+        async with running(pg_url):
+            await wait_until(lambda: r.requests, "the scheduled event", limit=30)
+            await asyncio.sleep(1.5)  # a later scheduler round would send the cancelled one
+    assert [q.headers["webhook-id"] for q in r.requests] == [str(ids["due-soon"])]
+    outbox = await rows(
+        pg_url,
+        "SELECT o.event_id, o.webhook_id, o.status, o.delivered_at >= e.deliver_at"
+        " FROM notifier.outbox o JOIN notifier.events e ON e.id = o.event_id",
+    )
+    assert outbox == [(ids["due-soon"], hook, "delivered", True)]  # not before deliver_at
