@@ -114,8 +114,8 @@ async def _ours(ctx: Context, url: str, hook_url: str, rows: int, concurrency: i
     due_in = 8.0
     await _fill(url, hook_url, rows, due_in)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        cur = await conn.execute("SELECT min(next_attempt_at), now() FROM notifier.outbox")
-        due_at, db_now = await cur.fetchone()  # type: ignore[misc]
+        cur = await conn.execute("SELECT min(next_attempt_at) FROM notifier.outbox")
+        (due_at,) = await cur.fetchone()  # type: ignore[misc]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "NOTIFIER_"))}
         env.update(
             POSTGRES_HOST=ctx.pg.host, POSTGRES_PORT=str(ctx.pg.port),
@@ -130,6 +130,15 @@ async def _ours(ctx: Context, url: str, hook_url: str, rows: int, concurrency: i
             [sys.executable, *_profiler(), "-m", "notifier.cli", "delivery"], env=env
         )
         try:
+            health = f"http://127.0.0.1:{env['NOTIFIER_PORT']}/health"
+            async with httpx.AsyncClient() as probe:
+                while True:  # the process must be up before the rows fall due
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await probe.get(health)).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+            cur = await conn.execute("SELECT now() < %s", (due_at,))
+            up_in_time = (await cur.fetchone())[0]  # type: ignore[index]
             while True:
                 cur = await conn.execute(
                     "SELECT count(*) FILTER (WHERE status = 'delivered'), max(delivered_at) "
@@ -147,7 +156,7 @@ async def _ours(ctx: Context, url: str, hook_url: str, rows: int, concurrency: i
             proc.wait()
         elapsed = (last - due_at).total_seconds()
         print(f"notifier delivery: {cpu:.1f} s CPU over {elapsed:.1f} s", file=sys.stderr)
-        if db_now > due_at:
+        if not up_in_time:
             raise RuntimeError("the rows fell due before the delivery process was up")
         return float(rows / (last - due_at).total_seconds())
 
