@@ -75,3 +75,24 @@ async def test_odd_data_can_be_written(graph_driver: AsyncDriver, graph_db: str)
 def test_unknown_label_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown label"):
         GraphBuilder().node("Person", {"id": "1"})
+
+
+async def test_referenced_nodes_never_overwrite_existing_ones(
+    graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    await (
+        GraphBuilder()
+        .artist("1", "John Coltrane")
+        .label("5", "Impulse!")
+        .write(graph_driver, graph_db)
+    )
+    # The next import only references them through a new release.
+    await (
+        GraphBuilder().release("9", artists=["1", "2"], labels=["5"]).write(graph_driver, graph_db)
+    )
+    rows = await _rows(
+        graph_driver, graph_db, "MATCH (a:Artist) RETURN a.id AS id, a.name AS name ORDER BY id"
+    )
+    assert rows == [{"id": "1", "name": "John Coltrane"}, {"id": "2", "name": "Artist 2"}]
+    labels = await _rows(graph_driver, graph_db, "MATCH (l:Label) RETURN l.name AS name")
+    assert labels == [{"name": "Impulse!"}]

@@ -42,14 +42,21 @@ class GraphBuilder:
     rels: dict[tuple[str, str, str], set[tuple[Any, Any]]] = field(
         default_factory=lambda: defaultdict(set)
     )
+    # Nodes only referenced (by a release): created when missing, never overwritten.
+    refs: dict[str, dict[Any, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
 
     def node(self, label: str, props: dict[str, Any]) -> GraphBuilder:
         """Any node, with any properties (odd types and nulls included, for bad-data tests)."""
         if label not in NODE_KEYS:
             raise ValueError(f"unknown label {label!r}")
         key = props.get(NODE_KEYS[label])
+        self.refs[label].pop(key, None)
         self.nodes[label].setdefault(key, {}).update(props)
         return self
+
+    def _ref(self, label: str, key: str, props: dict[str, Any]) -> None:
+        if key not in self.nodes[label]:
+            self.refs[label].setdefault(key, props)
 
     def rel(
         self, src_label: str, src: Any, rel_type: str, dst_label: str, dst: Any
@@ -103,24 +110,25 @@ class GraphBuilder:
     ) -> GraphBuilder:
         """(:Release) with its BY, ON, IS and DERIVED_FROM relationships.
 
-        Artists, labels, genres and styles named here are created too when
-        missing (artists and labels then get a name derived from their id).
+        Artists, labels, styles and masters named here are created when
+        missing (artists and labels then get a name derived from their id);
+        existing ones keep their properties.
         """
         self.node("Release", {"id": id, "title": title or f"Release {id}", "year": year,
                               "formats": formats or ["Vinyl"]})  # fmt: skip
         for a in artists:
-            self.nodes["Artist"].setdefault(a, {"id": a, "name": f"Artist {a}"})
+            self._ref("Artist", a, {"id": a, "name": f"Artist {a}"})
             self.rel("Release", id, "BY", "Artist", a)
         for lb in labels:
-            self.nodes["Label"].setdefault(lb, {"id": lb, "name": f"Label {lb}"})
+            self._ref("Label", lb, {"id": lb, "name": f"Label {lb}"})
             self.rel("Release", id, "ON", "Label", lb)
         for gn in genres:
             self.genre(gn).rel("Release", id, "IS", "Genre", gn)
         for st in styles:
-            self.nodes["Style"].setdefault(st, {"name": st})
+            self._ref("Style", st, {"name": st})
             self.rel("Release", id, "IS", "Style", st)
         if master is not None:
-            self.nodes["Master"].setdefault(master, {"id": master, "title": title, "year": year})
+            self._ref("Master", master, {"id": master, "title": title, "year": year})
             self.rel("Release", id, "DERIVED_FROM", "Master", master)
         return self
 
@@ -128,6 +136,7 @@ class GraphBuilder:
         """Forget what was collected (after a write, to model the next import)."""
         self.nodes.clear()
         self.rels.clear()
+        self.refs.clear()
         return self
 
     async def write(self, driver: AsyncDriver, database: str) -> None:
@@ -138,15 +147,16 @@ class GraphBuilder:
         stays inside what both Neo4j and ArcadeDB's OpenCypher accept.
         """
         async with driver.session(database=database) as session:
-            for label, by_key in self.nodes.items():
-                key = NODE_KEYS[label]
-                rows = [{"key": k, "props": p} for k, p in by_key.items()]
-                for i in range(0, len(rows), BATCH):
-                    await session.run(
-                        f"UNWIND $rows AS row MERGE (n:{label} {{{key}: row.key}}) "
-                        "SET n += row.props",
-                        rows=rows[i : i + BATCH],
-                    )
+            for nodes, action in ((self.nodes, "SET"), (self.refs, "ON CREATE SET")):
+                for label, by_key in nodes.items():
+                    key = NODE_KEYS[label]
+                    rows = [{"key": k, "props": p} for k, p in by_key.items()]
+                    for i in range(0, len(rows), BATCH):
+                        await session.run(
+                            f"UNWIND $rows AS row MERGE (n:{label} {{{key}: row.key}}) "
+                            f"{action} n += row.props",
+                            rows=rows[i : i + BATCH],
+                        )
             for (src_label, rel_type, dst_label), pairs in self.rels.items():
                 src_key, dst_key = NODE_KEYS[src_label], NODE_KEYS[dst_label]
                 rows = [{"src": s, "dst": d} for s, d in pairs]

@@ -54,8 +54,11 @@ ON CONFLICT (user_id) DO UPDATE SET
 RETURNING id, url, secret, active, created_at, previous_secret_expires_at
 """
 # Index: outbox_webhook_status_idx (webhook_id, status).
+# A resumed row starts its retry schedule again (attempts = 0): otherwise a row
+# paused after exhausting the schedule would disable the webhook at once.
 RESUME_PAUSED = """
-UPDATE notifier.outbox SET status = 'pending', next_attempt_at = now(), updated_at = now()
+UPDATE notifier.outbox SET status = 'pending', attempts = 0, next_attempt_at = now(),
+       updated_at = now()
 WHERE webhook_id = %s AND status = 'paused'
 """
 # Index: webhook_configs_user_key (user_id).
