@@ -12,24 +12,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
 
 import uvicorn
 
 from notifier import config, delivery
 from notifier.api.app import create_app
 from notifier.router import Router
+from notifier.serving import QuietServer
 
 log = logging.getLogger(__name__)
-
-
-class QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: this process owns SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Leave signals to the caller."""
-        yield
 
 
 async def serve(settings: config.Settings, stop: asyncio.Event) -> None:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +40,7 @@ from starlette.routing import Route
 from notifier import backoff, config, db, fanout, poller
 from notifier.channels import Channel, Sent
 from notifier.channels.webhook import WebhookOptions, WebhookSender
+from notifier.serving import QuietServer
 
 log = logging.getLogger(__name__)
 
@@ -386,14 +387,6 @@ def health_app(delivery: Delivery) -> Starlette:
     return Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the role owns SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: bool = True) -> None:
     """Run the delivery role until `stop` is set (then drain).
 
@@ -405,7 +398,7 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
     await pool.open()
     delivery = Delivery(pool, channels, settings.replica, Limits.from_settings(settings))
     http: asyncio.Task[None] | None = None
-    server = _Server(
+    server = QuietServer(
         uvicorn.Config(
             health_app(delivery), host="0.0.0.0", port=settings.port,  # noqa: S104
             log_level="warning", access_log=False, lifespan="off",

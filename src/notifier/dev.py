@@ -349,7 +349,7 @@ async def _print_event(reader: psycopg.AsyncConnection[Any], event_id: str, out:
 async def demo(settings: config.Settings, stop: asyncio.Event, out: Say = say) -> int:
     """Run the demo until `stop` is set; return the exit code."""
     from notifier import all as all_roles
-    from notifier.all import QuietServer
+    from notifier.serving import QuietServer
 
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     receiver = Receiver(secret, out)

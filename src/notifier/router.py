@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -27,14 +26,26 @@ from typing import Annotated, Any, Literal
 
 import aio_pika
 import msgspec
+import uvicorn
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from neo4j import AsyncDriver, AsyncGraphDatabase
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from notifier import cycles, db
 from notifier.config import Settings
 from notifier.graph import Graph
+from notifier.serving import QuietServer
 from notifier.units import Stopping, UnitRunner
 
 log = logging.getLogger(__name__)
@@ -119,13 +130,20 @@ class Router:
         self.driver = AsyncGraphDatabase.driver(
             s.neo4j_uri, auth=(s.neo4j_username, s.neo4j_password)
         )
-        server: asyncio.Server | None = None
+        server: QuietServer | None = None
+        http: asyncio.Task[None] | None = None
         try:
             self.amqp = await aio_pika.connect_robust(amqp_url(s))
             queue = await self._declare(self.amqp)
             tag = await queue.consume(self._on_message)
             if serve_http:
-                server = await asyncio.start_server(self._http, "0.0.0.0", s.port)  # noqa: S104
+                server = QuietServer(
+                    uvicorn.Config(
+                        self.http_app(), host="0.0.0.0", port=s.port,  # noqa: S104
+                        log_config=None, access_log=False, lifespan="off",
+                    )
+                )  # fmt: skip
+                http = asyncio.create_task(server.serve(), name="router-http")
             log.info("router started", extra={"queue": queue.name, "claim": self.me})
             self.ready.set()
             # Several workers per process overlap graph and database waits; each
@@ -134,8 +152,9 @@ class Router:
             await queue.cancel(tag)
             return 0
         finally:
-            if server is not None:
-                server.close()
+            if server is not None and http is not None:
+                server.should_exit = True
+                await http
             if self.amqp is not None:
                 await self.amqp.close()
             await self.driver.close()
@@ -324,30 +343,17 @@ class Router:
         body = {"status": "healthy" if healthy else "unhealthy", "role": "router", "checks": checks}
         return (200 if healthy else 503), body
 
-    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A minimal HTTP/1.0 server: GET /health and GET /metrics."""
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            parts = line.decode("latin-1").split()
-            path = parts[1] if len(parts) >= 2 and parts[0] == "GET" else ""
-            if path.split("?")[0] == "/health":
-                status, doc = await self._health()
-                body, ctype = json.dumps(doc).encode(), "application/json"
-            elif path.split("?")[0] == "/metrics":
-                status, body, ctype = 200, generate_latest(REGISTRY), "text/plain; version=0.0.4"
-            else:
-                status, body, ctype = 404, b'{"error": {"code": "not_found"}}', "application/json"
-            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
-            head = (
-                f"HTTP/1.0 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeError):
-            pass
-        finally:
-            writer.close()
+    def http_app(self) -> Starlette:
+        """`/health` and `/metrics` of this router."""
+
+        async def health(_: Request) -> Response:
+            status, doc = await self._health()
+            return JSONResponse(doc, status_code=status)
+
+        async def metrics(_: Request) -> Response:
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+        return Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
 
 
 def main(settings: Settings) -> int:
