@@ -15,11 +15,20 @@ import platform
 import sys
 from datetime import UTC, datetime
 
-from bench.core import SCALES, Context, Figure, FigureFn, table
+from bench.claim_rate import claim_rate
+from bench.core import SCALES, Context, Figure, FigureFn, table, timer
+from bench.delivery_rate import delivery_rate
+from bench.diff_rate import diff_rate
 from bench.fanout import fanout_rate
+from bench.feed_latency import feed_latency
 from notifier import services
 
+# In the priority order; each may yield several rows (e.g. a peak RSS).
 FIGURES: dict[str, FigureFn] = {
+    "delivery": delivery_rate,
+    "feed": feed_latency,
+    "claim": claim_rate,
+    "diff": diff_rate,
     "fanout": fanout_rate,
 }
 
@@ -38,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(args.scale, SCALES[args.scale], pg, stack)
         for name in args.only or list(FIGURES):
             print(f"measuring {name} at scale {args.scale}…", file=sys.stderr, flush=True)
-            figures.append(asyncio.run(FIGURES[name](ctx)))
+            with timer() as took:
+                got = asyncio.run(FIGURES[name](ctx))
+            print(f"  {name}: {took():.1f} s", file=sys.stderr, flush=True)
+            figures.extend(got if isinstance(got, list) else [got])
     print(table(figures))
     if args.json:
         meta = {

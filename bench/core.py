@@ -15,9 +15,32 @@ from notifier import db, services
 
 SCALES: dict[str, dict[str, int]] = {
     # tiny: the smoke test; small: under 2 minutes; full: the issue's figures.
-    "tiny": {"fanout_rows": 2_000, "feed_rows": 5_000, "outbox_rows": 2_000},
-    "small": {"fanout_rows": 100_000, "feed_rows": 200_000, "outbox_rows": 50_000},
-    "full": {"fanout_rows": 1_000_000, "feed_rows": 1_000_000, "outbox_rows": 200_000},
+    # outbox_rows: deliveries; claim_rows: null-transport claims; feed_rows: the one
+    # user's notifications; diff_artists: watched artists diffed in one cycle.
+    "tiny": {
+        "fanout_rows": 2_000,
+        "feed_rows": 5_000,
+        "feed_requests": 200,
+        "outbox_rows": 1_000,
+        "claim_rows": 2_000,
+        "diff_artists": 100,
+    },
+    "small": {
+        "fanout_rows": 100_000,
+        "feed_rows": 200_000,
+        "feed_requests": 1_000,
+        "outbox_rows": 20_000,
+        "claim_rows": 20_000,
+        "diff_artists": 1_000,
+    },
+    "full": {
+        "fanout_rows": 1_000_000,
+        "feed_rows": 1_000_000,
+        "feed_requests": 2_000,
+        "outbox_rows": 200_000,
+        "claim_rows": 200_000,
+        "diff_artists": 2_000,
+    },
 }
 
 
@@ -67,6 +90,13 @@ class Context:
     sizes: dict[str, int]
     pg: services.PostgresService
     stack: contextlib.ExitStack
+    _graph: services.GraphService | None = None
+
+    def graph(self) -> services.GraphService:
+        """The Bolt graph server, started (or found) on first use."""
+        if self._graph is None:
+            self._graph = self.stack.enter_context(services.graph())
+        return self._graph
 
     def fresh_database(self) -> str:
         """A new migrated database; returns its URL."""
@@ -78,7 +108,8 @@ class Context:
         return url
 
 
-FigureFn = Callable[[Context], Awaitable[Figure]]
+# A figure function returns one row, or several measured in the same run.
+FigureFn = Callable[[Context], Awaitable[Figure | list[Figure]]]
 
 
 @contextlib.contextmanager
@@ -88,3 +119,15 @@ def timer() -> Iterator[Callable[[], float]]:
     end: list[float] = []
     yield lambda: (end[0] if end else time.perf_counter()) - start
     end.append(time.perf_counter())
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident set size (VmHWM) in MB, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

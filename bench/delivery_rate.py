@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.core import Context, Figure, timer
+from bench.core import Context, Figure, peak_rss_mb, timer
 from notifier import services
 
 WEBHOOKS = 500
@@ -82,7 +82,7 @@ def _receiver() -> Any:
         proc.wait()
 
 
-async def _fill(url: str, hook_url: str, rows: int, due_in: float) -> None:
+async def fill_outbox(url: str, hook_url: str, rows: int, due_in: float) -> None:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute(
             "INSERT INTO notifier.webhook_configs (user_id, url, secret) "
@@ -110,9 +110,12 @@ async def _fill(url: str, hook_url: str, rows: int, due_in: float) -> None:
         await conn.execute("VACUUM ANALYZE notifier.outbox")
 
 
-async def _ours(ctx: Context, url: str, hook_url: str, rows: int, concurrency: int) -> float:
+async def _ours(
+    ctx: Context, url: str, hook_url: str, rows: int, concurrency: int
+) -> tuple[float, float]:
+    """Deliveries/s of a fresh `notifier delivery` process; and its peak RSS in MB."""
     due_in = 8.0
-    await _fill(url, hook_url, rows, due_in)
+    await fill_outbox(url, hook_url, rows, due_in)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cur = await conn.execute("SELECT min(next_attempt_at) FROM notifier.outbox")
         (due_at,) = await cur.fetchone()  # type: ignore[misc]
@@ -151,6 +154,7 @@ async def _ours(ctx: Context, url: str, hook_url: str, rows: int, concurrency: i
                     raise RuntimeError("notifier delivery exited early")
                 await asyncio.sleep(0.2)
             cpu = _cpu_seconds(proc.pid)
+            rss = peak_rss_mb(proc.pid)
         finally:
             proc.terminate()
             proc.wait()
@@ -158,7 +162,7 @@ async def _ours(ctx: Context, url: str, hook_url: str, rows: int, concurrency: i
         print(f"notifier delivery: {cpu:.1f} s CPU over {elapsed:.1f} s", file=sys.stderr)
         if not up_in_time:
             raise RuntimeError("the rows fell due before the delivery process was up")
-        return float(rows / (last - due_at).total_seconds())
+        return float(rows / (last - due_at).total_seconds()), rss
 
 
 def _profiler() -> list[str]:
@@ -209,14 +213,16 @@ async def _bare(hook_url: str, rows: int, concurrency: int) -> float:
     return rows / elapsed()
 
 
-async def delivery_rate(ctx: Context, rows: int | None = None, concurrency: int = 64) -> Figure:
-    """The figure: ours vs the bare httpx loop, same receiver, same concurrency."""
+async def delivery_rate(
+    ctx: Context, rows: int | None = None, concurrency: int = 64
+) -> list[Figure]:
+    """The figures: ours vs the bare httpx loop, same receiver, same concurrency; peak RSS."""
     n = rows or ctx.sizes.get("outbox_rows", 20_000)
     url = ctx.fresh_database()
     with _receiver() as hook_url:
         bare = await _bare(hook_url, n, concurrency)
-        ours = await _ours(ctx, url, hook_url, n, concurrency)
-    return Figure(
+        ours, rss = await _ours(ctx, url, hook_url, n, concurrency)
+    rate = Figure(
         name="delivery rate (one process)",
         ours=ours,
         unit="deliveries/s",
@@ -226,6 +232,15 @@ async def delivery_rate(ctx: Context, rows: int | None = None, concurrency: int 
         passed=ours >= 1500 and ours >= 0.8 * bare,
         notes={"rows": n, "concurrency": concurrency},
     )
+    memory = Figure(
+        name="peak RSS: delivery",
+        ours=rss,
+        unit="MB",
+        target="<= 200 MB",
+        passed=rss <= 200,
+        notes={"during": f"the delivery-rate run, {n} rows"},
+    )
+    return [rate, memory]
 
 
 # The held-lock alternative, for comparison: claim, (send), complete inside one
@@ -251,7 +266,7 @@ async def claim_rates(ctx: Context, rows: int, batch: int = 200) -> tuple[float,
     results = []
     for mode in ("lease", "held"):
         url = ctx.fresh_database()
-        await _fill(url, "https://example.invalid/hook", rows, 0)
+        await fill_outbox(url, "https://example.invalid/hook", rows, 0)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             with timer() as elapsed:
                 while True:
@@ -298,9 +313,9 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(services.postgres())
         ctx = Context("custom", {"outbox_rows": args.rows}, pg, stack)
-        fig = asyncio.run(delivery_rate(ctx, args.rows, args.concurrency))
+        figs = asyncio.run(delivery_rate(ctx, args.rows, args.concurrency))
         lease, held = asyncio.run(claim_rates(ctx, args.rows))
-    print(table([fig]))
+    print(table(figs))
     print(
         f"\nclaim+complete with a null transport, {args.rows} rows, batches of 200: "
         f"lease {lease:,.0f} rows/s, held lock {held:,.0f} rows/s ({lease / held:.2f}x)"

@@ -12,6 +12,7 @@ endpoint under the same uvicorn on the same machine. Prints one table.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import statistics
@@ -19,15 +20,19 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import jwt
 import psycopg
 
+from bench.core import Context, Figure, peak_rss_mb
 from notifier import db, services
 
 JWT_KEY = "bench-jwt-key-bench-jwt-key-bench-jwt-key"
+FIRST_PAGE, UNREAD_COUNT = "feed first page (20)", "unread-count"
+PEER = "bare Starlette JSON (peer)"
 
 EVENTS = """
 INSERT INTO notifier.events (dedup_key, source, version, event, entity_type, entity_id,
@@ -97,92 +102,142 @@ def _p(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=1000)[int(q * 1000) - 1]
 
 
+@dataclass
+class Measured:
+    """Latency samples (ms) per request kind, the read-all timing, the API's peak RSS."""
+
+    samples: dict[str, list[float]]
+    marked: int
+    read_all_s: float
+    api_rss_mb: float
+
+
+def measure(pg: services.PostgresService, rows: int, requests: int) -> Measured:
+    """Seed a fresh database, start `notifier api` and the bare peer, measure, clean up."""
+    user, others = uuid.uuid4(), [uuid.uuid4() for _ in range(100)]
+    name = f"bench_feed_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        db.migrate(pg.url(name))
+        started = time.perf_counter()
+        with psycopg.connect(pg.url(name)) as conn:
+            conn.execute(EVENTS, {"n": rows})
+            conn.execute(FEED, {"user": user, "others": others})
+            conn.execute(COUNTER, {"user": user})
+        with psycopg.connect(pg.url(name), autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE notifier.events, notifier.notification_events")
+            got = conn.execute(
+                "SELECT count(*) FROM notifier.notification_events WHERE user_id = %s", (user,)
+            ).fetchone()
+        seeded = time.perf_counter() - started
+        print(f"seeded {got[0] if got else 0:,} rows for the user in {seeded:.1f}s",
+              file=sys.stderr)  # fmt: skip
+
+        port, bare_port = _free_port(), _free_port()
+        env = dict(os.environ, POSTGRES_HOST=pg.host, POSTGRES_PORT=str(pg.port),
+                   POSTGRES_USERNAME=pg.user, POSTGRES_PASSWORD=pg.password or "trust",
+                   POSTGRES_DATABASE=name, NEO4J_PASSWORD="unused", JWT_SECRET_KEY=JWT_KEY,  # noqa: S106
+                   NOTIFIER_PORT=str(port), NOTIFIER_API_RATE_LIMIT="0",
+                   LOG_LEVEL="WARNING")  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-m", "notifier.cli", "api"], env=env))
+        bare_cmd = [sys.executable, "-c", BARE_APP, str(bare_port)]  # our own code
+        procs.append(subprocess.Popen(bare_cmd))  # noqa: S603
+        api, bare = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
+        _wait(api + "/openapi.json", procs[0])
+        _wait(bare + "/count", procs[1])
+        exp = datetime.now(UTC) + timedelta(hours=1)
+        token = jwt.encode({"sub": str(user), "exp": exp}, JWT_KEY, algorithm="HS256")
+        h = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=api, timeout=600) as client:
+            cursor = None
+            for _ in range(min(50, rows // 20 - 1)):
+                page = client.get("/api/notifications", params={"cursor": cursor} if cursor
+                                  else {}, headers=h).json()  # fmt: skip
+                cursor = page["next_cursor"]
+            results = {
+                FIRST_PAGE: _measure(client, "/api/notifications", requests, h),
+                "feed unread first page": _measure(
+                    client, "/api/notifications?unread=true", requests, h
+                ),
+                "feed deep page (cursor)": _measure(
+                    client, f"/api/notifications?cursor={cursor}", requests, h
+                ),
+                UNREAD_COUNT: _measure(client, "/api/notifications/unread-count", requests, h),
+            }
+            started = time.perf_counter()
+            marked = client.post("/api/notifications/read-all", headers=h).json()["marked"]
+            read_all_s = time.perf_counter() - started
+        api_rss = peak_rss_mb(procs[0].pid)
+        with httpx.Client(base_url=bare, timeout=30) as client:
+            results[PEER] = _measure(client, "/count", requests, {})
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(20)
+        with psycopg.connect(pg.url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return Measured(results, marked, read_all_s, api_rss)
+
+
+async def feed_latency(ctx: Context) -> list[Figure]:
+    """The figures: feed first page and unread-count p99 vs bare Starlette; API peak RSS."""
+    rows, requests = ctx.sizes["feed_rows"], ctx.sizes["feed_requests"]
+    m = await asyncio.to_thread(measure, ctx.pg, rows, requests)
+    peer = _p(m.samples[PEER], 0.99)
+    notes = {"user_rows": rows, "requests": requests, "peer_p50_ms": _p(m.samples[PEER], 0.5)}
+    figures = []
+    for label, name, limit in ((FIRST_PAGE, "feed first page p99", 10.0),
+                               (UNREAD_COUNT, "unread-count p99", 5.0)):  # fmt: skip
+        p99 = _p(m.samples[label], 0.99)
+        figures.append(
+            Figure(
+                name=name,
+                ours=p99,
+                unit="ms",
+                peer=peer,
+                peer_name="bare Starlette JSON p99",
+                target=f"<= {limit:g} ms",
+                passed=p99 <= limit,
+                notes={**notes, "p50_ms": _p(m.samples[label], 0.5)},
+            )
+        )
+    figures.append(
+        Figure(
+            name="peak RSS: api",
+            ours=m.api_rss_mb,
+            unit="MB",
+            target="<= 200 MB",
+            passed=m.api_rss_mb <= 200,
+            notes={"during": f"the feed-latency run, {rows} rows, read-all of {m.marked}"},
+        )
+    )
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     """Seed, start the servers, measure, print the table."""
     p = argparse.ArgumentParser(prog="python -m bench.feed_latency", description=__doc__)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--requests", type=int, default=2000)
     args = p.parse_args(argv)
-    user, others = uuid.uuid4(), [uuid.uuid4() for _ in range(100)]
     with services.postgres() as pg:
-        name = f"bench_feed_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(pg.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        procs: list[subprocess.Popen[bytes]] = []
-        try:
-            db.migrate(pg.url(name))
-            started = time.perf_counter()
-            with psycopg.connect(pg.url(name)) as conn:
-                conn.execute(EVENTS, {"n": args.rows})
-                conn.execute(FEED, {"user": user, "others": others})
-                conn.execute(COUNTER, {"user": user})
-            with psycopg.connect(pg.url(name), autocommit=True) as conn:
-                conn.execute("VACUUM ANALYZE notifier.events, notifier.notification_events")
-                rows = conn.execute(
-                    "SELECT count(*) FROM notifier.notification_events WHERE user_id = %s", (user,)
-                ).fetchone()
-            seeded = time.perf_counter() - started
-            print(f"seeded {rows[0] if rows else 0:,} rows for the user in {seeded:.1f}s",
-                  file=sys.stderr)  # fmt: skip
-
-            port, bare_port = _free_port(), _free_port()
-            env = dict(os.environ, POSTGRES_HOST=pg.host, POSTGRES_PORT=str(pg.port),
-                       POSTGRES_USERNAME=pg.user, POSTGRES_PASSWORD=pg.password or "trust",
-                       POSTGRES_DATABASE=name, NEO4J_PASSWORD="unused", JWT_SECRET_KEY=JWT_KEY,  # noqa: S106
-                       NOTIFIER_PORT=str(port), NOTIFIER_API_RATE_LIMIT="0",
-                       LOG_LEVEL="WARNING")  # fmt: skip
-            procs.append(subprocess.Popen([sys.executable, "-m", "notifier.cli", "api"], env=env))
-            bare_cmd = [sys.executable, "-c", BARE_APP, str(bare_port)]  # our own code
-            procs.append(subprocess.Popen(bare_cmd))  # noqa: S603
-            api, bare = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
-            _wait(api + "/openapi.json", procs[0])
-            _wait(bare + "/count", procs[1])
-            exp = datetime.now(UTC) + timedelta(hours=1)
-            token = jwt.encode({"sub": str(user), "exp": exp}, JWT_KEY, algorithm="HS256")
-            h = {"Authorization": f"Bearer {token}"}
-            with httpx.Client(base_url=api, timeout=600) as client:
-                cursor = None
-                for _ in range(50):
-                    page = client.get("/api/notifications", params={"cursor": cursor} if cursor
-                                      else {}, headers=h).json()  # fmt: skip
-                    cursor = page["next_cursor"]
-                results = {
-                    "feed first page (20)": _measure(
-                        client, "/api/notifications", args.requests, h
-                    ),
-                    "feed unread first page": _measure(
-                        client, "/api/notifications?unread=true", args.requests, h
-                    ),
-                    "feed page 51 (cursor)": _measure(
-                        client, f"/api/notifications?cursor={cursor}", args.requests, h
-                    ),
-                    "unread-count": _measure(
-                        client, "/api/notifications/unread-count", args.requests, h
-                    ),
-                }
-                started = time.perf_counter()
-                marked = client.post("/api/notifications/read-all", headers=h).json()["marked"]
-                read_all_s = time.perf_counter() - started
-            with httpx.Client(base_url=bare, timeout=30) as client:
-                results["bare Starlette JSON (peer)"] = _measure(
-                    client, "/count", args.requests, {}
-                )
-        finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(20)
-            with psycopg.connect(pg.url(), autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    peer = _p(results["bare Starlette JSON (peer)"], 0.99)
+        m = measure(pg, args.rows, args.requests)
+    results = m.samples
+    peer = _p(results[PEER], 0.99)
     print(f"\nfeed latency, {args.rows:,} notifications for one user, {args.requests} requests "
           f"each, sequential keep-alive on loopback, {datetime.now(UTC):%Y-%m-%d}\n")  # fmt: skip
     print("| request | p50 ms | p99 ms | p99 / bare p99 | target |")
     print("|---|---|---|---|---|")
     for label, samples in results.items():
-        target = "p99 <= 10 ms" if label in ("feed first page (20)", "unread-count") else ""
+        target = {FIRST_PAGE: "p99 <= 10 ms", UNREAD_COUNT: "p99 <= 5 ms"}.get(label, "")
         print(f"| {label} | {_p(samples, 0.5):.2f} | {_p(samples, 0.99):.2f} | "
               f"{_p(samples, 0.99) / peer:.2f}x | {target} |")  # fmt: skip
-    print(f"\nread-all (one request) marked {marked:,} notifications in {read_all_s:.2f}s")
+    print(
+        f"\nread-all (one request) marked {m.marked:,} notifications in {m.read_all_s:.2f}s; "
+        f"api peak RSS {m.api_rss_mb:.0f} MB"
+    )
     return 0
 
 

@@ -30,7 +30,16 @@ def test_bench_runs_at_tiny_scale(pg_server: services.PostgresService, tmp_path:
     result = json.loads(out.read_text())
     assert result["scale"] == "tiny"
     names = {f["name"] for f in result["figures"]}
-    assert "fan-out feed rows/s" in names
+    assert names == {
+        "delivery rate (one process)",
+        "peak RSS: delivery",
+        "feed first page p99",
+        "unread-count p99",
+        "peak RSS: api",
+        "outbox claim+complete/s (null transport)",
+        "diff entities/s (artists)",
+        "fan-out feed rows/s",
+    }
     for figure in result["figures"]:
         assert figure["ours"] > 0
         assert figure["peer"] is None or figure["ratio"] > 0

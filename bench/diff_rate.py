@@ -1,0 +1,153 @@
+"""Diff entities/s vs the bare batched Cypher read of the same entities.
+
+    uv run python -m bench.diff_rate [--artists 4000]
+
+A graph of `--artists` artists with three releases each, one watcher per
+artist. Cycle 1 (the baseline, untimed) stores the snapshots; then 10% of the
+artists get a new release and cycle 2 is diffed by `units.UnitRunner`, the
+router's own code (graph read, diff, snapshots, events and fan-out, one
+transaction per unit of `router_unit_size` artists). Ours: artists per second
+over cycle 2's artist units. The peer: one `UNWIND $ids … MATCH … OPTIONAL
+MATCH … collect()` query per batch of the same size, reading each artist's
+name and release ids (what the diff minimally needs), nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from typing import Any
+
+import psycopg
+from neo4j import AsyncDriver, AsyncGraphDatabase
+from psycopg_pool import AsyncConnectionPool
+
+from bench.core import Context, Figure, timer
+from notifier import cycles, services
+from notifier.config import Settings
+from notifier.graph import Graph
+from notifier.graphbuilder import GraphBuilder
+from notifier.units import UnitRunner
+
+UNIT_SIZE = Settings.__dataclass_fields__["router_unit_size"].default
+SERVICE = "graphinator"
+BARE_READ = (
+    "UNWIND $ids AS id MATCH (a:Artist {id: id}) OPTIONAL MATCH (a)<-[:BY]-(r:Release) "
+    "RETURN a.id AS id, a.name AS name, collect(r.id) AS releases"
+)
+WATCHERS = """
+INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, created_at)
+SELECT gen_random_uuid(), 'artist', a::text, now() - interval '1 day'
+FROM generate_series(1, %s) AS a
+"""
+
+
+def _artists(n: int, extra_every: int | None = None) -> GraphBuilder:
+    g = GraphBuilder()
+    for a in range(1, n + 1):
+        for k in range(3):
+            g.release(f"{a}00{k}", artists=[str(a)], labels=[str(a % 50)], genres=["Jazz"])
+        if extra_every and a % extra_every == 0:
+            g.release(f"{a}009", artists=[str(a)], labels=[str(a % 50)], genres=["Jazz"])
+    return g
+
+
+async def _cycle(url: str, graph: Graph, version: str) -> float:
+    """Fire `version` and run all its units; seconds spent in its artist units."""
+    async with (
+        AsyncConnectionPool(url, min_size=1, max_size=2, open=False) as pool,
+        pool.connection() as conn,
+    ):
+        await conn.set_autocommit(True)
+        await cycles.record_signal(
+            conn, version=version, service=SERVICE, completed_at=None, message={},
+            required=(SERVICE,), unit_size=UNIT_SIZE,
+        )  # fmt: skip
+        runner = UnitRunner(pool, graph, "bench", email=False, batch=1000)
+        artist_seconds, units = 0.0, 0
+        while (unit := await cycles.claim(conn, "bench", 600)) is not None:
+            with timer() as elapsed:
+                stats = await runner.run(unit)
+            if stats is None:
+                raise RuntimeError(f"unit {unit.id} was lost")
+            if unit.entity_type == "artist":
+                artist_seconds += elapsed()
+                units += 1
+        if await cycles.finish_cycles(conn) != [version] or units == 0:
+            raise RuntimeError(f"cycle {version} did not run its artist units")
+        return artist_seconds
+
+
+async def _bare(driver: AsyncDriver, database: str, n: int) -> float:
+    ids = [str(a) for a in range(1, n + 1)]
+    read = 0
+    with timer() as elapsed:
+        for i in range(0, n, UNIT_SIZE):
+            async with driver.session(database=database) as session:
+                result = await session.run(BARE_READ, ids=ids[i : i + UNIT_SIZE])
+                read += len([r.data() async for r in result])
+    if read != n:
+        raise RuntimeError(f"the bare read found {read} of {n} artists")
+    return n / elapsed()
+
+
+async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
+    """The figure: artists diffed per second (cycle 2, 10% changed) vs the bare read."""
+    n = artists or ctx.sizes["diff_artists"]
+    svc = ctx.graph()
+    database = svc.new_database()
+    driver = AsyncGraphDatabase.driver(svc.uri, auth=(svc.user, svc.password))
+    try:
+        url = ctx.fresh_database()
+        with timer() as built:
+            await _artists(n).write(driver, database)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(WATCHERS, (n,))
+            conn.execute("VACUUM ANALYZE notifier.watchlists")
+        graph = Graph(driver, database)
+        await _cycle(url, graph, "20260101")
+        await _artists(n, extra_every=10).write(driver, database)
+        seconds = await _cycle(url, graph, "20260201")
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM notifier.events WHERE version = '20260201'"
+            ).fetchone()
+        events = row[0] if row else 0
+        peer = await _bare(driver, database, n)
+    finally:
+        await driver.close()
+        svc.drop_database(database)
+    ours = n / seconds
+    notes: dict[str, Any] = {"artists": n, "unit_size": UNIT_SIZE, "events": events,
+                             "graph_build_s": round(built(), 1), "graph": svc.origin}  # fmt: skip
+    return Figure(
+        name="diff entities/s (artists)",
+        ours=ours,
+        unit="entities/s",
+        peer=peer,
+        peer_name="bare batched Cypher read",
+        target=">= 0.8x",
+        passed=ours >= 0.8 * peer,
+        notes=notes,
+    )
+
+
+def main() -> int:
+    """Standalone: measure and print the figure."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--artists", type=int, default=4_000)
+    args = p.parse_args()
+    from bench.core import table
+
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(services.postgres())
+        ctx = Context("custom", {"diff_artists": args.artists}, pg, stack)
+        fig = asyncio.run(diff_rate(ctx, args.artists))
+    print(table([fig]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
