@@ -31,7 +31,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from neo4j import AsyncDriver, AsyncGraphDatabase
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
+    REGISTRY,
     Counter,
     Gauge,
     generate_latest,
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 
-REGISTRY = CollectorRegistry()
+# The process-wide registry: under `notifier all` the API's /metrics shows it.
 MESSAGES = Counter(
     "notifier_router_messages", "Completion messages by outcome", ["outcome"], registry=REGISTRY
 )

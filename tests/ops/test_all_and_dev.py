@@ -83,7 +83,9 @@ def test_all_runs_every_role_on_one_port_and_drains(
     try:
         base = f"http://127.0.0.1:{port}"
         assert _wait_http(f"{base}/health", proc).json()["status"] == "healthy"
-        assert "notifier_" in httpx.get(f"{base}/metrics").text
+        metrics = httpx.get(f"{base}/metrics").text
+        for family in ("notifier_http_requests", "notifier_router_", "notifier_delivery_"):
+            assert family in metrics, family
         assert httpx.get(f"{base}/openapi.json").json()["openapi"].startswith("3.1")
 
         # The API and the delivery role: a ping reaches a real receiver.

@@ -6,7 +6,14 @@ import logging
 import time
 
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.requests import Request
@@ -101,4 +108,7 @@ async def metrics_endpoint(request: Request) -> Response:
     """GET /metrics: Prometheus text."""
     c = ctx(request)
     await c.metrics.refresh(c.pool)
-    return Response(generate_latest(c.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # The process-wide registry too: process metrics, and under `notifier all`
+    # the router's and delivery's collectors.
+    body = generate_latest(c.metrics.registry) + generate_latest(REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
