@@ -76,7 +76,16 @@ def test_all_runs_every_role_on_one_port_and_drains(
     exchange_name: str,
 ) -> None:
     port = services.free_port()
-    env = {**notifier_env, "NOTIFIER_PORT": str(port), "NOTIFIER_DELIVERY_POLL_SECONDS": "0.1"}
+    env = {
+        **notifier_env,
+        "NOTIFIER_PORT": str(port),
+        "NOTIFIER_DELIVERY_POLL_SECONDS": "0.1",
+        "NOTIFIER_SERVICE_TOKEN": "service-token-that-must-never-be-logged",
+        "POSTGRES_PASSWORD": "pg-password-that-must-never-be-logged",
+        "LOG_LEVEL": "DEBUG",
+    }
+    secrets = [env[k] for k in ("NOTIFIER_SERVICE_TOKEN", "POSTGRES_PASSWORD", "JWT_SECRET_KEY",
+                                "NEO4J_PASSWORD")]  # fmt: skip
     proc = subprocess.Popen(
         [*NOTIFIER, "all"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -93,6 +102,7 @@ def test_all_runs_every_role_on_one_port_and_drains(
             auth = bearer(uuid.uuid4())
             made = httpx.post(f"{base}/api/webhook", json={"url": hook.url}, headers=auth)
             assert made.status_code == 201
+            secrets += [made.json()["secret"], auth["Authorization"].split()[1]]
             assert httpx.post(f"{base}/api/webhook/test", headers=auth).status_code == 202
             _until("the ping webhook", lambda: len(hook.bodies()) >= 1, 30)
             assert json.loads(hook.bodies()[0])["event"] == "ping"
@@ -108,9 +118,16 @@ def test_all_runs_every_role_on_one_port_and_drains(
         _until("the cycle", cycle_done, 60)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-3000:]
+    # One JSON object per line, with role and replica; the cycle's version is logged.
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert lines and all({"role", "replica", "msg"} <= line.keys() for line in lines)
+    assert any(line.get("version") == "20260101" for line in lines)
     assert "all roles stopped" in err
+    # No secret or token ever reaches the logs (DEBUG level, every role).
+    for secret in secrets:
+        assert secret not in err and secret not in out
 
 
 def _pids(pattern: str) -> set[int]:
