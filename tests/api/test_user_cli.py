@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -16,7 +17,8 @@ from tests.api.conftest import Api, seed_feed, token
 
 async def _cli(api: Api, user: uuid.UUID, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "notifier.cli", *args]
-    env = {"NOTIFIER_URL": api.url, "NOTIFIER_TOKEN": token(user), "PATH": "/usr/bin:/bin"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    env.update(NOTIFIER_URL=api.url, NOTIFIER_TOKEN=token(user))
     return await asyncio.to_thread(
         subprocess.run, cmd, env=env, capture_output=True, text=True, timeout=60, check=False
     )
