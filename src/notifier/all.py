@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
 import uvicorn
 
 from notifier import config, delivery
 from notifier.api.app import create_app
 from notifier.router import Router
-from notifier.serving import QuietServer
+from notifier.serving import QuietServer, until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +60,6 @@ async def serve(settings: config.Settings, stop: asyncio.Event) -> None:
 def main(settings: config.Settings) -> int:
     """Entry point of `notifier all`."""
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+        asyncio.run(until_signalled(lambda stop: serve(settings, stop)))
     return 0

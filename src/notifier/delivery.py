@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,7 +39,7 @@ from starlette.routing import Route
 from notifier import backoff, config, db, fanout, poller
 from notifier.channels import Channel, Sent
 from notifier.channels.webhook import WebhookOptions, WebhookSender
-from notifier.serving import QuietServer
+from notifier.serving import QuietServer, until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -422,15 +421,8 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
 def main(settings: config.Settings) -> int:
     """Entry point of `notifier delivery`."""
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
     try:
-        asyncio.run(run())
+        asyncio.run(until_signalled(lambda stop: serve(settings, stop)))
     except OSError as exc:
         log.error("delivery failed", extra={"error": str(exc)})
         return 1

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import sys
 import time
 import uuid
@@ -42,6 +41,7 @@ from starlette.routing import Route
 
 from notifier import config, db, logs, services, signing
 from notifier.graphbuilder import GraphBuilder
+from notifier.serving import until_signalled
 
 ALICE = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
 BOB = uuid.UUID("00000000-0000-4000-8000-000000000b0b")
@@ -404,14 +404,7 @@ def main(_: config.Settings) -> int:
             settings = config.load(env, role="all")
             logs.setup(settings.log_level, "dev", settings.replica)
 
-            async def run() -> int:
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, stop.set)
-                return await demo(settings, stop)
-
-            code = asyncio.run(run())
+            code = asyncio.run(until_signalled(lambda stop: demo(settings, stop)))
     except services.ServiceUnavailable as exc:
         print(f"notifier dev: {exc}", file=sys.stderr)
         return 1
