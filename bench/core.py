@@ -29,7 +29,7 @@ SCALES: dict[str, dict[str, int]] = {
         "fanout_rows": 100_000,
         "feed_rows": 200_000,
         "feed_requests": 1_000,
-        "outbox_rows": 20_000,
+        "outbox_rows": 10_000,
         "claim_rows": 20_000,
         "diff_artists": 1_000,
     },

@@ -37,6 +37,12 @@ BARE_READ = (
     "UNWIND $ids AS id MATCH (a:Artist {id: id}) OPTIONAL MATCH (a)<-[:BY]-(r:Release) "
     "RETURN a.id AS id, a.name AS name, collect(r.id) AS releases"
 )
+# Where cycle 2's artist units spent their time (the runner's own per-unit stats).
+SPLIT = """
+SELECT coalesce(sum((stats->>'events')::int), 0), coalesce(sum((stats->>'graph_ms')::int), 0),
+       coalesce(sum((stats->>'fanout_ms')::int), 0), coalesce(sum((stats->>'unit_ms')::int), 0)
+FROM notifier.diff_units WHERE version = %s AND entity_type = 'artist'
+"""
 WATCHERS = """
 INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, created_at)
 SELECT gen_random_uuid(), 'artist', a::text, now() - interval '1 day'
@@ -111,16 +117,15 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
         await _artists(n, extra_every=10).write(driver, database)
         seconds = await _cycle(url, graph, "20260201")
         with psycopg.connect(url) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM notifier.events WHERE version = '20260201'"
-            ).fetchone()
-        events = row[0] if row else 0
+            row = conn.execute(SPLIT, ("20260201",)).fetchone()
+        assert row is not None
+        split = dict(zip(("events", "graph_ms", "fanout_ms", "unit_ms"), row, strict=True))
         peer = await _bare(driver, database, n)
     finally:
         await driver.close()
         svc.drop_database(database)
     ours = n / seconds
-    notes: dict[str, Any] = {"artists": n, "unit_size": UNIT_SIZE, "events": events,
+    notes: dict[str, Any] = {"artists": n, "unit_size": UNIT_SIZE, **split,
                              "graph_build_s": round(built(), 1), "graph": svc.origin}  # fmt: skip
     return Figure(
         name="diff entities/s (artists)",
