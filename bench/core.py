@@ -31,7 +31,7 @@ SCALES: dict[str, dict[str, int]] = {
         "feed_requests": 1_000,
         "outbox_rows": 10_000,
         "claim_rows": 20_000,
-        "diff_artists": 1_000,
+        "diff_artists": 5_000,
     },
     "full": {
         "fanout_rows": 1_000_000,
@@ -39,7 +39,7 @@ SCALES: dict[str, dict[str, int]] = {
         "feed_requests": 2_000,
         "outbox_rows": 200_000,
         "claim_rows": 200_000,
-        "diff_artists": 2_000,
+        "diff_artists": 20_000,
     },
 }
 
