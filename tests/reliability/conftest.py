@@ -1,0 +1,7 @@
+"""Reliability fixtures: the API fixtures of tests/api, reused as they are."""
+
+from __future__ import annotations
+
+from tests.api.conftest import api, api_env, user
+
+__all__ = ["api", "api_env", "user"]
