@@ -92,7 +92,7 @@ def decode_message(body: bytes) -> CompletionMessage:
         raise BadMessage(f"message of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         return _decoder.decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # non-UTF-8 strings raise the latter
         raise BadMessage(str(exc)[:300]) from None
 
 
