@@ -107,7 +107,7 @@ async def _cycle(url: str, graph: Graph, version: str) -> float:
             if unit.entity_type == "artist":
                 artist_seconds += elapsed()
                 units += 1
-        if await cycles.finish_cycles(conn) != [version] or units == 0:
+        if [f.version for f in await cycles.finish_cycles(conn)] != [version] or units == 0:
             raise RuntimeError(f"cycle {version} did not run its artist units")
         return artist_seconds
 

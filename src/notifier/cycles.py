@@ -137,7 +137,7 @@ SET status = 'done', finished_at = now(),
 WHERE c.status = 'running'
   AND NOT EXISTS (SELECT 1 FROM notifier.diff_units u
                   WHERE u.version = c.version AND u.status = 'pending')
-RETURNING c.version
+RETURNING c.version, extract(epoch FROM c.finished_at - coalesce(c.fired_at, c.created_at))
 """
 
 
@@ -234,10 +234,18 @@ async def release(
     )
 
 
-async def finish_cycles(conn: AsyncConnection[Any]) -> list[str]:
-    """Mark done every running cycle without pending units; return their versions."""
+@dataclass(frozen=True)
+class Finished:
+    """A cycle just marked done, and how long it took from firing."""
+
+    version: str
+    seconds: float
+
+
+async def finish_cycles(conn: AsyncConnection[Any]) -> list[Finished]:
+    """Mark done every running cycle without pending units; return them."""
     cur = await conn.execute(FINISH_CYCLE)
-    return [row[0] for row in await cur.fetchall()]
+    return [Finished(row[0], float(row[1])) for row in await cur.fetchall()]
 
 
 def claim_token(replica: str) -> str:

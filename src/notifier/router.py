@@ -34,6 +34,7 @@ from prometheus_client import (
     REGISTRY,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
 from psycopg_pool import AsyncConnectionPool
@@ -63,6 +64,10 @@ EVENTS = Counter("notifier_router_events", "Events written by the router", regis
 FEED_ROWS = Counter("notifier_router_feed_rows", "Feed rows written", registry=REGISTRY)
 OUTBOX_ROWS = Counter("notifier_router_outbox_rows", "Outbox rows written", registry=REGISTRY)
 CYCLES_DONE = Counter("notifier_router_cycles_done", "Cycles finished", registry=REGISTRY)
+CYCLE_SECONDS = Histogram(
+    "notifier_router_cycle_seconds", "Cycle duration, from firing to done",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=REGISTRY,
+)  # fmt: skip
 BUSY = Gauge("notifier_router_busy", "Units being processed now", registry=REGISTRY)
 
 
@@ -231,9 +236,13 @@ class Router:
                 async with self.pool.connection() as conn:
                     unit = await cycles.claim(conn, me, s.router_lease_seconds)
                     if unit is None:
-                        for version in await cycles.finish_cycles(conn):
+                        for done in await cycles.finish_cycles(conn):
                             CYCLES_DONE.inc()
-                            log.info("cycle done", extra={"version": version})
+                            CYCLE_SECONDS.observe(done.seconds)
+                            log.info(
+                                "cycle done",
+                                extra={"version": done.version, "seconds": done.seconds},
+                            )
             except Exception:
                 log.exception("could not claim a diff unit")
             if unit is None:
@@ -290,9 +299,10 @@ class Router:
         )
         try:
             async with self.pool.connection() as conn:
-                for version in await cycles.finish_cycles(conn):
+                for done in await cycles.finish_cycles(conn):
                     CYCLES_DONE.inc()
-                    log.info("cycle done", extra={"version": version})
+                    CYCLE_SECONDS.observe(done.seconds)
+                    log.info("cycle done", extra={"version": done.version, "seconds": done.seconds})
         except Exception:
             log.exception("could not finish the cycle (the next idle poll retries)")
 

@@ -116,6 +116,11 @@ def test_all_runs_every_role_on_one_port_and_drains(
             return row is not None and row[0] == "done"
 
         _until("the cycle", cycle_done, 60)
+        _until(
+            "the cycle's duration in /metrics",
+            lambda: "notifier_router_cycle_seconds_count 1.0" in httpx.get(f"{base}/metrics").text,
+            10,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
