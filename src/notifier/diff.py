@@ -206,12 +206,8 @@ def _diff_people(
 ) -> DiffResult:
     counters = Counters()
     if state is None:
-        counters.add("vanished")
-        return DiffResult([], _keep(snapshot, version), counters)
-    name = clip_name(state.name, ENTITY_NAME_MAX)
-    if state.name is None:
-        counters.add("missing_name")
-    releases = parse_ids(state.release_ids, counters, "release_ids")
+        return _vanished(snapshot, version, counters)
+    name, releases = _name_and_releases(state.name, state.release_ids, counters)
     aliases = _names(state.aliases, counters, "alias_ids")
     members = _names(state.members, counters, "member_ids")
     new = Snapshot(
@@ -251,6 +247,20 @@ def _new_releases(
     return EventDraft("new_releases", entity_type, entity_id, name, fit_detail(detail))
 
 
+def _vanished(snapshot: Snapshot | None, version: str, counters: Counters) -> DiffResult:
+    counters.add("vanished")
+    return DiffResult([], _keep(snapshot, version), counters)
+
+
+def _name_and_releases(
+    raw_name: object, raw_ids: Sequence[object], counters: Counters
+) -> tuple[str | None, list[int]]:
+    """The clipped name and the parsed release ids, counting what was missing or odd."""
+    if raw_name is None:
+        counters.add("missing_name")
+    return clip_name(raw_name, ENTITY_NAME_MAX), parse_ids(raw_ids, counters, "release_ids")
+
+
 def _keep(snapshot: Snapshot | None, version: str) -> Snapshot | None:
     """A vanished entity keeps its last known state, stamped with this cycle."""
     if snapshot is None:
@@ -283,12 +293,8 @@ def diff_label(
     """new_releases of one label (sublabels included)."""
     counters = Counters()
     if state is None:
-        counters.add("vanished")
-        return DiffResult([], _keep(snapshot, version), counters)
-    name = clip_name(state.name, ENTITY_NAME_MAX)
-    if state.name is None:
-        counters.add("missing_name")
-    releases = parse_ids(state.release_ids, counters, "release_ids")
+        return _vanished(snapshot, version, counters)
+    name, releases = _name_and_releases(state.name, state.release_ids, counters)
     new = Snapshot(
         version=version, entity_name=name, release_ids=releases, release_count=len(releases)
     )
