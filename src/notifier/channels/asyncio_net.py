@@ -10,6 +10,7 @@ streams do the same job with `asyncio.StreamReader`/`StreamWriter` directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import typing
 
@@ -61,12 +62,19 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             async with asyncio.timeout(timeout):
                 await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
         except TimeoutError:
-            self._writer.close()
+            await self._abandon()
             raise httpcore.ConnectTimeout("TLS handshake timed out") from None
         except OSError as exc:
-            self._writer.close()
+            await self._abandon()
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         return self
+
+    async def _abandon(self) -> None:
+        """Close after a failed handshake, collecting the error asyncio stored for us."""
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1):
+                await self._writer.wait_closed()
 
     def get_extra_info(self, info: str) -> typing.Any:
         """What httpcore asks about: TLS object, addresses, socket, readability."""

@@ -1,0 +1,129 @@
+"""The webhook client's transport: per-endpoint pools on asyncio-native streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from notifier.channels.webhook import EndpointPools, classify
+from tests.delivery.receiver import receiver
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[int]:
+    """A loopback TCP server running `handler` per connection; yields its port."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+         if line.lower().startswith(b"content-length")), 0,
+    )  # fmt: skip
+    await reader.readexactly(length)
+
+
+def client(pools: EndpointPools, **timeouts: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=pools, timeout=httpx.Timeout(5, **timeouts))
+
+
+def local_port(r: httpx.Response) -> int:
+    return int(r.extensions["network_stream"].get_extra_info("client_addr")[1])
+
+
+async def test_one_pool_per_endpoint_and_idle_pools_are_dropped() -> None:
+    pools = EndpointPools(allow_private=True, per_endpoint=2, max_pools=2)
+    with receiver() as a, receiver() as b, receiver() as c:
+        async with client(pools) as http:
+            for r in (a, b):
+                assert (await http.post(r.url, content=b"{}")).status_code == 200
+            assert pools.pools == 2
+            assert (await http.post(c.url, content=b"{}")).status_code == 200
+            assert pools.pools == 1  # a's and b's idle pools went when c needed one
+            assert (await http.post(a.url, content=b"{}")).status_code == 200
+            assert pools.pools == 2
+        assert pools.pools == 0
+    assert [len(r.requests) for r in (a, b, c)] == [2, 1, 1]
+
+
+async def test_a_kept_alive_connection_is_reused_until_the_server_closes_it() -> None:
+    served = []
+
+    async def answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(OK)  # no "Connection: close": the client thinks it may reuse it
+        await writer.drain()
+        served.append(writer.get_extra_info("peername")[1])
+        await asyncio.sleep(0.05)
+        writer.close()
+
+    pools = EndpointPools(allow_private=True, per_endpoint=1, max_pools=8)
+    with receiver() as r:
+        async with client(pools) as http:
+            first = await http.post(r.url, content=b"{}")
+            second = await http.post(r.url, content=b"{}")
+            assert local_port(first) == local_port(second)
+    async with raw_server(answer_then_close) as port, client(pools) as http:
+        url = f"http://127.0.0.1:{port}/hook"
+        assert (await http.post(url, content=b"{}")).status_code == 200
+        await asyncio.sleep(0.3)  # the server has closed the idle connection by now
+        assert (await http.post(url, content=b"{}")).status_code == 200
+    assert len(served) == 2 and served[0] != served[1]
+
+
+async def test_tls_to_a_plain_server_is_a_connect_error() -> None:
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(plain) as port:
+        pools = EndpointPools(allow_private=True, per_endpoint=1, max_pools=8)
+        async with client(pools) as http:
+            with pytest.raises(httpx.ConnectError) as caught:
+                await http.post(f"https://127.0.0.1:{port}/hook", content=b"{}")
+    assert classify(caught.value) == "connect_error"
+
+
+async def test_silence_is_a_read_timeout_and_a_refusal_a_connect_error() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await asyncio.sleep(5)
+
+    pools = EndpointPools(allow_private=True, per_endpoint=1, max_pools=8)
+    async with raw_server(silent) as port, client(pools, read=0.2) as http:
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            await http.post(f"http://127.0.0.1:{port}/hook", content=b"{}")
+        assert classify(caught.value) == "timeout"
+    async with raw_server(silent) as port:
+        pass  # closed: nothing listens on `port` any more
+    async with client(pools) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.post(f"http://127.0.0.1:{port}/hook", content=b"{}")
+
+
+async def test_a_reset_mid_answer_is_a_read_error() -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.transport.abort()  # RST, not FIN
+
+    pools = EndpointPools(allow_private=True, per_endpoint=1, max_pools=8)
+    async with raw_server(reset) as port, client(pools) as http:
+        with pytest.raises(httpx.TransportError) as caught:
+            await http.post(f"http://127.0.0.1:{port}/hook", content=b"{}")
+    assert classify(caught.value) in {"protocol_error", "transport_error: ReadError"}
