@@ -1,6 +1,6 @@
 """Deliveries/s of one `notifier delivery` process vs a bare httpx loop, same run.
 
-    uv run python -m bench.delivery_rate [--rows 20000] [--concurrency 64]
+    uv run python -m bench.delivery_rate [--rows 20000] [--concurrency 8]
 
 Both post to the same fast loopback receiver (a raw asyncio HTTP/1.1 server
 in its own process) with the same concurrency. Ours: N outbox rows over 500
@@ -8,7 +8,14 @@ webhooks, due at one instant; a fresh `notifier delivery` process claims,
 signs, sends, and records every attempt; the clock runs from the instant the
 rows fall due to the moment the last one is `delivered` in PostgreSQL. The
 peer: one `httpx.AsyncClient` and `concurrency` tasks posting the same N
-bodies with the same header set (fixed values: no signing, no database).
+bodies with the same header set (fixed values: no signing, no database),
+measured before and after ours; the better of its two runs is the peer.
+
+Concurrency 8 by default: every webhook here points at one receiver, i.e.
+one endpoint, and 8 is the default per-endpoint cap. It is also where the
+bare loop is fastest: httpcore's pool walks its connections quadratically,
+so one `AsyncClient` at concurrency 64 posts about a third as fast (ours
+keeps one small pool per endpoint, so many endpoints do not pay that).
 Also usable as a figure of `python -m bench` (`delivery_rate(ctx)`).
 """
 
@@ -214,14 +221,16 @@ async def _bare(hook_url: str, rows: int, concurrency: int) -> float:
 
 
 async def delivery_rate(
-    ctx: Context, rows: int | None = None, concurrency: int = 64
+    ctx: Context, rows: int | None = None, concurrency: int = 8
 ) -> list[Figure]:
     """The figures: ours vs the bare httpx loop, same receiver, same concurrency; peak RSS."""
     n = rows or ctx.sizes.get("outbox_rows", 20_000)
     url = ctx.fresh_database()
     with _receiver() as hook_url:
-        bare = await _bare(hook_url, n, concurrency)
+        bare_before = await _bare(hook_url, n, concurrency)
         ours, rss = await _ours(ctx, url, hook_url, n, concurrency)
+        bare_after = await _bare(hook_url, n, concurrency)
+    bare = max(bare_before, bare_after)
     rate = Figure(
         name="delivery rate (one process)",
         ours=ours,
@@ -230,7 +239,11 @@ async def delivery_rate(
         peer_name=f"bare httpx loop, concurrency {concurrency}",
         target=">= 1,500/s and >= 0.8x",
         passed=ours >= 1500 and ours >= 0.8 * bare,
-        notes={"rows": n, "concurrency": concurrency},
+        notes={
+            "rows": n,
+            "concurrency": concurrency,
+            "bare_runs": [round(bare_before, 1), round(bare_after, 1)],
+        },
     )
     memory = Figure(
         name="peak RSS: delivery",
@@ -302,7 +315,7 @@ def main() -> int:
     """Standalone: measure and print the figure."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, default=20_000)
-    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
