@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from bench.claim_rate import claim_rate
 from bench.core import SCALES, Context, Figure, FigureFn, table, timer
+from bench.cycle import cycle
 from bench.delivery_rate import delivery_rate
 from bench.diff_rate import diff_rate
 from bench.fanout import fanout_rate
@@ -30,6 +31,7 @@ FIGURES: dict[str, FigureFn] = {
     "claim": claim_rate,
     "diff": diff_rate,
     "fanout": fanout_rate,
+    "cycle": cycle,
 }
 
 

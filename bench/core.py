@@ -24,6 +24,10 @@ SCALES: dict[str, dict[str, int]] = {
         "outbox_rows": 1_000,
         "claim_rows": 2_000,
         "diff_artists": 100,
+        # cycle_*: the end-to-end cycle (bench/cycle.py).
+        "cycle_users": 300,
+        "cycle_watches": 3_000,
+        "cycle_entities": 600,
     },
     "small": {
         "fanout_rows": 100_000,
@@ -32,6 +36,9 @@ SCALES: dict[str, dict[str, int]] = {
         "outbox_rows": 10_000,
         "claim_rows": 20_000,
         "diff_artists": 5_000,
+        "cycle_users": 10_000,
+        "cycle_watches": 100_000,
+        "cycle_entities": 20_000,
     },
     "full": {
         "fanout_rows": 1_000_000,
@@ -40,6 +47,11 @@ SCALES: dict[str, dict[str, int]] = {
         "outbox_rows": 200_000,
         "claim_rows": 200_000,
         "diff_artists": 20_000,
+        "cycle_users": 100_000,
+        "cycle_watches": 1_000_000,
+        "cycle_entities": 200_000,
+        # The feed figure also seeds other users' rows up to this many in all.
+        "feed_total_rows": 10_000_000,
     },
 }
 
@@ -91,12 +103,19 @@ class Context:
     pg: services.PostgresService
     stack: contextlib.ExitStack
     _graph: services.GraphService | None = None
+    _rabbit: services.RabbitService | None = None
 
     def graph(self) -> services.GraphService:
         """The Bolt graph server, started (or found) on first use."""
         if self._graph is None:
             self._graph = self.stack.enter_context(services.graph())
         return self._graph
+
+    def rabbit(self) -> services.RabbitService:
+        """The RabbitMQ broker, started (or found) on first use."""
+        if self._rabbit is None:
+            self._rabbit = self.stack.enter_context(services.rabbitmq())
+        return self._rabbit
 
     def fresh_database(self) -> str:
         """A new migrated database; returns its URL."""

@@ -7,15 +7,29 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 from notifier import services
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_runs_at_tiny_scale(pg_server: services.PostgresService, tmp_path: Path) -> None:
+def test_bench_runs_at_tiny_scale(
+    pg_server: services.PostgresService,
+    rabbit_server: services.RabbitService,
+    graph_server: services.GraphService,
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "bench.json"
-    env = {**os.environ, services.POSTGRES_URL_ENV: pg_server.url()}
+    # The session's servers: the bench starts none of its own.
+    user, password = quote(graph_server.user, safe=""), quote(graph_server.password, safe="")
+    env = {
+        **os.environ,
+        services.POSTGRES_URL_ENV: pg_server.url(),
+        services.RABBITMQ_URL_ENV: rabbit_server.url,
+        services.NEO4J_URL_ENV: f"bolt://{user}:{password}@{graph_server.host}:{graph_server.port}",
+        services.NEO4J_ADMIN_URL_ENV: graph_server.admin_url or "",
+    }
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--scale", "tiny", "--json", str(out)],
         cwd=ROOT,
@@ -39,6 +53,11 @@ def test_bench_runs_at_tiny_scale(pg_server: services.PostgresService, tmp_path:
         "outbox claim+complete/s (null transport)",
         "diff entities/s (artists)",
         "fan-out feed rows/s",
+        "cycle: feed complete",
+        "cycle: webhooks delivered",
+        "peak RSS: router (cycle)",
+        "peak RSS: delivery (cycle)",
+        "peak RSS: api (cycle)",
     }
     for figure in result["figures"]:
         assert figure["ours"] > 0
