@@ -127,3 +127,32 @@ async def test_a_reset_mid_answer_is_a_read_error() -> None:
         with pytest.raises(httpx.TransportError) as caught:
             await http.post(f"http://127.0.0.1:{port}/hook", content=b"{}")
     assert classify(caught.value) in {"protocol_error", "transport_error: ReadError"}
+
+
+async def test_cookies_from_receivers_are_never_kept() -> None:
+    import uuid
+
+    from notifier.channels.webhook import WebhookOptions, WebhookSender
+    from notifier.poller import Job
+    from tests.delivery.conftest import new_secret
+    from tests.delivery.receiver import Plan
+
+    def cookie(_: object) -> Plan:
+        return Plan(200, headers={"Set-Cookie": f"s={uuid.uuid4()}; Path=/"})
+
+    sender = WebhookSender(WebhookOptions(allow_private=True))
+    with receiver(cookie) as r:
+        for _ in range(3):
+            job = Job(
+                outbox_id=1, claim_token=uuid.uuid4(), user_id=uuid.uuid4(), channel="webhook",
+                attempts=1, webhook_id=uuid.uuid4(), event_id=uuid.uuid4(), event="new_releases",
+                entity_type="artist", entity_id="1", entity_name="A", detail_json="{}",
+                version="20260101", timestamp="2026-01-01T00:00:00Z", cancelled=False,
+                url=r.url, webhook_active=True, secrets=(new_secret(),), email=None,
+            )  # fmt: skip
+            sent = await sender.send(job)
+            assert sent.result.status_code == 200
+        await sender.aclose()
+    assert len(r.requests) == 3
+    assert all("cookie" not in {k.lower() for k in q.headers} for q in r.requests)
+    assert len(sender._client.cookies.jar) == 0

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import http.cookiejar
 import ipaddress
 import logging
 import socket
@@ -356,6 +357,11 @@ class WebhookSender:
             ),
             follow_redirects=False,
             trust_env=False,
+            # A receiver's Set-Cookie is never stored: nothing to send back, and
+            # a receiver answering with fresh cookies must not grow our memory.
+            cookies=http.cookiejar.CookieJar(
+                http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+            ),
         )
         # Requests are built here, not by the client: merging the client's
         # defaults (URL, headers, cookies) into each request cost more than
