@@ -118,10 +118,10 @@ async def fill_outbox(url: str, hook_url: str, rows: int, due_in: float) -> None
 
 
 async def _ours(
-    ctx: Context, url: str, hook_url: str, rows: int, concurrency: int
+    ctx: Context, url: str, hook_url: str, rows: int, concurrency: int, replicas: int = 1
 ) -> tuple[float, float, float]:
-    """Deliveries/s of a fresh `notifier delivery` process; its peak RSS in MB; CPU ms/row."""
-    due_in = 8.0
+    """Deliveries/s of fresh `notifier delivery` processes; peak RSS (MB) of one; CPU ms/row."""
+    due_in = 8.0 + 2 * replicas
     await fill_outbox(url, hook_url, rows, due_in)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cur = await conn.execute("SELECT min(next_attempt_at) FROM notifier.outbox")
@@ -131,27 +131,33 @@ async def _ours(
             POSTGRES_HOST=ctx.pg.host, POSTGRES_PORT=str(ctx.pg.port),
             POSTGRES_USERNAME=ctx.pg.user, POSTGRES_PASSWORD=ctx.pg.password or "trust",
             POSTGRES_DATABASE=url.rsplit("/", 1)[1], NOTIFIER_WEBHOOK_ALLOW_PRIVATE="true",
-            NOTIFIER_PORT=str(services.free_port()), LOG_LEVEL="WARNING",
+            LOG_LEVEL="WARNING",
             NOTIFIER_DELIVERY_CONCURRENCY=str(concurrency),
             NOTIFIER_DELIVERY_PER_ENDPOINT=str(concurrency),  # one receiver for every webhook
             NOTIFIER_DELIVERY_BATCH=str(max(200, concurrency)),
         )  # fmt: skip
-        proc = subprocess.Popen(  # noqa: S603, ASYNC220 - our interpreter; started once
-            [sys.executable, *_profiler(), "-m", "notifier.cli", "delivery"], env=env
-        )
+        ports = [services.free_port() for _ in range(replicas)]
+        procs = [
+            subprocess.Popen(  # noqa: S603, ASYNC220 - our interpreter; started once
+                [sys.executable, *_profiler(), "-m", "notifier.cli", "delivery"],
+                env={**env, "NOTIFIER_PORT": str(port), "NOTIFIER_REPLICA": f"bench-{port}"},
+            )
+            for port in ports
+        ]
         try:
-            health = f"http://127.0.0.1:{env['NOTIFIER_PORT']}/health"
             async with httpx.AsyncClient() as probe:
-                while True:  # the process must be up before the rows fall due
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await probe.get(health)).status_code == 200:
-                            break
-                    await asyncio.sleep(0.1)
+                for port in ports:  # every process must be up before the rows fall due
+                    while True:
+                        with contextlib.suppress(httpx.TransportError):
+                            got = await probe.get(f"http://127.0.0.1:{port}/health")
+                            if got.status_code == 200:
+                                break
+                        await asyncio.sleep(0.1)
             cur = await conn.execute("SELECT extract(epoch FROM %s - now())::float", (due_at,))
             due_in_s = (await cur.fetchone())[0]  # type: ignore[index]
             up_in_time = due_in_s > 0
             await asyncio.sleep(max(due_in_s, 0))
-            cpu_before = _cpu_seconds(proc.pid)  # start-up and idle polling left out
+            cpu_before = sum(_cpu_seconds(p.pid) for p in procs)  # start-up left out
             while True:
                 cur = await conn.execute(
                     "SELECT count(*) FILTER (WHERE status = 'delivered'), max(delivered_at) "
@@ -160,19 +166,23 @@ async def _ours(
                 done, last = await cur.fetchone()  # type: ignore[misc]
                 if done == rows:
                     break
-                if proc.poll() is not None:
+                if any(p.poll() is not None for p in procs):
                     raise RuntimeError("notifier delivery exited early")
                 await asyncio.sleep(0.2)
-            cpu = _cpu_seconds(proc.pid) - cpu_before
-            rss = peak_rss_mb(proc.pid)
+            cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu_before
+            rss = max(peak_rss_mb(p.pid) for p in procs)
         finally:
-            proc.terminate()
-            proc.wait()
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
         elapsed = (last - due_at).total_seconds()
-        print(f"notifier delivery: {cpu:.1f} s CPU over {elapsed:.1f} s", file=sys.stderr)
+        print(
+            f"notifier delivery x{replicas}: {cpu:.1f} s CPU over {elapsed:.1f} s", file=sys.stderr
+        )
         if not up_in_time:
-            raise RuntimeError("the rows fell due before the delivery process was up")
-        return float(rows / (last - due_at).total_seconds()), rss, 1000 * cpu / rows
+            raise RuntimeError("the rows fell due before the delivery processes were up")
+        return float(rows / elapsed), rss, 1000 * cpu / rows
 
 
 def _profiler() -> list[str]:
@@ -325,6 +335,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument(
+        "--replicas", type=int, default=0, help="also measure this many processes together"
+    )
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
@@ -337,6 +350,14 @@ def main() -> int:
         ctx = Context("custom", {"outbox_rows": args.rows}, pg, stack)
         figs = asyncio.run(delivery_rate(ctx, args.rows, args.concurrency))
         lease, held = asyncio.run(claim_rates(ctx, args.rows))
+        if args.replicas:
+            with _receiver() as hook_url:
+                rate, _, cpu = asyncio.run(
+                    _ours(ctx, ctx.fresh_database(), hook_url, args.rows, args.concurrency,
+                          args.replicas)
+                )  # fmt: skip
+            print(f"{args.replicas} delivery processes together: {rate:,.0f} deliveries/s, "
+                  f"{cpu:.2f} ms CPU per delivery")  # fmt: skip
     print(table(figs))
     print(
         f"\nclaim+complete with a null transport, {args.rows} rows, batches of 200: "
