@@ -347,7 +347,9 @@ class Router:
             checks["postgres"] = "ok"
         except Exception as exc:
             checks["postgres"] = type(exc).__name__
-        amqp_ok = self.amqp is not None and not self.amqp.is_closed
+        # A robust connection is not `is_closed` while it reconnects (that is only
+        # the final close); `connected` is cleared as soon as the broker goes away.
+        amqp_ok = self.amqp is not None and self.amqp.connected.is_set()
         checks["rabbitmq"] = "ok" if amqp_ok else "disconnected"
         healthy = all(v == "ok" for v in checks.values())
         body = {"status": "healthy" if healthy else "unhealthy", "role": "router", "checks": checks}
