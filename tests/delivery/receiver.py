@@ -1,18 +1,24 @@
 """A real loopback HTTP receiver for delivery tests (threaded `http.server`).
 
 Each `Receiver` listens on its own port and answers every POST according to
-its `behaviour`: a status (with headers), hang, drip, redirect, or a huge
-body. It records every request it read (headers and body).
+its `behaviour`: a status (with headers), hang, drip, redirect, a huge body,
+or a connection reset. It records every request it read in full (headers and
+body); a request cut off mid-body (the sender died) is not a delivery and is
+not recorded.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 @dataclass
@@ -23,6 +29,9 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    sent: int = 0  # body bytes of the answer written before the sender hung up
+    finished: bool = False  # the answer is over (written, reset, or cut off)
+    wall: float = field(default_factory=time.time)  # when it was read, wall clock
 
 
 @dataclass
@@ -35,6 +44,7 @@ class Plan:
     hang: float = 0.0  # sleep this long before answering
     drip: float = 0.0  # send the body one byte per `drip` seconds
     huge: int = 0  # stream this many bytes of body
+    reset: bool = False  # answer nothing: close the connection with a TCP RST
 
 
 class Receiver:
@@ -43,6 +53,7 @@ class Receiver:
     def __init__(self, answer: Callable[[Received], Plan] | None = None) -> None:
         self.answer: Callable[[Received], Plan] = answer or (lambda _: Plan())
         self.requests: list[Received] = []
+        self.connections = 0  # TCP connections accepted, whatever came over them
         self.lock = threading.Lock()
         self.closing = threading.Event()
         receiver = self
@@ -56,12 +67,29 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request: nothing was delivered
+                    self.close_connection = True
+                    return
                 got = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
                                time.monotonic())  # fmt: skip
                 with receiver.lock:
                     receiver.requests.append(got)
                 plan = receiver.answer(got)
+                try:
+                    self._answer(plan, got)
+                finally:
+                    got.finished = True
+
+            def _answer(self, plan: Plan, got: Received) -> None:
                 if plan.hang and receiver.closing.wait(plan.hang):
+                    return
+                if plan.reset:
+                    # Linger 0: close() sends RST, not FIN (the sender sees a reset).
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.connection.close()
+                    self.close_connection = True
                     return
                 try:
                     self.send_response(plan.status)
@@ -72,28 +100,42 @@ class Receiver:
                     self.end_headers()
                     if plan.huge:
                         chunk = b"x" * 65536
-                        sent = 0
-                        while sent < plan.huge and not receiver.closing.is_set():
-                            self.wfile.write(chunk)
-                            sent += len(chunk)
+                        while got.sent < plan.huge and not receiver.closing.is_set():
+                            self.wfile.write(chunk[: plan.huge - got.sent])
+                            got.sent += min(len(chunk), plan.huge - got.sent)
                     elif plan.drip:
                         for byte in plan.body:
                             if receiver.closing.wait(plan.drip):
                                 return
                             self.wfile.write(bytes([byte]))
                             self.wfile.flush()
+                            got.sent += 1
                     else:
                         self.wfile.write(plan.body)
+                        got.sent = len(plan.body)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 1024  # the default 5 drops SYNs under a burst
 
+            def process_request(self, request: Any, client_address: Any) -> None:
+                with receiver.lock:
+                    receiver.connections += 1
+                super().process_request(request, client_address)
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A sender killed mid-request resets its connections: not news.
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
         self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: close() (shutdown) waits up to one interval.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
