@@ -14,6 +14,7 @@ import pytest
 from psycopg import AsyncConnection
 
 from notifier import fanout
+from notifier.api import feed as reads
 
 NOW = datetime.now(UTC)
 
@@ -94,8 +95,9 @@ async def test_watchers_get_feed_and_outbox_rows(conn: AsyncConnection[Any]) -> 
     assert {r[0] for r in feed} == {a, b, c}
     outbox = await _rows(conn, "SELECT user_id, channel, status FROM notifier.outbox")
     assert outbox == [(a, "webhook", "pending")]
-    counters = dict(await _rows(conn, "SELECT user_id, unread FROM notifier.unread_counters"))
-    assert counters == {a: 1, b: 1, c: 1}
+    assert await reads.unread_counts(conn, [a, b, c]) == {a: 1, b: 1, c: 1}
+    # Fan-out writes no counter row: they are folded lazily by the read path.
+    assert await _rows(conn, "SELECT count(*) FROM notifier.unread_counters") == [(0,)]
     fanned = await _rows(conn, "SELECT fanned_out_at IS NOT NULL FROM notifier.events")
     assert fanned == [(True,)]
 
@@ -103,8 +105,7 @@ async def test_watchers_get_feed_and_outbox_rows(conn: AsyncConnection[Any]) -> 
     async with conn.transaction():
         again = await fanout.fan_out_events(conn, [ev], watches_before=NOW)
     assert again == fanout.FanoutResult()
-    counters = dict(await _rows(conn, "SELECT user_id, unread FROM notifier.unread_counters"))
-    assert counters == {a: 1, b: 1, c: 1}
+    assert await reads.unread_counts(conn, [a, b, c]) == {a: 1, b: 1, c: 1}
 
 
 async def test_preferences_pick_channels(conn: AsyncConnection[Any]) -> None:
@@ -237,4 +238,134 @@ async def test_many_watchers_in_one_statement(conn: AsyncConnection[Any]) -> Non
     async with conn.transaction():
         result = await fanout.fan_out_events(conn, [ev], watches_before=NOW)
     assert result.feed_rows == 5000
-    assert await _rows(conn, "SELECT sum(unread) FROM notifier.unread_counters") == [(5000,)]
+    users = [r[0] for r in await _rows(conn, "SELECT user_id FROM notifier.watchlists")]
+    assert set((await reads.unread_counts(conn, users)).values()) == {1}
+
+
+async def test_concurrent_fan_outs_of_one_event_write_it_once(
+    pg_url: str, conn: AsyncConnection[Any]
+) -> None:
+    """The event row is the gate: the second fan-out waits, then finds it done."""
+    users = [uuid.uuid4() for _ in range(3)]
+    for user in users:
+        await _watch(conn, user, "artist", "3")
+    ev = await _event(conn, "new_releases", "artist", "3")
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as other:
+        async with conn.transaction():
+            first = await fanout.fan_out_events(conn, [ev], watches_before=NOW)
+
+            async def second() -> fanout.FanoutResult:
+                async with other.transaction():
+                    return await fanout.fan_out_events(other, [ev], watches_before=NOW)
+
+            waiting = asyncio.create_task(second())
+            await asyncio.sleep(0.2)  # let it reach the event's row lock (not asserted)
+        assert await asyncio.wait_for(waiting, timeout=30) == fanout.FanoutResult()
+    assert first == fanout.FanoutResult(feed_rows=3, outbox_rows=0)
+    assert await _rows(conn, "SELECT count(*) FROM notifier.notification_events") == [(3,)]
+
+
+async def _fan_out_artists(conn: AsyncConnection[Any], user: uuid.UUID, ids: range) -> None:
+    """One new_releases event for each artist in `ids`, all watched by `user`."""
+    events = []
+    for i in ids:
+        await _watch(conn, user, "artist", str(i))
+        events.append(await _event(conn, "new_releases", "artist", str(i)))
+    async with conn.transaction():
+        await fanout.fan_out_events(conn, events, watches_before=NOW)
+
+
+async def _truth(conn: AsyncConnection[Any], user: uuid.UUID) -> int:
+    rows = await _rows(
+        conn,
+        "SELECT count(*) FROM notifier.notification_events WHERE user_id = %s AND read_at IS NULL",
+        user,
+    )
+    return int(rows[0][0])
+
+
+async def _counter(conn: AsyncConnection[Any], user: uuid.UUID) -> list[tuple[Any, ...]]:
+    sql = "SELECT unread, counted_upto > 0 FROM notifier.unread_counters WHERE user_id = %s"
+    return await _rows(conn, sql, user)
+
+
+async def test_unread_count_folds_and_reads_keep_it_right(conn: AsyncConnection[Any]) -> None:
+    user = uuid.uuid4()
+    await _fan_out_artists(conn, user, range(reads.FOLD_AT + 10))
+    n = reads.FOLD_AT + 10
+    assert await _counter(conn, user) == []
+    assert await reads.unread_count(conn, user) == n  # counted live, then folded
+    assert await _counter(conn, user) == [(n, True)]
+    ids = [r[0] for r in await _rows(conn, "SELECT id FROM notifier.notification_events")]
+
+    async with conn.transaction():  # a folded row
+        assert await reads.read_one(conn, user, min(ids)) == (n - 1, 0)
+    async with conn.transaction():  # again: nothing changes
+        assert await reads.read_one(conn, user, min(ids)) is None
+    await _fan_out_artists(conn, user, range(1000, 1003))  # 3 rows above counted_upto
+    assert await reads.unread_count(conn, user) == n + 2 == await _truth(conn, user)
+    newest = max(r[0] for r in await _rows(conn, "SELECT id FROM notifier.notification_events"))
+    async with conn.transaction():  # an unfolded row: the counter is left alone
+        assert await reads.read_one(conn, user, newest) == (n + 1, 2)
+    assert await _counter(conn, user) == [(n - 1, True)]
+    assert await reads.fold(conn, user)
+    assert await _counter(conn, user) == [(n + 1, True)]
+    assert await reads.unread_count(conn, user) == n + 1 == await _truth(conn, user)
+
+    async with conn.transaction():
+        assert await reads.read_all(conn, user) == (n + 1, 0)
+    assert await _counter(conn, user) == [(0, True)]
+    await _fan_out_artists(conn, user, range(2000, 2002))
+    assert await reads.unread_count(conn, user) == 2 == await _truth(conn, user)
+    async with conn.transaction():
+        assert await reads.read_all(conn, user) == (2, 0)
+    assert await reads.unread_count(conn, user) == 0
+
+
+async def test_no_fold_while_a_fan_out_is_open(pg_url: str, conn: AsyncConnection[Any]) -> None:
+    """A fold never counts past feed rows that could still commit."""
+    user = uuid.uuid4()
+    await _fan_out_artists(conn, user, range(2))
+    await _watch(conn, user, "artist", "9")
+    pending = await _event(conn, "new_releases", "artist", "9")
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as router:
+        async with router.transaction():
+            await fanout.fan_out_events(router, [pending], watches_before=NOW)
+            assert not await reads.fold(conn, user)  # FEED_LOCK is held shared
+            assert await _counter(conn, user) == [(0, False)]
+            assert await reads.unread_count(conn, user) == 2
+        assert await reads.unread_count(conn, user) == 3
+        assert await reads.fold(conn, user)
+    assert await _counter(conn, user) == [(3, True)]
+    assert await reads.unread_count(conn, user) == 3 == await _truth(conn, user)
+
+
+async def test_a_read_and_a_fold_of_one_user_serialize(
+    pg_url: str, conn: AsyncConnection[Any]
+) -> None:
+    """A read holds the counter row: a fold waits for it, then counts the row as read."""
+    user = uuid.uuid4()
+    await _fan_out_artists(conn, user, range(3))
+    newest = max(r[0] for r in await _rows(conn, "SELECT id FROM notifier.notification_events"))
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as api:
+        async with api.transaction():
+            assert await reads.read_one(api, user, newest) == (2, 2)
+            folding = asyncio.create_task(reads.fold(conn, user))
+            await asyncio.sleep(0.2)  # let it reach the counter row's lock (not asserted)
+        assert await asyncio.wait_for(folding, timeout=30)
+    assert await _counter(conn, user) == [(2, True)]
+    assert await reads.unread_count(conn, user) == 2 == await _truth(conn, user)
+
+
+async def test_a_counter_written_with_a_full_count_covers_the_feed(
+    conn: AsyncConnection[Any],
+) -> None:
+    """A counter row without counted_upto (a bulk seed, or one from before 005) counts all."""
+    user = uuid.uuid4()
+    await _fan_out_artists(conn, user, range(4))
+    await conn.execute(
+        "INSERT INTO notifier.unread_counters (user_id, unread) VALUES (%s, 4)", (user,)
+    )
+    assert await reads.unread_count(conn, user) == 4
+    await _fan_out_artists(conn, user, range(10, 12))
+    assert await reads.unread_count(conn, user) == 6 == await _truth(conn, user)

@@ -129,10 +129,6 @@ INSERT INTO notifier.notification_events (user_id, event_id)
 SELECT %(user)s, id FROM notifier.events WHERE dedup_key LIKE 'seed:' || %(tag)s || ':%%'
 ORDER BY entity_id::int
 """
-SEED_COUNTER = """
-INSERT INTO notifier.unread_counters (user_id, unread) VALUES (%(user)s, %(n)s)
-ON CONFLICT (user_id) DO UPDATE SET unread = unread_counters.unread + %(n)s
-"""
 
 
 def seed_feed(pg_url: str, user: uuid.UUID, n: int, event: str = "new_releases") -> None:
@@ -142,5 +138,4 @@ def seed_feed(pg_url: str, user: uuid.UUID, n: int, event: str = "new_releases")
     params = {"tag": uuid.uuid4().hex, "event": event, "n": n, "user": user}
     with psycopg.connect(pg_url) as conn:
         conn.execute(SEED_EVENTS, params)
-        conn.execute(SEED_FEED, params)
-        conn.execute(SEED_COUNTER, params)
+        conn.execute(SEED_FEED, params)  # counted live until folded (sql/005_fanout.sql)

@@ -12,6 +12,7 @@ import pytest
 from neo4j import AsyncDriver
 
 from notifier import config, cycles, db, services
+from notifier.api.feed import UNREAD_COUNT
 from notifier.graph import Graph
 from notifier.graphbuilder import GraphBuilder
 from notifier.router import REGISTRY, Router, queue_names
@@ -82,9 +83,7 @@ async def test_artist_baseline_then_new_releases_aliases_members(
     await signal_all(publish, "v3")
     await cycle_done(pg_url, "v3")
     assert events(pg_url, "v3") == []
-    assert q(pg_url, "SELECT unread FROM notifier.unread_counters WHERE user_id = %s", alice) == [
-        (3,)
-    ]
+    assert q(pg_url, UNREAD_COUNT, alice)[0][0] == 3
 
 
 async def test_label_new_releases_include_sublabels(

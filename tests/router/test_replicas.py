@@ -16,6 +16,7 @@ import pytest
 from neo4j import AsyncDriver
 
 from notifier import services
+from notifier.api.feed import UNREAD_COUNT
 from notifier.graphbuilder import GraphBuilder
 from tests.router.conftest import (
     Publish,
@@ -102,9 +103,7 @@ def _check_v2(pg_url: str, user: uuid.UUID) -> None:
         " WHERE user_id = %s",
         user,
     ) == [(ARTISTS, ARTISTS)]
-    assert q(pg_url, "SELECT unread FROM notifier.unread_counters WHERE user_id = %s", user) == [
-        (ARTISTS,)
-    ]
+    assert q(pg_url, UNREAD_COUNT, user)[0][0] == ARTISTS
     assert q(pg_url, "SELECT count(*) FROM notifier.events WHERE fanned_out_at IS NULL") == [(0,)]
 
 

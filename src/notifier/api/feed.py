@@ -1,4 +1,14 @@
-"""The feed: `/api/notifications…` (list, one, unread count, read, read-all)."""
+"""The feed: `/api/notifications…` (list, one, unread count, read, read-all).
+
+Unread counts (sql/005_fanout.sql): a user's `unread_counters` row counts the
+unread feed rows up to its `counted_upto`; the rows above it are counted live
+from the partial unread index. Fan-out never touches counters. `fold` moves
+`counted_upto` forward once enough rows sit above it, under two locks: the
+counter row (so no read of this user is half done) and `fanout.FEED_LOCK_KEY`
+taken exclusively, which no fan-out transaction may hold meanwhile (so no feed
+row at or below the new `counted_upto` can still commit). A read, one or all,
+locks the counter row first and subtracts only the rows at or below it.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +17,12 @@ from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from starlette.requests import Request
 from starlette.responses import Response
 
+from notifier import fanout
 from notifier.api import auth, cursor, parsing
 from notifier.api.context import ctx
 from notifier.api.errors import not_found
@@ -61,8 +73,50 @@ FROM notifier.notification_events ne JOIN notifier.events e ON e.id = ne.event_i
 WHERE ne.event_id = ANY(%(events)s) AND ne.user_id = ANY(%(users)s)
 ORDER BY ne.id
 """  # noqa: S608 - built from constants only, never from input
-# Index: unread_counters primary key: one row however large the feed.
-UNREAD_COUNT = "SELECT unread FROM notifier.unread_counters WHERE user_id = %s"
+# Fold a user's counter once this many unread rows sit above its counted_upto
+# (counting them live costs about a microsecond each).
+FOLD_AT = 256
+
+_UNREAD = """
+LEFT JOIN notifier.unread_counters c ON c.user_id = u.user_id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM notifier.notification_events ne
+    WHERE ne.user_id = u.user_id AND ne.id > coalesce(c.counted_upto, 0) AND ne.read_at IS NULL
+) l
+"""
+# (unread, unfolded) of one user. Index: unread_counters primary key, then
+# notification_events_user_unread_idx (user_id, id DESC) WHERE read_at IS NULL,
+# range-scanned above counted_upto (index-only; short once folded).
+UNREAD_COUNT = f"""
+SELECT coalesce(c.unread, 0) + l.n AS unread, l.n AS unfolded
+FROM (SELECT %s::uuid AS user_id) u {_UNREAD}
+"""  # noqa: S608 - built from constants only, never from input
+# (user_id, unread, unfolded) of several users (the SSE hub); same indexes.
+UNREAD_COUNTS = f"""
+SELECT u.user_id, coalesce(c.unread, 0) + l.n AS unread, l.n AS unfolded
+FROM unnest(%s::uuid[]) AS u (user_id) {_UNREAD}
+"""  # noqa: S608 - built from constants only, never from input
+# Index: unread_counters primary key. Creates the row when missing (nothing
+# folded yet: counted_upto 0, not the column's default) and always locks it
+# (DO UPDATE), returning the latest counted_upto.
+LOCK_COUNTER = """
+INSERT INTO notifier.unread_counters AS c (user_id, counted_upto) VALUES (%s, 0)
+ON CONFLICT (user_id) DO UPDATE SET unread = c.unread
+RETURNING c.counted_upto
+"""
+TRY_FEED_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
+# With the counter row locked and FEED_LOCK held: add the unread rows above
+# counted_upto, and move it to the feed's top id (notification_events primary
+# key, read backwards). Count: notification_events_user_unread_idx.
+FOLD = """
+UPDATE notifier.unread_counters c
+SET unread = c.unread + (
+        SELECT count(*) FROM notifier.notification_events ne
+        WHERE ne.user_id = c.user_id AND ne.id > c.counted_upto AND ne.read_at IS NULL),
+    counted_upto = greatest(c.counted_upto,
+        (SELECT coalesce(max(id), 0) FROM notifier.notification_events))
+WHERE c.user_id = %s
+"""
 # Index: notification_events primary key.
 MARK_ONE_READ = """
 UPDATE notifier.notification_events SET read_at = now()
@@ -71,20 +125,19 @@ RETURNING id
 """
 EXISTS_ONE = "SELECT 1 FROM notifier.notification_events WHERE id = %(id)s AND user_id = %(user)s"
 # Index: notification_events_user_unread_idx (only the unread rows are visited).
+# Also returns how many of them the counter had folded (id <= counted_upto).
 MARK_ALL_READ = """
 WITH marked AS (
     UPDATE notifier.notification_events SET read_at = now()
     WHERE user_id = %(user)s AND read_at IS NULL
-    RETURNING 1
+    RETURNING id
 )
-SELECT count(*) FROM marked
+SELECT count(*), count(*) FILTER (WHERE id <= %(upto)s) FROM marked
 """
-# Index: unread_counters primary key. Subtract, never set to 0: a fan-out that
-# commits meanwhile has added its own rows to the counter.
+# Index: unread_counters primary key. Run with the row locked (LOCK_COUNTER).
 DECREMENT_UNREAD = """
 UPDATE notifier.unread_counters SET unread = GREATEST(unread - %(n)s, 0)
 WHERE user_id = %(user)s
-RETURNING unread
 """
 NOTIFY = "SELECT pg_notify(%s, %s)"
 
@@ -104,11 +157,87 @@ def notification(row: dict[str, Any]) -> Notification:
     )
 
 
+def _idle(conn: AsyncConnection[Any]) -> bool:
+    return conn.info.transaction_status == TransactionStatus.IDLE
+
+
+async def fold(conn: AsyncConnection[Any], user_id: uuid.UUID) -> bool:
+    """Fold the user's unread rows above `counted_upto` into the counter.
+
+    Runs its own short transaction, so call it outside any. Returns False
+    (and changes nothing) while a fan-out transaction is open: the count stays
+    right, only the live part stays longer.
+    """
+    async with conn.transaction():
+        await conn.execute(LOCK_COUNTER, (user_id,))
+        got = await (await conn.execute(TRY_FEED_LOCK, (fanout.FEED_LOCK_KEY,))).fetchone()
+        if not (got and got[0]):
+            return False
+        await conn.execute(FOLD, (user_id,))
+    return True
+
+
 async def unread_count(conn: AsyncConnection[Any], user_id: uuid.UUID) -> int:
-    """The maintained unread count of a user (0 when none was ever counted)."""
-    cur = await conn.execute(UNREAD_COUNT, (user_id,))
-    row = await cur.fetchone()
+    """The unread count of a user (0 for a new one); folds it when worthwhile."""
+    row = await (await conn.execute(UNREAD_COUNT, (user_id,))).fetchone()
+    unread, unfolded = (int(row[0]), int(row[1])) if row else (0, 0)
+    if unfolded >= FOLD_AT and _idle(conn):
+        await fold(conn, user_id)
+    return unread
+
+
+async def unread_counts(conn: AsyncConnection[Any], users: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The unread counts of several users; folds those with many rows unfolded."""
+    rows = await (await conn.execute(UNREAD_COUNTS, (users,))).fetchall()
+    if _idle(conn):
+        for user_id, _, unfolded in rows:
+            if unfolded >= FOLD_AT:
+                await fold(conn, user_id)
+    return {user_id: int(unread) for user_id, unread, _ in rows}
+
+
+async def read_one(
+    conn: AsyncConnection[Any], user_id: uuid.UUID, nid: int
+) -> tuple[int, int] | None:
+    """Mark one notification read inside the caller's transaction.
+
+    Returns the user's (unread, unfolded) counts after it, or None when the
+    row was already read. Raises 404 when the user has no such notification.
+    """
+    params = {"id": nid, "user": user_id}
+    upto = await _lock_counter(conn, user_id)
+    if await (await conn.execute(MARK_ONE_READ, params)).fetchone() is None:
+        if await (await conn.execute(EXISTS_ONE, params)).fetchone() is None:
+            raise not_found("notification")
+        return None
+    if nid <= upto:
+        await conn.execute(DECREMENT_UNREAD, {"n": 1, "user": user_id})
+    return await _count_in_transaction(conn, user_id)
+
+
+async def read_all(conn: AsyncConnection[Any], user_id: uuid.UUID) -> tuple[int, int]:
+    """Mark every unread notification read inside the caller's transaction.
+
+    Returns (rows marked, unread count after it): a fan-out that commits
+    meanwhile keeps its rows unread.
+    """
+    upto = await _lock_counter(conn, user_id)
+    row = await (await conn.execute(MARK_ALL_READ, {"user": user_id, "upto": upto})).fetchone()
+    marked, folded = (int(row[0]), int(row[1])) if row else (0, 0)
+    if folded:
+        await conn.execute(DECREMENT_UNREAD, {"n": folded, "user": user_id})
+    unread, _ = await _count_in_transaction(conn, user_id)
+    return marked, unread
+
+
+async def _lock_counter(conn: AsyncConnection[Any], user_id: uuid.UUID) -> int:
+    row = await (await conn.execute(LOCK_COUNTER, (user_id,))).fetchone()
     return int(row[0]) if row else 0
+
+
+async def _count_in_transaction(conn: AsyncConnection[Any], user_id: uuid.UUID) -> tuple[int, int]:
+    row = await (await conn.execute(UNREAD_COUNT, (user_id,))).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 async def list_notifications(request: Request) -> Response:
@@ -156,17 +285,14 @@ async def mark_read(request: Request) -> Response:
     """POST /api/notifications/{id}/read (already read: still ok)."""
     who = await auth.user(request)
     nid = parsing.path_int(request, "id", "notification")
-    params = {"id": nid, "user": who.id}
-    async with ctx(request).pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(MARK_ONE_READ, params)
-        if await cur.fetchone() is None:
-            if await (await conn.execute(EXISTS_ONE, params)).fetchone() is None:
-                raise not_found("notification")
-        else:
-            cur = await conn.execute(DECREMENT_UNREAD, {"n": 1, "user": who.id})
-            row = await cur.fetchone()
-            unread = int(row[0]) if row else 0
-            await conn.execute(NOTIFY, (READ_CHANNEL, read_payload(who.id, [nid], unread)))
+    async with ctx(request).pool.connection() as conn:
+        async with conn.transaction():
+            counts = await read_one(conn, who.id, nid)
+            if counts is not None:
+                payload = read_payload(who.id, [nid], counts[0])
+                await conn.execute(NOTIFY, (READ_CHANNEL, payload))
+        if counts is not None and counts[1] >= FOLD_AT:
+            await fold(conn, who.id)
     return respond(Status(status="ok"))
 
 
@@ -174,13 +300,8 @@ async def mark_all_read(request: Request) -> Response:
     """POST /api/notifications/read-all."""
     who = await auth.user(request)
     async with ctx(request).pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(MARK_ALL_READ, {"user": who.id})
-        row = await cur.fetchone()
-        marked = int(row[0]) if row else 0
+        marked, unread = await read_all(conn, who.id)
         if marked:
-            cur = await conn.execute(DECREMENT_UNREAD, {"n": marked, "user": who.id})
-            left = await cur.fetchone()
-            unread = int(left[0]) if left else 0
             await conn.execute(NOTIFY, (READ_CHANNEL, read_payload(who.id, None, unread)))
     return respond(ReadAll(status="ok", marked=marked))
 

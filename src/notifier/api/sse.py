@@ -47,8 +47,6 @@ REPLAY_LIMIT = 100
 RECONNECT_MAX_SECONDS = 5.0
 READY_WAIT_SECONDS = 5.0
 
-# Index: unread_counters primary key.
-COUNTS = "SELECT user_id, unread FROM notifier.unread_counters WHERE user_id = ANY(%s)"
 # Index: notification_events_user_id_idx (user_id, id DESC), scanned upwards from the id.
 REPLAY = f"""
 SELECT * FROM (
@@ -216,7 +214,7 @@ class Hub:
                 if not rows:
                     return
                 touched = list({r["user_id"] for r in rows})
-                counts = await (await conn.execute(COUNTS, (touched,))).fetchall()
+                counts = await feed.unread_counts(conn, touched)
         except psycopg.Error as exc:  # PoolTimeout included
             log.warning("sse could not read new events", extra={"error": type(exc).__name__})
             return
@@ -224,7 +222,7 @@ class Hub:
             user_id = row.pop("user_id")
             n = feed.notification(row)
             self._send(user_id, frame("notification", n, n.id))
-        for user_id, unread in counts:
+        for user_id, unread in counts.items():
             self._send(user_id, frame("notification.count", {"count": unread}))
 
     def _on_read(self, user_id: uuid.UUID, ids: list[int] | None, unread: int) -> None:
