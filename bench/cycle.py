@@ -126,6 +126,17 @@ SELECT count(*) FILTER (WHERE status = 'delivered'), count(*), max(delivered_at)
 FROM notifier.outbox
 """
 # Sample users' v2 feed rows, to compare with their unread count via the API.
+# Where cycle v2 spent its time, per unit type (the runner's own stats; the
+# releases unit records no timings: its span runs from the firing to its end).
+# diff_units_version_type_seq_key prefix (version).
+SPLIT = """
+SELECT u.entity_type, count(*), sum((u.stats ->> 'graph_ms')::int)::bigint,
+       sum((u.stats ->> 'fanout_ms')::int)::bigint, sum((u.stats ->> 'unit_ms')::int)::bigint,
+       round(extract(epoch FROM max(u.finished_at) - c.fired_at)::numeric, 1),
+       round(extract(epoch FROM c.fired_at - %(start)s)::numeric, 2)
+FROM notifier.diff_units u JOIN notifier.cycles c ON c.version = u.version
+WHERE u.version = %(version)s GROUP BY u.entity_type, c.fired_at
+"""
 SAMPLE = """
 SELECT n.user_id, count(*) FROM notifier.notification_events n
 JOIN notifier.events e ON e.id = n.event_id
@@ -283,6 +294,10 @@ class Processes:
                 proc.wait()
 
 
+def _progress(what: str) -> None:
+    print(f"  cycle: {what}", file=sys.stderr, flush=True)
+
+
 async def _publish(rabbit: services.RabbitService, exchange: str, version: str) -> None:
     """Both required services' completion messages (contract §3), persistent, confirmed."""
     conn = await aio_pika.connect(rabbit.url)
@@ -356,6 +371,7 @@ async def measure(ctx: Context) -> dict[str, Any]:
             for chunk in graph_v1(plan):
                 await chunk.write(driver, database)
         out["graph_v1_s"] = round(took(), 1)
+        _progress(f"graph v1 written in {took():.0f} s")
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             with _receiver() as hook_url, timer() as took:
                 await conn.execute(WATCHES, {
@@ -411,6 +427,7 @@ async def _cycles(
         await _publish(ctx.rabbit(), exchange, "v1")
         await _until(conn, procs, CYCLE, ("v1",), is_done, limit, "the baseline cycle")
     out["baseline_cycle_s"] = round(took(), 1)
+    _progress(f"baseline cycle done in {took():.0f} s")
     with timer() as took:
         await graph_v2(plan).write(driver, database)
     out["graph_v2_s"] = round(took(), 1)
@@ -435,11 +452,17 @@ async def _cycles(
         (out["feed_rows"],) = await (await conn.execute(FEED_ROWS, ("v2",))).fetchone()  # type: ignore[misc]
         keep = ("events", "feed_rows", "outbox_rows", "units", "entities", "new_releases")
         out["cycle_stats"] = {k: stats.get(k) for k in keep}
+        split = await (await conn.execute(SPLIT, {"version": "v2", "start": start})).fetchall()
+        out["fired_after_s"] = float(split[0][6]) if split else None
+        # per unit type: units, graph ms, fan-out ms, unit ms (summed), s from firing to the last
+        out["units_v2"] = {r[0]: [r[1], r[2], r[3], r[4], float(r[5])] for r in split}
+        _progress(f"feed complete after {out['feed_s']:.1f} s")
         _, total, last = await _until(
             conn, procs, OUTBOX, (), lambda r: r[0] == r[1], limit, "the webhooks", every=0.5
         )
         out["webhooks"] = total
         out["webhooks_s"] = (last - start).total_seconds() if last is not None else 0.0
+        _progress(f"webhooks delivered after {out['webhooks_s']:.1f} s")
         mismatched = 0
         for user, rows in await (await conn.execute(SAMPLE, ("v2",))).fetchall():
             t = jwt.encode({"sub": str(user), "exp": datetime.now(UTC) + timedelta(hours=1)},
