@@ -774,3 +774,16 @@ def test_replayed_image_migrates_as_non_root_from_elsewhere(
     assert applied == {f.stem: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
     assert tables > len(files)
     assert "none needed" in _run(built, ["notifier", "migrate"], pg_env)
+
+
+@pytest.mark.slow
+def test_replayed_image_imports_every_module(built: Built) -> None:
+    # Roles are imported lazily by the CLI: a runtime module importing a
+    # dev-only package would pass `--help` and crash at `notifier api`.
+    code = (
+        "import importlib, pkgutil, notifier\n"
+        "names = [m.name for m in pkgutil.walk_packages(notifier.__path__, 'notifier.')]\n"
+        "for name in names: importlib.import_module(name)\n"
+        "print(len(names))\n"
+    )
+    assert int(_run(built, ["python", "-c", code])) >= len(cli.ROLES)
