@@ -54,14 +54,17 @@ class Counters:
 
 def parse_id(raw: object) -> int | None:
     """A Discogs id as an int, or None if it is not a canonical non-negative integer."""
+    if isinstance(raw, str):  # the usual case: graph ids are strings
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+            return None
+        if raw[0] == "0" and len(raw) > 1:  # not canonical ("007")
+            return None
+        value = int(raw)
+        return value if value <= BIGINT_MAX else None
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
         return raw if 0 <= raw <= BIGINT_MAX else None
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
-        value = int(raw)
-        if str(value) == raw and value <= BIGINT_MAX:
-            return value
     return None
 
 
@@ -70,6 +73,13 @@ def parse_ids(raws: Iterable[object], counters: Counters, what: str) -> list[int
     out: set[int] = set()
     bad = 0
     for raw in raws:
+        # Fast path (almost every id): a canonical ASCII digit string too short to overflow.
+        if type(raw) is str and raw.isdigit() and raw.isascii() and len(raw) < 19:
+            if raw[0] != "0" or len(raw) == 1:
+                out.add(int(raw))
+            else:
+                bad += 1
+            continue
         if raw is None:
             continue
         value = parse_id(raw)
@@ -77,7 +87,8 @@ def parse_ids(raws: Iterable[object], counters: Counters, what: str) -> list[int
             bad += 1
         else:
             out.add(value)
-    counters.add(f"non_numeric_{what}", bad)
+    if bad:
+        counters.add("non_numeric_" + what, bad)
     return sorted(out)
 
 
@@ -86,6 +97,8 @@ def clip_name(name: object, limit: int = NAME_MAX) -> str | None:
     if name is None:
         return None
     text = name if isinstance(name, str) else str(name)
+    if "\x00" in text:  # PostgreSQL text cannot hold NUL
+        text = text.replace("\x00", "")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -174,6 +187,8 @@ class ArtistState:
 
 def _names(pairs: Sequence[tuple[object, object]], counters: Counters, what: str) -> dict[int, Any]:
     out: dict[int, Any] = {}
+    if not pairs:
+        return out
     bad = 0
     for raw, name in pairs:
         value = parse_id(raw)

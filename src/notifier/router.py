@@ -47,7 +47,7 @@ from notifier import cycles, db
 from notifier.config import Settings
 from notifier.graph import Graph
 from notifier.serving import QuietServer
-from notifier.units import Stopping, UnitRunner
+from notifier.units import Ahead, Pipeline, Stopping, UnitRunner
 
 log = logging.getLogger(__name__)
 
@@ -225,32 +225,55 @@ class Router:
             self.wake.set()
 
     async def _work(self, me: str) -> None:
-        """One worker: claim and run units (as `me`) until stopped."""
+        """One worker: claim and run units (as `me`) until stopped.
+
+        The next unit's graph read overlaps the current unit's transaction
+        (units.Pipeline); a unit read ahead when stopping is given back.
+        """
         assert self.pool is not None and self.driver is not None
         s = self.settings
         graph = Graph(self.driver, s.neo4j_database)
         runner = UnitRunner(self.pool, graph, me, email=s.smtp_enabled, batch=1000, stop=self.stop)
-        while not self.stop.is_set():
-            unit = None
-            try:
-                async with self.pool.connection() as conn:
-                    unit = await cycles.claim(conn, me, s.router_lease_seconds)
-                    if unit is None:
-                        for done in await cycles.finish_cycles(conn):
-                            CYCLES_DONE.inc()
-                            CYCLE_SECONDS.observe(done.seconds)
-                            log.info(
-                                "cycle done",
-                                extra={"version": done.version, "seconds": done.seconds},
-                            )
-            except Exception:
-                log.exception("could not claim a diff unit")
-            if unit is None:
-                self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._either(), s.router_poll_seconds)
-                continue
-            await self._run_unit(runner, unit, me)
+        pipeline = Pipeline(
+            runner,
+            lambda: self._claim(me),
+            keeper=lambda unit: self._keep_lease(unit.id, me),
+            stop=self.stop,
+        )
+        try:
+            while not self.stop.is_set():
+                current = await pipeline.next()
+                if current is None:
+                    await self._finish_cycles()
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._either(), s.router_poll_seconds)
+                    continue
+                await self._run_unit(runner, current, me)
+        finally:
+            if (left := pipeline.leftover()) is not None:
+                log.info("shutting down: diff unit given back", extra={"unit": left.unit.id})
+                await self._give_back(left.unit, None, me)
+
+    async def _claim(self, me: str) -> cycles.Unit | None:
+        assert self.pool is not None
+        try:
+            async with self.pool.connection() as conn:
+                return await cycles.claim(conn, me, self.settings.router_lease_seconds)
+        except Exception:
+            log.exception("could not claim a diff unit")
+            return None
+
+    async def _finish_cycles(self) -> None:
+        assert self.pool is not None
+        try:
+            async with self.pool.connection() as conn:
+                for done in await cycles.finish_cycles(conn):
+                    CYCLES_DONE.inc()
+                    CYCLE_SECONDS.observe(done.seconds)
+                    log.info("cycle done", extra={"version": done.version, "seconds": done.seconds})
+        except Exception:
+            log.exception("could not finish the cycle (the next idle poll retries)")
 
     async def _either(self) -> None:
         waits = [asyncio.create_task(self.stop.wait()), asyncio.create_task(self.wake.wait())]
@@ -260,13 +283,13 @@ class Router:
             for w in waits:
                 w.cancel()
 
-    async def _run_unit(self, runner: UnitRunner, unit: cycles.Unit, me: str) -> None:
+    async def _run_unit(self, runner: UnitRunner, ahead: Ahead, me: str) -> None:
         assert self.pool is not None
+        unit = ahead.unit
         started = time.monotonic()
         BUSY.inc()
-        keeper = asyncio.create_task(self._keep_lease(unit.id, me))
         try:
-            stats = await runner.run(unit)
+            stats = await ahead.write(runner)
         except Stopping:
             log.info("shutting down: diff unit given back", extra={"unit": unit.id})
             await self._give_back(unit, None, me)
@@ -277,7 +300,7 @@ class Router:
             await self._give_back(unit, exc, me)
             return
         finally:
-            keeper.cancel()
+            ahead.close()
             BUSY.dec()
         if stats is None:
             UNITS.labels("lost").inc()
@@ -297,14 +320,7 @@ class Router:
                 "stats": stats,
             },
         )
-        try:
-            async with self.pool.connection() as conn:
-                for done in await cycles.finish_cycles(conn):
-                    CYCLES_DONE.inc()
-                    CYCLE_SECONDS.observe(done.seconds)
-                    log.info("cycle done", extra={"version": done.version, "seconds": done.seconds})
-        except Exception:
-            log.exception("could not finish the cycle (the next idle poll retries)")
+        await self._finish_cycles()
 
     async def _give_back(self, unit: cycles.Unit, exc: BaseException | None, me: str) -> None:
         """Release a unit after a failure (with a backoff) or at shutdown (`exc` None)."""

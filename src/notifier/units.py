@@ -1,11 +1,13 @@
 """Processing one claimed diff unit: graph read, diff, then one transaction.
 
-The graph is read before the transaction. The transaction then locks the unit
-row (a router whose lease was taken over commits nothing), reads and locks the
-unit's snapshots, inserts the events (unique dedup keys), upserts the
-snapshots, fans the new events out and marks the unit done: all or nothing,
-so a crash anywhere leaves the unit to be redone from scratch with the same
-result.
+The graph is read first (one query, `UnitRunner.read`). The transaction
+(`UnitRunner.write`) then locks the unit row (a router whose lease was taken
+over commits nothing) and reads the unit's snapshots in one round trip,
+upserts the snapshots and inserts the events (unique dedup keys) in one
+statement each, fans the new events out and marks the unit done: all or
+nothing, so a crash anywhere leaves the unit to be redone from scratch with
+the same result. `Pipeline` reads the next unit's graph while the current
+unit's transaction runs.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from notifier import cycles, diff, fanout
@@ -26,33 +29,48 @@ from notifier.graph import Graph, ReleaseInfo
 
 log = logging.getLogger(__name__)
 
-# entity_snapshots primary key (entity_type, entity_id); FOR UPDATE so that a
-# concurrent (lease-expired) run of the same unit waits, then sees our rows.
+# entity_snapshots primary key (entity_type, entity_id). No row locks: the
+# unit's row lock (cycles.LOCK_UNIT, taken first in the same transaction)
+# already serialises every write of these rows. An entity is in one unit per
+# cycle, a unit is written only by the router that holds its row lock and
+# its claim (a concurrent lease-expired run waits on that lock, then finds
+# the unit done or not its own), and a cycle's units are claimable only once
+# the previous cycle is done. Locking 500 rows here cost a WAL record each.
 LOAD_SNAPSHOTS = """
 SELECT entity_id, entity_name, version, release_ids, alias_ids, member_ids, release_count
 FROM notifier.entity_snapshots
-WHERE entity_type = %(type)s AND entity_id = ANY(%(ids)s)
-FOR UPDATE
+WHERE entity_type = %(type)s AND entity_id = ANY(%(ids)b)
 """
-# entity_snapshots primary key: insert or replace the entity's state.
-UPSERT_SNAPSHOT = """
+# entity_snapshots primary key: insert or replace the states of a unit's
+# entities in one statement. The rows travel as one JSON array (ids are
+# distinct in a unit): psycopg's text[] dumper escapes each element in Python,
+# which cost ~4x the Python CPU of json.dumps for a 500-entity unit.
+UPSERT_SNAPSHOTS = """
 INSERT INTO notifier.entity_snapshots
     (entity_type, entity_id, entity_name, version, release_ids, alias_ids, member_ids,
      release_count, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
+SELECT %(type)s, i, n, v, r, a, m, c, now()
+FROM jsonb_to_recordset(%(rows)s::jsonb)
+     AS x (i text, n text, v text, r bigint[], a bigint[], m bigint[], c bigint)
 ON CONFLICT (entity_type, entity_id) DO UPDATE SET
     entity_name = excluded.entity_name, version = excluded.version,
     release_ids = excluded.release_ids, alias_ids = excluded.alias_ids,
     member_ids = excluded.member_ids, release_count = excluded.release_count,
     updated_at = now()
 """
+# entity_snapshots primary key: an unchanged entity's snapshot (most of them)
+# only gets this cycle's stamp; cheaper than rewriting it through the upsert.
+STAMP_SNAPSHOTS = """
+UPDATE notifier.entity_snapshots SET version = %(version)s, updated_at = now()
+WHERE entity_type = %(type)s AND entity_id = ANY(%(ids)b)
+"""
 # events_dedup_key makes a re-run insert nothing.
 INSERT_EVENTS = """
 INSERT INTO notifier.events
     (dedup_key, source, version, event, entity_type, entity_id, entity_name, detail)
 SELECT k, 'router', %(version)s, e, t, i, n, d::jsonb
-FROM unnest(%(keys)s::text[], %(events)s::text[], %(types)s::text[], %(ids)s::text[],
-            %(names)s::text[], %(details)s::text[]) AS x (k, e, t, i, n, d)
+FROM unnest(%(keys)b::text[], %(events)b::text[], %(types)b::text[], %(ids)b::text[],
+            %(names)b::text[], %(details)b::text[]) AS x (k, e, t, i, n, d)
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING id
 """
@@ -188,8 +206,25 @@ class Stopping(Exception):
     """The process is shutting down: a long unit gives itself back unfinished."""
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What a unit read from the graph before its transaction, and how long it took."""
+
+    data: Any
+    seconds: float
+
+
+def _owned(row: Sequence[Any] | None, me: str) -> bool:
+    return row is not None and row[0] == "pending" and row[1] == me
+
+
 class UnitRunner:
-    """Runs claimed units against one graph and one PostgreSQL pool."""
+    """Runs claimed units against one graph and one PostgreSQL pool.
+
+    A unit runs in two steps: `read` (the graph, no PostgreSQL) and `write`
+    (one transaction). `Pipeline` overlaps the read of the next unit with the
+    write of the current one; `run` does both steps in turn.
+    """
 
     def __init__(
         self,
@@ -203,21 +238,34 @@ class UnitRunner:
     ) -> None:
         self.pool, self.graph, self.me, self.email, self.batch = pool, graph, me, email, batch
         self.stop = stop or asyncio.Event()
-        self._started = time.monotonic()
 
     async def run(self, unit: cycles.Unit) -> dict[str, Any] | None:
-        """Process `unit`; return its stats, or None if it was no longer ours.
+        """Process `unit`; return its stats, or None if it was no longer ours."""
+        return await self.write(unit, await self.read(unit))
 
-        One unit at a time per runner (the timings in the stats assume it).
-        """
-        self._started = time.monotonic()
+    async def read(self, unit: cycles.Unit) -> Reading:
+        """The unit's graph read: one query for artists, labels, genres or styles."""
+        started = time.monotonic()
+        data: Any = None
+        if unit.entity_type == "artist":
+            data = await self.graph.artists(unit.entity_ids)
+        elif unit.entity_type == "label":
+            data = await self.graph.labels(unit.entity_ids)
+        elif unit.entity_type in ("genre", "style"):
+            tag: Literal["Genre", "Style"] = "Genre" if unit.entity_type == "genre" else "Style"
+            data = await self.graph.tags(tag, unit.entity_ids)
+        return Reading(data, time.monotonic() - started)
+
+    async def write(self, unit: cycles.Unit, reading: Reading) -> dict[str, Any] | None:
+        """The unit's transaction (after `read`); its stats, or None if it was no longer ours."""
         if unit.entity_type == cycles.RELEASES_UNIT:
             return await self._releases(unit)
         ids = unit.entity_ids
         if unit.entity_type == "artist":
-            artists = await self.graph.artists(ids)
+            artists: dict[str, diff.ArtistState] = reading.data
             return await self._commit(
                 unit,
+                reading,
                 lambda s: [
                     diff.diff_artist(
                         unit.version, unit.previous_version, i, artists.get(i), s.get(i)
@@ -226,18 +274,19 @@ class UnitRunner:
                 ],
             )
         if unit.entity_type == "label":
-            labels = await self.graph.labels(ids)
+            labels: dict[str, diff.LabelState] = reading.data
             return await self._commit(
                 unit,
+                reading,
                 lambda s: [
                     diff.diff_label(unit.version, unit.previous_version, i, labels.get(i), s.get(i))
                     for i in ids
                 ],
             )
         if unit.entity_type in ("genre", "style"):
-            return await self._tags(unit)
+            return await self._tags(unit, reading)
         if unit.entity_type == "search":
-            return await self._search(unit)
+            return await self._search(unit, reading)
         counters = diff.Counters()
         counters.add("unknown_entity_type", len(ids))
         log.warning(
@@ -245,24 +294,34 @@ class UnitRunner:
             extra={"unit": unit.id, "entity_type": unit.entity_type},
         )
         return await self._commit(
-            unit, lambda s: [diff.DiffResult([], None, diff.Counters()) for _ in ids], counters
+            unit,
+            reading,
+            lambda s: [diff.DiffResult([], None, diff.Counters()) for _ in ids],
+            counters,
         )
 
     async def _commit(
         self,
         unit: cycles.Unit,
+        reading: Reading,
         compute: Any,
         counters: diff.Counters | None = None,
         conn_work: Any = None,
     ) -> dict[str, Any] | None:
         """The unit's transaction: lock, snapshots, events, fan-out, done."""
         counters = counters or diff.Counters()
-        graph_done = time.monotonic()
+        started = time.monotonic()
         async with self.pool.connection() as conn, conn.transaction():
-            if not await cycles.lock_owned(conn, unit.id, self.me):
+            # One round trip: the unit's row lock and its snapshots (pipeline mode).
+            async with conn.pipeline():
+                locked = await conn.execute(cycles.LOCK_UNIT, {"id": unit.id})
+                loaded = await conn.execute(
+                    LOAD_SNAPSHOTS, {"type": unit.entity_type, "ids": unit.entity_ids}, binary=True
+                )
+            if not _owned(await locked.fetchone(), self.me):
                 return None
+            snapshots = snapshots_of(await loaded.fetchall())
             extra = await conn_work(conn) if conn_work is not None else None
-            snapshots = await load_snapshots(conn, unit.entity_type, unit.entity_ids)
             results: list[diff.DiffResult] = (
                 compute(snapshots) if extra is None else compute(snapshots, extra)
             )
@@ -274,10 +333,13 @@ class UnitRunner:
                     counters.add("already_diffed")  # not expected: the unit lock guards it
                     continue
                 events.extend(result.events)
-            await save_snapshots(
-                conn, unit.entity_type, unit.entity_ids, results, snapshots, unit.version
-            )
-            event_ids = await insert_events(conn, unit.version, events)
+            # One round trip: the snapshots and the events.
+            async with conn.pipeline():
+                await save_snapshots(
+                    conn, unit.entity_type, unit.entity_ids, results, snapshots, unit.version
+                )
+                inserted = await start_insert_events(conn, unit.version, events)
+            event_ids = [] if inserted is None else [r[0] for r in await inserted.fetchall()]
             fanout_start = time.monotonic()
             out = await fanout.fan_out_events(
                 conn, event_ids, watches_before=unit.started_at, email=self.email
@@ -288,17 +350,18 @@ class UnitRunner:
                 events=len(event_ids),
                 feed_rows=out.feed_rows,
                 outbox_rows=out.outbox_rows,
-                # Milliseconds spent reading the graph, fanning out, and in the whole unit.
-                graph_ms=round((graph_done - self._started) * 1000),
+                # Milliseconds spent reading the graph, fanning out, and in the
+                # whole unit (graph read + transaction; a pipelined read
+                # overlaps the previous unit's transaction).
+                graph_ms=round(reading.seconds * 1000),
                 fanout_ms=round((time.monotonic() - fanout_start) * 1000),
-                unit_ms=round((time.monotonic() - self._started) * 1000),
+                unit_ms=round((reading.seconds + time.monotonic() - started) * 1000),
             )
             await cycles.mark_done(conn, unit.id, stats)
         return stats
 
-    async def _tags(self, unit: cycles.Unit) -> dict[str, Any] | None:
-        tag: Literal["Genre", "Style"] = "Genre" if unit.entity_type == "genre" else "Style"
-        states = await self.graph.tags(tag, unit.entity_ids)
+    async def _tags(self, unit: cycles.Unit, reading: Reading) -> dict[str, Any] | None:
+        states: dict[str, diff.TagState] = reading.data
         counters = diff.Counters()
 
         async def work(
@@ -341,9 +404,9 @@ class UnitRunner:
                 for i in unit.entity_ids
             ]
 
-        return await self._commit(unit, compute, counters, work)
+        return await self._commit(unit, reading, compute, counters, work)
 
-    async def _search(self, unit: cycles.Unit) -> dict[str, Any] | None:
+    async def _search(self, unit: cycles.Unit, reading: Reading) -> dict[str, Any] | None:
         async def work(conn: AsyncConnection[Any]) -> dict[str, Any]:
             found: dict[str, Any] = {}
             cur = await conn.execute(SEARCHES, {"ids": unit.entity_ids, "before": unit.started_at})
@@ -382,7 +445,7 @@ class UnitRunner:
                 )
             return out
 
-        return await self._commit(unit, compute, None, work)
+        return await self._commit(unit, reading, compute, None, work)
 
     async def _releases(self, unit: cycles.Unit) -> dict[str, Any] | None:
         """Record the graph's release ids; store the cycle's new ones with their details."""
@@ -429,8 +492,13 @@ class UnitRunner:
 async def load_snapshots(
     conn: AsyncConnection[Any], entity_type: str, ids: Sequence[str]
 ) -> dict[str, diff.Snapshot]:
-    """The snapshots of `ids`, locked until the transaction ends."""
+    """The snapshots of `ids` (call it after locking their unit: see LOAD_SNAPSHOTS)."""
     cur = await conn.execute(LOAD_SNAPSHOTS, {"type": entity_type, "ids": list(ids)})
+    return snapshots_of(await cur.fetchall())
+
+
+def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
+    """Snapshots by entity id, from LOAD_SNAPSHOTS rows."""
     return {
         r[0]: diff.Snapshot(
             version=r[2],
@@ -440,7 +508,7 @@ async def load_snapshots(
             member_ids=r[5],
             release_count=r[6],
         )
-        for r in await cur.fetchall()
+        for r in rows
     }
 
 
@@ -452,27 +520,67 @@ async def save_snapshots(
     old: dict[str, diff.Snapshot],
     version: str,
 ) -> None:
-    """Upsert the new snapshots of a unit (skipping those already at `version`)."""
-    rows = [
-        (
-            entity_type,
-            i,
-            s.entity_name,
-            s.version,
-            _arr(s.release_ids),
-            _arr(s.alias_ids),
-            _arr(s.member_ids),
-            s.release_count,
-        )
-        for i, r in zip(ids, results, strict=True)
-        if (s := r.snapshot) is not None and (i not in old or old[i].version != version)
-    ]
+    """Write the new snapshots of a unit (skipping those already at `version`).
+
+    Two statements at most: a stamp of the unchanged ones, an upsert of the rest.
+    """
+    stamp: list[str] = []
+    rows: list[tuple[str, diff.Snapshot]] = []
+    for i, r in zip(ids, results, strict=True):
+        if (new := r.snapshot) is None:
+            continue
+        before = old.get(i)
+        if before is None:
+            rows.append((i, new))
+        elif before.version == version:
+            continue  # already written by this cycle (see "already_diffed")
+        elif unchanged(before, new):
+            stamp.append(i)
+        else:
+            rows.append((i, new))
+    if stamp:
+        await conn.execute(STAMP_SNAPSHOTS, {"version": version, "type": entity_type, "ids": stamp})
     if rows:
-        async with conn.cursor() as cur:
-            await cur.executemany(UPSERT_SNAPSHOT, rows)
+        await conn.execute(UPSERT_SNAPSHOTS, snapshot_params(entity_type, rows))
 
 
-def _arr(values: Sequence[int] | None) -> list[int] | None:
+def unchanged(before: diff.Snapshot, after: diff.Snapshot) -> bool:
+    """True when two snapshots differ at most by their version."""
+    return (
+        before.entity_name == after.entity_name
+        and before.release_count == after.release_count
+        and _same(before.release_ids, after.release_ids)
+        and _same(before.alias_ids, after.alias_ids)
+        and _same(before.member_ids, after.member_ids)
+    )
+
+
+def _same(a: Sequence[int] | None, b: Sequence[int] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return list(a) == list(b)
+
+
+def snapshot_params(
+    entity_type: str, rows: Sequence[tuple[str, diff.Snapshot]]
+) -> dict[str, object]:
+    """The parameters of UPSERT_SNAPSHOTS for (entity id, snapshot) pairs."""
+    doc = [
+        {
+            "i": i,
+            "n": s.entity_name,
+            "v": s.version,
+            "r": _ints(s.release_ids),
+            "a": _ints(s.alias_ids),
+            "m": _ints(s.member_ids),
+            "c": s.release_count,
+        }
+        for i, s in rows
+    ]
+    return {"type": entity_type, "rows": json.dumps(doc)}
+
+
+def _ints(values: Sequence[int] | None) -> list[int] | None:
     return None if values is None else list(values)
 
 
@@ -480,9 +588,20 @@ async def insert_events(
     conn: AsyncConnection[Any], version: str, events: Sequence[diff.EventDraft]
 ) -> list[Any]:
     """Insert events (duplicates by dedup key are skipped); return the new ids."""
+    cur = await start_insert_events(conn, version, events)
+    return [] if cur is None else [r[0] for r in await cur.fetchall()]
+
+
+async def start_insert_events(
+    conn: AsyncConnection[Any], version: str, events: Sequence[diff.EventDraft]
+) -> AsyncCursor[Any] | None:
+    """Send the insert of `events` (None when there are none); its cursor yields the new ids.
+
+    In pipeline mode the rows arrive when the pipeline syncs.
+    """
     if not events:
-        return []
-    cur = await conn.execute(
+        return None
+    return await conn.execute(
         INSERT_EVENTS,
         {
             "version": version,
@@ -494,4 +613,72 @@ async def insert_events(
             "details": [json.dumps(e.detail, ensure_ascii=False) for e in events],
         },
     )
-    return [r[0] for r in await cur.fetchall()]
+
+
+class Ahead:
+    """A claimed unit whose graph read runs in the background."""
+
+    def __init__(self, runner: UnitRunner, unit: cycles.Unit, keeper: Any = None) -> None:
+        self.unit = unit
+        self.reading: asyncio.Task[Reading] = asyncio.create_task(
+            runner.read(unit), name=f"unit-{unit.id}-read"
+        )
+        # The lease keeper runs from the claim to the end of the unit.
+        self.keeper: asyncio.Task[None] | None = (
+            asyncio.create_task(keeper(unit), name=f"unit-{unit.id}-lease") if keeper else None
+        )
+
+    async def write(self, runner: UnitRunner) -> dict[str, Any] | None:
+        """Wait for the graph read, then run the unit's transaction (see `UnitRunner.write`)."""
+        return await runner.write(self.unit, await self.reading)
+
+    def close(self) -> None:
+        """Stop the lease keeper (and a read still running)."""
+        for task in (self.reading, self.keeper):
+            if task is not None and not task.done():
+                task.cancel()
+        if self.reading.done() and not self.reading.cancelled():
+            self.reading.exception()  # retrieved: an unused failed read is not "never retrieved"
+
+
+Claim = Callable[[], Awaitable[cycles.Unit | None]]
+
+
+class Pipeline:
+    """Claims units one at a time and reads the next unit's graph during the current write.
+
+    While unit n's transaction runs, unit n+1 is already claimed and its graph
+    read is under way: the two waits (graph server, PostgreSQL) overlap. At
+    most one unit is read ahead (bounded memory), and never during the long
+    'releases' unit, whose work is all in its write. A unit read ahead is
+    leased like any claimed one: if this process dies, its lease expires and
+    any router redoes it.
+    """
+
+    def __init__(
+        self, runner: UnitRunner, claim: Claim, *, keeper: Any = None, stop: asyncio.Event
+    ) -> None:
+        self.runner, self.claim, self.keeper, self.stop = runner, claim, keeper, stop
+        self.ahead: Ahead | None = None
+
+    async def next(self) -> Ahead | None:
+        """The next unit to write (its read started), or None when none is claimable now."""
+        current, self.ahead = self.ahead, None
+        if current is None:
+            unit = await self.claim()
+            if unit is None:
+                return None
+            current = Ahead(self.runner, unit, self.keeper)
+        if current.unit.entity_type != cycles.RELEASES_UNIT:
+            # One graph read at a time: this one first, then the next one's.
+            await asyncio.wait([current.reading])
+            if not self.stop.is_set() and (unit := await self.claim()) is not None:
+                self.ahead = Ahead(self.runner, unit, self.keeper)
+        return current
+
+    def leftover(self) -> Ahead | None:
+        """At shutdown: the unit read ahead and not written (closed; give it back)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead.close()
+        return ahead

@@ -17,7 +17,10 @@ from notifier.router import BadMessage, decode_message
         (123, 123),
         ("0", 0),
         ("007", None),
+        ("00", None),
         ("12a", None),
+        (" 12", None),
+        ("1" * 20, None),
         ("", None),
         ("-1", None),
         (-1, None),
@@ -31,6 +34,13 @@ from notifier.router import BadMessage, decode_message
 )
 def test_parse_id(raw: object, expected: int | None) -> None:
     assert diff.parse_id(raw) == expected
+
+
+def test_clip_name_drops_nul_and_clips() -> None:
+    assert diff.clip_name("a\x00b") == "ab"  # PostgreSQL text cannot hold NUL
+    assert diff.clip_name(12) == "12"
+    assert diff.clip_name("x" * 300, 10) == "x" * 9 + "…"
+    assert diff.clip_name(None) is None
 
 
 def test_parse_ids_sorts_dedups_and_counts_bad() -> None:

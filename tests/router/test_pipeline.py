@@ -1,0 +1,179 @@
+"""The unit pipeline (next unit's graph read during the current write), the one-query
+graph read, and the snapshot stamp/upsert split, on real PostgreSQL and Bolt graph."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from neo4j import AsyncDriver
+from psycopg_pool import AsyncConnectionPool
+
+from notifier import config, cycles, db, diff
+from notifier.graph import Graph
+from notifier.graphbuilder import GraphBuilder
+from notifier.units import Pipeline, UnitRunner, unchanged
+from tests.router.conftest import events, q, watch, write
+
+ARTISTS = [str(i) for i in range(1, 7)]
+
+
+async def _fire(pool: AsyncConnectionPool, settings: config.Settings, version: str) -> None:
+    async with pool.connection() as conn:
+        for service in settings.required_services:
+            await cycles.record_signal(
+                conn, version=version, service=service, completed_at=None, message={},
+                required=settings.required_services, unit_size=2,
+            )  # fmt: skip
+
+
+async def _run_cycle(
+    pool: AsyncConnectionPool, graph: Graph, pg_url: str, version: str
+) -> list[tuple[str, bool]]:
+    """Run every unit through a Pipeline; (entity type, read-ahead present) per unit."""
+    runner = UnitRunner(pool, graph, "me", email=False, batch=100)
+
+    async def claim() -> cycles.Unit | None:
+        async with pool.connection() as conn:
+            return await cycles.claim(conn, "me", 60)
+
+    pipeline = Pipeline(runner, claim, stop=asyncio.Event())
+    seen: list[tuple[str, bool]] = []
+    while (current := await pipeline.next()) is not None:
+        ahead = pipeline.ahead
+        seen.append((current.unit.entity_type, ahead is not None))
+        if ahead is not None:  # claimed (leased to us) and still pending while we write
+            assert q(
+                pg_url, "SELECT status, claimed_by FROM notifier.diff_units WHERE id = %s",
+                ahead.unit.id,
+            ) == [("pending", "me")]  # fmt: skip
+        assert await current.write(runner) is not None
+        current.close()
+    async with pool.connection() as conn:
+        assert [f.version for f in await cycles.finish_cycles(conn)] == [version]
+    return seen
+
+
+async def test_pipeline_reads_ahead_and_gives_the_same_events(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    user = uuid.uuid4()
+    for a in ARTISTS:
+        watch(pg_url, user, "artist", a)
+    await write(
+        graph_driver, graph_db, lambda g: [g.release(f"{a}00", artists=[a]) for a in ARTISTS]
+    )
+    pool = db.pool(router_settings.postgres_conninfo)
+    await pool.open()
+    graph = Graph(graph_driver, graph_db)
+    try:
+        await _fire(pool, router_settings, "v1")
+        seen = await _run_cycle(pool, graph, pg_url, "v1")
+        # Never read ahead of the release scan; then one unit ahead until the last.
+        assert seen == [("releases", False), ("artist", True), ("artist", True), ("artist", False)]
+
+        def second(g: GraphBuilder) -> None:
+            for a in ("1", "3", "5"):
+                g.release(f"{a}01", artists=[a])
+            g.artist("20", "Alias Twenty").alias("20", "2")
+            g.artist("40", None).member("40", "4")
+
+        await write(graph_driver, graph_db, second)
+        await _fire(pool, router_settings, "v2")
+        await _run_cycle(pool, graph, pg_url, "v2")
+    finally:
+        await pool.close()
+    got = [(e[0], e[2], e[3]) for e in events(pg_url, "v2")]
+    assert got == [
+        ("new_releases", "1", {"new_release_count": 1, "release_ids": ["101"]}),
+        ("new_aliases", "2", {"aliases": [{"id": "20", "name": "Alias Twenty"}], "alias_count": 1}),
+        ("new_releases", "3", {"new_release_count": 1, "release_ids": ["301"]}),
+        ("new_members", "4", {"members": [{"id": "40", "name": None}], "member_count": 1}),
+        ("new_releases", "5", {"new_release_count": 1, "release_ids": ["501"]}),
+    ]
+    # Unchanged snapshots were only stamped; changed ones rewritten.
+    snaps = q(
+        pg_url,
+        "SELECT entity_id, version, release_ids, alias_ids, member_ids FROM"
+        " notifier.entity_snapshots WHERE entity_type = 'artist' ORDER BY entity_id",
+    )
+    assert snaps == [
+        ("1", "v2", [100, 101], [], []),
+        ("2", "v2", [200], [20], []),
+        ("3", "v2", [300, 301], [], []),
+        ("4", "v2", [400], [], [40]),
+        ("5", "v2", [500, 501], [], []),
+        ("6", "v2", [600], [], []),
+    ]
+
+
+async def test_unit_read_ahead_is_left_over_at_shutdown_and_claimable_again(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    user = uuid.uuid4()
+    for a in ARTISTS:
+        watch(pg_url, user, "artist", a)
+    await write(
+        graph_driver, graph_db, lambda g: [g.release(f"{a}00", artists=[a]) for a in ARTISTS]
+    )
+    pool = db.pool(router_settings.postgres_conninfo)
+    await pool.open()
+    try:
+        await _fire(pool, router_settings, "v1")
+        runner = UnitRunner(pool, Graph(graph_driver, graph_db), "me", email=False, batch=100)
+
+        async def claim() -> cycles.Unit | None:
+            async with pool.connection() as conn:
+                return await cycles.claim(conn, "me", 60)
+
+        stop = asyncio.Event()
+        pipeline = Pipeline(runner, claim, stop=stop)
+        releases = await pipeline.next()
+        assert releases is not None and await releases.write(runner) is not None
+        first = await pipeline.next()
+        assert first is not None and pipeline.ahead is not None
+        stop.set()
+        left = pipeline.leftover()
+        assert left is not None and left.unit.id != first.unit.id and pipeline.ahead is None
+        first.close()
+        async with pool.connection() as conn:
+            await cycles.release(conn, first.unit.id, "me", 0, {})
+            await cycles.release(conn, left.unit.id, "me", 0, {})
+            again = [await cycles.claim(conn, "other", 60) for _ in range(2)]
+        assert {(u.id, u.attempts) for u in again if u is not None} == {
+            (first.unit.id, 2),
+            (left.unit.id, 2),
+        }
+    finally:
+        await pool.close()
+
+
+async def test_artist_read_tolerates_odd_graph_data(
+    graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    def build(g: GraphBuilder) -> None:
+        g.artist("1", None).alias("1", "1")  # no name; an alias of itself is ignored
+        g.node("Artist", {"id": "2", "name": 42})
+        g.member("2", "1").alias("2", "1")
+        g.node("Release", {"id": 7, "title": None}).rel("Release", 7, "BY", "Artist", "1")
+        g.node("Artist", {"id": 3, "name": "numeric id"})  # never matched by a string id
+
+    await write(graph_driver, graph_db, build)
+    got = await Graph(graph_driver, graph_db).artists(["1", "2", "3", "nope"])
+    assert set(got) == {"1", "2"}
+    one = got["1"]
+    assert one.name is None and list(one.release_ids) == [7]
+    assert list(one.aliases) == [("2", 42)] and list(one.members) == [("2", 42)]
+    assert list(got["2"].aliases) == [("1", None)] and list(got["2"].release_ids) == []
+    assert await Graph(graph_driver, graph_db).artists([]) == {}
+
+
+def test_unchanged_compares_everything_but_the_version() -> None:
+    a = diff.Snapshot("v1", "A", [1, 2], [], None, 2)
+    assert unchanged(a, diff.Snapshot("v2", "A", [1, 2], [], None, 2))
+    assert unchanged(a, diff.Snapshot("v2", "A", (1, 2), [], None, 2))
+    assert not unchanged(a, diff.Snapshot("v2", "B", [1, 2], [], None, 2))
+    assert not unchanged(a, diff.Snapshot("v2", "A", [1, 3], [], None, 2))
+    assert not unchanged(a, diff.Snapshot("v2", "A", [1, 2], None, None, 2))
+    assert not unchanged(a, diff.Snapshot("v2", "A", [1, 2], [], [], 2))
+    assert not unchanged(a, diff.Snapshot("v2", "A", [1, 2], [], None, 3))
