@@ -33,7 +33,7 @@ RECEIVERS = 4
 REPLICAS = 3
 # Kill cadence: a kill every KILL_EVERY seconds (jittered), while rows remain.
 KILL_EVERY = (3.0, 5.0)
-MAX_KILLS = 6
+MAX_KILLS = 5
 # Lease and send timeout: short, so rows of a killed replica are due again soon.
 TIMEOUT_S = 2
 LEASE_S = 6
@@ -41,7 +41,8 @@ LEASE_S = 6
 # killed replica had not yet written, i.e. up to CONCURRENCY sends at once plus
 # the outcomes queued for the completer (about 50-150 ms worth). The claim
 # batch (rows held, mostly not yet sent) does not add to it. Measured: about
-# 50 per kill at concurrency 32, 30-40 at 16, 17-26 at 8 (more under load).
+# 50 per kill at concurrency 32, 30-40 at 16, 17-28 at 8 (more under load), so
+# five kills stay within the 1% bound with a margin on a loaded machine.
 CONCURRENCY = 8
 BATCH = 64
 
@@ -110,7 +111,7 @@ async def test_kill_9_replicas_lose_nothing_and_duplicate_little(
         received_at_kill: list[int] = []
         try:
             # Kill every few seconds, or sooner on a machine fast enough to
-            # deliver a tenth of the rows in less, so the chaos always
+            # deliver a twelfth of the rows in less, so the chaos always
             # overlaps the deliveries; stop once 90% are through.
             loop = asyncio.get_running_loop()
             last_kill, last_delivered = loop.time(), 0
@@ -121,7 +122,7 @@ async def test_kill_9_replicas_lose_nothing_and_duplicate_little(
                 if delivered >= ROWS * 0.9:
                     break
                 elapsed = loop.time() - last_kill
-                if elapsed < pause and (delivered - last_delivered < ROWS // 10 or elapsed < 1):
+                if elapsed < pause and (delivered - last_delivered < ROWS // 12 or elapsed < 0.5):
                     continue
                 # A replica that is up and delivering (not one still starting).
                 up = [i for i, env in enumerate(envs) if await _up(env)]
