@@ -90,7 +90,12 @@ async def test_every_private_target_is_refused_at_delivery(
             )  # fmt: skip
         finally:
             proc.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(proc.wait, 30)
+            try:
+                code = await asyncio.to_thread(proc.wait, 30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         attempts = {url: rest for url, *rest in await rows(pg_url, ATTEMPTS_SQL)}
         connections = r.connections
 
