@@ -2,12 +2,18 @@
 
     uv run python -m bench.claim_rate [--rows 20000] [--batch 200]
 
-Ours: `poller.claim` + `poller.complete` (lease columns, one attempt row per
-delivery) draining a prefilled outbox in batches, nothing sent. The peer:
-PgQueuer (PyPI) `dequeue` + `log_jobs('successful')` draining the same number
-of prefilled jobs in batches of the same size, on the same server, one
-connection each. Both drain a queue filled before the clock starts; PgQueuer's
-own batched enqueue rate is reported in the notes.
+Ours: `poller.claim` + `poller.complete` (a lease per row, one attempt row
+per delivery, each job with everything sending needs: body fields, URL,
+secrets) draining a prefilled outbox in batches, nothing sent. The peer:
+PgQueuer (PyPI) `dequeue` + `log_jobs('successful')` (its completion, logged
+in its log table) draining the same number of prefilled jobs in batches of the
+same size, on the same server, one connection each, its queue table tuned as
+its `pgq autovac` command does. Each PgQueuer job carries in its payload what
+ours returns (body, URL, secret; `_peer_payload`). Both drain a queue filled
+before the clock starts, on a fresh database per round; PgQueuer's own batched
+enqueue rate is in the notes. The two run in alternated rounds and the figure
+takes the best round of each: a busy machine slows both, and the ratio of
+single rounds moved by ±30% from run to run.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import psycopg
 from pgqueuer.db import PsycopgDriver
 from pgqueuer.queries import EntrypointExecutionParameter, Queries
@@ -55,7 +62,10 @@ async def pgqueuer(url: str, rows: int, batch: int) -> tuple[float, float]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         queries = Queries(PsycopgDriver(conn))
         await queries.install()
-        payload = b'{"event_id": "00000000-0000-0000-0000-000000000000"}'
+        # PgQueuer's own tuning for busy queues (`pgq autovac`): fillfactor 70
+        # and eager autovacuum on its queue table; we tune ours (004) too.
+        await queries.optimize_autovacuum()
+        payload = _peer_payload()
         with timer() as enqueue_elapsed:
             for i in range(0, rows, 1000):
                 n = min(1000, rows - i)
@@ -79,18 +89,63 @@ async def pgqueuer(url: str, rows: int, batch: int) -> tuple[float, float]:
 async def claim_rate(ctx: Context, rows: int | None = None, batch: int = 200) -> Figure:
     """The figure: our claim+complete/s vs PgQueuer dequeue+complete/s, same batch size."""
     n = rows or ctx.sizes["claim_rows"]
-    peer, enqueue_rate = await pgqueuer(ctx.fresh_database(), n, batch)
-    mine = await ours(ctx.fresh_database(), n, batch)
+    rounds = ROUNDS.get(ctx.scale, 3)
+    peers: list[float] = []
+    mine: list[float] = []
+    enqueue: list[float] = []
+
+    async def peer_round() -> None:
+        rate, enqueue_rate = await pgqueuer(ctx.fresh_database(), n, batch)
+        peers.append(rate)
+        enqueue.append(enqueue_rate)
+
+    async def our_round() -> None:
+        mine.append(await ours(ctx.fresh_database(), n, batch))
+
+    for i in range(rounds):  # alternated: peer, ours, ours, peer, …
+        for run in (peer_round, our_round) if i % 2 == 0 else (our_round, peer_round):
+            await run()
+    best, best_peer = max(mine), max(peers)
     return Figure(
         name="outbox claim+complete/s (null transport)",
-        ours=mine,
+        ours=best,
         unit="rows/s",
-        peer=peer,
-        peer_name=f"PgQueuer {_version()} dequeue+log_jobs",
+        peer=best_peer,
+        peer_name=f"PgQueuer {_version()} dequeue+log_jobs; best of {rounds} alternated rounds",
         target=">= 10,000/s and >= 1.0x",
-        passed=mine >= 10_000 and mine >= peer,
-        notes={"rows": n, "batch": batch, "pgqueuer_enqueue_per_s": round(enqueue_rate)},
+        passed=best >= 10_000 and best >= best_peer,
+        notes={
+            "rows": n,
+            "batch": batch,
+            "rounds": {"ours": [round(r) for r in mine], "pgqueuer": [round(r) for r in peers]},
+            "pgqueuer_enqueue_per_s": round(max(enqueue)),
+        },
     )
+
+
+# Alternated rounds of each side; 2 at 200k rows keeps `full` to a few minutes.
+ROUNDS = {"full": 2}
+
+
+def _peer_payload() -> bytes:
+    """What a PgQueuer job needs to send the same webhook: body, URL and secret.
+
+    Our claim returns exactly this (the body's fields, the URL, the secrets),
+    read from the event and the webhook config; a PgQueuer job carries it in
+    its payload. The values have the sizes of the rows `fill_outbox` writes.
+    """
+    return msgspec.json.encode(
+        {
+            "url": "https://example.invalid/hook",
+            "secret": "whsec_" + "A" * 44,
+            "body": {
+                "id": str(uuid.uuid4()), "event": "new_releases", "entity_type": "artist",
+                "entity_id": "12345", "entity_name": "Artist 12345",
+                "detail": {"new_release_count": 3, "release_ids": ["456", "789", "1011"]},
+                "version": "20260201", "timestamp": "2026-02-01T00:00:00Z",
+            },
+        }
+    )  # fmt: skip
 
 
 def _version() -> str:

@@ -30,7 +30,7 @@ async def test_claim_leases_rows_and_skips_locked_and_future(pg_url: str, conn: 
     assert await poller.claim(conn, limit=10, lease_seconds=30, replica="c") == []
     lease = await rows(
         pg_url,
-        "SELECT min(next_attempt_at - now()), bool_and(claim_token IS NOT NULL), max(attempts)"
+        "SELECT min(lease_until - now()), bool_and(claim_token IS NOT NULL), max(attempts)"
         " FROM notifier.outbox WHERE id = ANY(%s)",
         due,
     )
@@ -78,6 +78,98 @@ async def test_body_is_stable_and_detail_kept_verbatim(conn: Conn) -> None:
     assert body["id"] == str(ev) and body["detail"] == {"aliases": [{"id": "1", "name": 'Zoë "Z"'}]}
     assert job.body() == job.body()
     assert isinstance(uuid.UUID(body["id"]), uuid.UUID)
+
+
+async def test_claim_is_a_hot_update_in_a_caller_transaction(pg_url: str, conn: Conn) -> None:
+    # 004_outbox_claim: a claim writes no indexed column, so with room on the
+    # page (fillfactor) every claimed row gets a HOT update: no index entry.
+    hook, user, _ = await add_webhook(conn, "https://example.org/hook")
+    for _ in range(60):
+        await add_outbox(conn, user, await add_event(conn), hook)
+    async with await psycopg.AsyncConnection.connect(pg_url) as tx:  # not autocommit
+        await tx.execute("SELECT 1")  # the transaction the claim joins
+        jobs = await poller.claim(tx, limit=60, lease_seconds=30, replica="r" * 40)
+        cur = await tx.execute(
+            "SELECT pg_stat_get_xact_tuples_updated(%s::regclass),"
+            " pg_stat_get_xact_tuples_hot_updated(%s::regclass)",
+            ("notifier.outbox", "notifier.outbox"),
+        )
+        updated, hot = await cur.fetchone()  # type: ignore[misc]
+        await tx.commit()
+    assert len(jobs) == 60 and updated == hot == 60
+    # The caller's transaction committed the claim: the rows are leased.
+    assert await poller.claim(conn, limit=60, lease_seconds=30, replica="x") == []
+
+
+async def test_complete_writes_every_field_and_webhook_state(pg_url: str, conn: Conn) -> None:
+    hook, user, _ = await add_webhook(conn, "https://example.org/hook")
+    await conn.execute(
+        "UPDATE notifier.webhook_configs SET failing_since = now() - interval '1 day'"
+    )
+    ids = [await add_outbox(conn, user, await add_event(conn), hook) for _ in range(4)]
+    jobs = {
+        j.outbox_id: j for j in await poller.claim(conn, limit=9, lease_seconds=30, replica="x")
+    }
+    now = datetime.now(UTC)
+    later = now + timedelta(minutes=5)
+    await poller.complete(
+        conn,
+        [
+            poller.Completion(jobs[ids[0]], "delivered", attempted_at=now, duration_ms=12,
+                              status_code=200, excerpt="ok \x00 ünïcode"),
+            poller.Completion(jobs[ids[1]], "pending", next_attempt_at=later,
+                              last_error="HTTP 500 \x00", attempted_at=now, duration_ms=7,
+                              status_code=500, error=None, excerpt="boom"),
+            poller.Completion(jobs[ids[2]], "pending", next_attempt_at=now, released=True),
+            poller.Completion(jobs[ids[3]], "dead", last_error="gave up", attempted_at=now,
+                              error="connect_error"),
+        ],
+    )  # fmt: skip
+    got = await rows(
+        pg_url,
+        "SELECT id, status, attempts, next_attempt_at, last_error, delivered_at IS NOT NULL,"
+        " claim_token, lease_until FROM notifier.outbox ORDER BY id",
+    )
+    by_id = {r[0]: r[1:] for r in got}
+    assert by_id[ids[0]][0:2] == ("delivered", 1) and by_id[ids[0]][4] is True
+    assert by_id[ids[1]][0:4] == ("pending", 1, later, "HTTP 500 \ufffd")
+    assert by_id[ids[2]][0:2] == ("pending", 0)  # released unsent: attempt given back
+    assert by_id[ids[3]][0:2] == ("dead", 1) and by_id[ids[3]][3] == "gave up"
+    assert all(r[6:] == (None, None) for r in got)  # claims and leases ended
+    attempts = await rows(
+        pg_url,
+        "SELECT outbox_id, user_id, duration_ms, status_code, error, response_excerpt"
+        " FROM notifier.delivery_attempts ORDER BY outbox_id",
+    )
+    assert attempts == [
+        (ids[0], user, 12, 200, None, "ok \ufffd ünïcode"),
+        (ids[1], user, 7, 500, None, "boom"),
+        (ids[3], user, 0, None, "connect_error", None),
+    ]
+    # A success and failures for one webhook in one batch: failing since now.
+    (failing,) = await rows(pg_url, "SELECT failing_since FROM notifier.webhook_configs")
+    assert failing[0] is not None and failing[0] > now - timedelta(minutes=1)
+    # A batch of successes only clears it (the released row is due again).
+    again = await poller.claim(conn, limit=9, lease_seconds=30, replica="x")
+    assert [j.outbox_id for j in again] == [ids[2]]
+    await poller.complete(
+        conn, [poller.Completion(j, "delivered", attempted_at=now) for j in again]
+    )
+    assert await rows(pg_url, "SELECT failing_since FROM notifier.webhook_configs") == [(None,)]
+
+
+async def test_a_claim_skips_leased_rows_and_takes_them_when_the_lease_ends(conn: Conn) -> None:
+    hook, user, _ = await add_webhook(conn, "https://example.org/hook")
+    first = await add_outbox(conn, user, await add_event(conn), hook)
+    (short,) = await poller.claim(conn, limit=1, lease_seconds=0.3, replica="a")
+    second = await add_outbox(conn, user, await add_event(conn), hook)
+    # The leased row heads the due queue; the claim passes over it.
+    assert [
+        j.outbox_id for j in await poller.claim(conn, limit=5, lease_seconds=30, replica="b")
+    ] == [second]
+    await asyncio.sleep(0.4)
+    (again,) = await poller.claim(conn, limit=5, lease_seconds=30, replica="c")
+    assert again.outbox_id == short.outbox_id == first and again.attempts == 2
 
 
 def test_delivery_settings_defaults_and_validation() -> None:
