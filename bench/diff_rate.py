@@ -4,14 +4,16 @@
 
 A graph of `--artists` artists with three releases each (every 7th artist
 has an alias, every 11th two members), one watcher per artist. Cycle 1 (the
-baseline, untimed) stores the snapshots; then 10% of the artists get a new
-release and cycle 2 is diffed by the router's own code: `units.Pipeline`
+baseline, untimed) stores the snapshots; then, in each of ROUNDS rounds, 10%
+of the artists get a new release and the next cycle is diffed by the
+router's own code: `units.Pipeline`
 claiming units and `units.UnitRunner` running them (graph read, diff,
 snapshots, events and fan-out, one transaction per unit of
 `router_unit_size` artists; the next unit's graph read overlaps the current
 unit's transaction, as in `notifier router`). Ours: artists per second of
 wall time from the end of the 'releases' unit (not an artist figure) to the
-end of the last artist unit, claims included.
+end of the last artist unit, claims included. Each round measures ours, then
+the peer; each side's figure is its best round.
 
 The peer: the bare read of exactly what the diff needs from the graph (each
 artist's name, release ids, aliases and members) for the same ids in batches
@@ -44,6 +46,7 @@ from notifier.units import Pipeline, UnitRunner
 
 UNIT_SIZE = Settings.__dataclass_fields__["router_unit_size"].default
 SERVICE = "graphinator"
+ROUNDS = 3
 # The earlier peer (one record per artist, no aliases or members), in the notes.
 BARE_READ = (
     "UNWIND $ids AS id MATCH (a:Artist {id: id}) OPTIONAL MATCH (a)<-[:BY]-(r:Release) "
@@ -87,7 +90,7 @@ def _index(svc: services.GraphService, database: str) -> None:
             r.raise_for_status()
 
 
-def _artists(n: int, extra_every: int | None = None) -> GraphBuilder:
+def _artists(n: int) -> GraphBuilder:
     g = GraphBuilder()
     for a in range(1, n + 1):
         for k in range(3):
@@ -96,8 +99,14 @@ def _artists(n: int, extra_every: int | None = None) -> GraphBuilder:
             g.alias(str(a), str(a + 1))
         if a % 11 == 0:
             g.member(str(a - 1), str(a)).member(str(a - 2), str(a))
-        if extra_every and a % extra_every == 0:
-            g.release(f"{a}009", artists=[str(a)], labels=[str(a % 50)], genres=["Jazz"])
+    return g
+
+
+def _extra(n: int, r: int) -> GraphBuilder:
+    """Round `r`'s new release for every 10th artist (ids never clash with `_artists`')."""
+    g = GraphBuilder()
+    for a in range(10, n + 1, 10):
+        g.release(f"{a}09{r}", artists=[str(a)], labels=[str(a % 50)], genres=["Jazz"])
     return g
 
 
@@ -150,7 +159,7 @@ async def _bare(driver: AsyncDriver, database: str, n: int, cypher: str) -> floa
 
 
 async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
-    """The figure: artists diffed per second (cycle 2, 10% changed) vs the bare read."""
+    """The figure: artists diffed per second (10% changed per cycle) vs the bare read."""
     n = artists or ctx.sizes["diff_artists"]
     svc = ctx.graph()
     database = svc.new_database()
@@ -165,21 +174,31 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
             conn.execute("VACUUM ANALYZE notifier.watchlists")
         graph = Graph(driver, database)
         await _cycle(url, graph, "20260101")
-        await _artists(n, extra_every=10).write(driver, database)
-        seconds = await _cycle(url, graph, "20260201")
+        # Alternated rounds, best of each side: a load spike on the shared
+        # machine then hits neither figure alone. Each round, 10% of the
+        # artists get a new release and the next cycle diffs them.
+        ours_runs: list[float] = []
+        peer_runs: list[float] = []
+        earlier_runs: list[float] = []
+        for r in range(ROUNDS):
+            await _extra(n, r).write(driver, database)
+            version = f"2026{r + 2:02d}01"
+            ours_runs.append(n / await _cycle(url, graph, version))
+            peer_runs.append(await _bare(driver, database, n, ARTIST_STATES))
+            earlier_runs.append(await _bare(driver, database, n, BARE_READ))
+        best = f"2026{ours_runs.index(max(ours_runs)) + 2:02d}01"
         with psycopg.connect(url) as conn:
-            row = conn.execute(SPLIT, ("20260201",)).fetchone()
+            row = conn.execute(SPLIT, (best,)).fetchone()
         assert row is not None
         split = dict(zip(("events", "graph_ms", "fanout_ms", "unit_ms"), row, strict=True))
-        # Best of two passes for the peers (ours ran once, on a warm graph).
-        peer = max([await _bare(driver, database, n, ARTIST_STATES) for _ in range(2)])
-        earlier = max([await _bare(driver, database, n, BARE_READ) for _ in range(2)])
     finally:
         await driver.close()
         svc.drop_database(database)
-    ours = n / seconds
+    ours, peer, earlier = max(ours_runs), max(peer_runs), max(earlier_runs)
     notes: dict[str, Any] = {"artists": n, "unit_size": UNIT_SIZE, **split,
                              "graph_build_s": round(built(), 1), "graph": svc.origin,
+                             "rounds_ours": [round(x) for x in ours_runs],
+                             "rounds_peer": [round(x) for x in peer_runs],
                              "earlier_peer_per_s": round(earlier, 1),
                              "ratio_to_earlier_peer": round(ours / earlier, 2)}  # fmt: skip
     return Figure(
