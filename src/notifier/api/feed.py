@@ -106,15 +106,15 @@ RETURNING c.counted_upto
 """
 TRY_FEED_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
 # With the counter row locked and FEED_LOCK held: add the unread rows above
-# counted_upto, and move it to the feed's top id (notification_events primary
-# key, read backwards). Count: notification_events_user_unread_idx.
+# counted_upto, and move it to the last feed id handed out (`feed_top()`, the
+# identity sequence: every id up to it is committed or rolled back by now).
+# Count: notification_events_user_unread_idx; the counter: its primary key.
 FOLD = """
 UPDATE notifier.unread_counters c
 SET unread = c.unread + (
         SELECT count(*) FROM notifier.notification_events ne
         WHERE ne.user_id = c.user_id AND ne.id > c.counted_upto AND ne.read_at IS NULL),
-    counted_upto = greatest(c.counted_upto,
-        (SELECT coalesce(max(id), 0) FROM notifier.notification_events))
+    counted_upto = greatest(c.counted_upto, notifier.feed_top())
 WHERE c.user_id = %s
 """
 # Index: notification_events primary key.
