@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
-from notifier.channels.webhook import EndpointPools, classify
-from tests.delivery.receiver import receiver
+from notifier.channels.webhook import EndpointPools, WebhookOptions, WebhookSender, classify
+from notifier.poller import Job
+from tests.delivery.conftest import new_secret
+from tests.delivery.receiver import Plan, receiver
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -83,7 +86,7 @@ async def test_a_kept_alive_connection_is_reused_until_the_server_closes_it() ->
     assert len(served) == 2 and served[0] != served[1]
 
 
-async def test_tls_to_a_plain_server_is_a_connect_error() -> None:
+async def test_tls_to_a_plain_server_is_a_tls_error() -> None:
     async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(100)
         writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
@@ -95,7 +98,7 @@ async def test_tls_to_a_plain_server_is_a_connect_error() -> None:
         async with client(pools) as http:
             with pytest.raises(httpx.ConnectError) as caught:
                 await http.post(f"https://127.0.0.1:{port}/hook", content=b"{}")
-    assert classify(caught.value) == "connect_error"
+    assert classify(caught.value) == "tls_error"
 
 
 async def test_silence_is_a_read_timeout_and_a_refusal_a_connect_error() -> None:
@@ -129,30 +132,41 @@ async def test_a_reset_mid_answer_is_a_read_error() -> None:
     assert classify(caught.value) in {"protocol_error", "transport_error: ReadError"}
 
 
+def _job(url: str) -> Job:
+    return Job(
+        outbox_id=1, claim_token=uuid.uuid4(), user_id=uuid.uuid4(), channel="webhook",
+        attempts=1, webhook_id=uuid.uuid4(), event_id=uuid.uuid4(), event="new_releases",
+        entity_type="artist", entity_id="1", entity_name="A", detail_json="{}",
+        version="20260101", timestamp="2026-01-01T00:00:00Z", cancelled=False,
+        url=url, webhook_active=True, secrets=(new_secret(),), email=None,
+    )  # fmt: skip
+
+
 async def test_cookies_from_receivers_are_never_kept() -> None:
-    import uuid
-
-    from notifier.channels.webhook import WebhookOptions, WebhookSender
-    from notifier.poller import Job
-    from tests.delivery.conftest import new_secret
-    from tests.delivery.receiver import Plan
-
     def cookie(_: object) -> Plan:
         return Plan(200, headers={"Set-Cookie": f"s={uuid.uuid4()}; Path=/"})
 
     sender = WebhookSender(WebhookOptions(allow_private=True))
     with receiver(cookie) as r:
         for _ in range(3):
-            job = Job(
-                outbox_id=1, claim_token=uuid.uuid4(), user_id=uuid.uuid4(), channel="webhook",
-                attempts=1, webhook_id=uuid.uuid4(), event_id=uuid.uuid4(), event="new_releases",
-                entity_type="artist", entity_id="1", entity_name="A", detail_json="{}",
-                version="20260101", timestamp="2026-01-01T00:00:00Z", cancelled=False,
-                url=r.url, webhook_active=True, secrets=(new_secret(),), email=None,
-            )  # fmt: skip
-            sent = await sender.send(job)
+            sent = await sender.send(_job(r.url))
             assert sent.result.status_code == 200
         await sender.aclose()
     assert len(r.requests) == 3
     assert all("cookie" not in {k.lower() for k in q.headers} for q in r.requests)
     assert len(sender._client.cookies.jar) == 0
+
+
+async def test_a_row_waiting_for_a_global_slot_is_released_by_its_deadline() -> None:
+    options = WebhookOptions(allow_private=True, concurrency=1, per_endpoint=1, max_wait=0.3,
+                             total_timeout=3, read_timeout=3)  # fmt: skip
+    sender = WebhookSender(options)
+    with receiver(lambda _: Plan(hang=2)) as slow, receiver() as fast:
+        hanging = asyncio.create_task(sender.send(_job(slow.url)))
+        await asyncio.sleep(0.2)  # the hanging request holds the only global slot
+        waited = await sender.send(_job(fast.url))
+        assert waited.deferred and waited.result.retry_after == 1.0
+        assert (await hanging).result.status_code == 200
+        assert (await sender.send(_job(fast.url))).result.status_code == 200  # slots given back
+        await sender.aclose()
+    assert len(fast.requests) == 1

@@ -151,7 +151,7 @@ async def test_each_failure_gets_its_outcome_and_attempt_row(
         assert one[p][:2] == (None, "timeout") and one[p][3] >= TIMEOUT_S * 1000 * 0.9
     assert one["/reset"][0] is None
     assert one["/reset"][1] in ("transport_error: ReadError", "protocol_error")
-    assert one["tls"][:2] == (None, "connect_error")
+    assert one["tls"][:2] == (None, "tls_error")
     assert one["/huge"][0] == 200 and state["/huge"][0] == "delivered"
     assert 0 < len(one["/huge"][2]) <= EXCERPT_CHARS
     assert huge_sent < HUGE  # read up to the cap, then hung up: never the whole body

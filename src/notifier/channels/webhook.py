@@ -299,6 +299,15 @@ class WebhookOptions:
     max_queue: int = 128
 
 
+async def _enter(gate: Gate, deadline: float) -> None:
+    """Take a slot of `gate`, waiting at most until `deadline` (loop time)."""
+    if not gate.busy:  # the common case: no timer needed
+        await gate.enter()
+        return
+    async with asyncio.timeout_at(deadline):
+        await gate.enter()
+
+
 @functools.lru_cache(maxsize=65536)
 def origin(url: str) -> tuple[str, str]:
     """(scheme, endpoint key `scheme://host:port` lower-cased) of `url`; cached, it is hot."""
@@ -316,6 +325,18 @@ def parsed_url(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is somewhere in the chain of causes of `exc`."""
+    seen: BaseException | None = exc.__cause__ or exc.__context__
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def classify(exc: BaseException) -> str:
     """The error class recorded for an attempt that got no HTTP answer."""
     if isinstance(exc, BlockedAddress):
@@ -324,6 +345,8 @@ def classify(exc: BaseException) -> str:
         return f"dns_error: {exc}"
     if isinstance(exc, httpx.ConnectTimeout):
         return "connect_timeout"
+    if isinstance(exc, httpx.ConnectError) and _caused_by(exc, ssl.SSLError):
+        return "tls_error"
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return "timeout"
     if isinstance(exc, httpx.ConnectError):
@@ -390,26 +413,28 @@ class WebhookSender:
         if endpoint.slots.busy and endpoint.waiting >= endpoint.queue_limit(self.options.max_queue):
             return Sent(backoff.Result(retry_after=endpoint.drain_seconds()), now, 0, deferred=True)
         endpoint.users += 1
+        # One deadline for both waits, so a row never outwaits its lease.
+        deadline = asyncio.get_running_loop().time() + self.options.max_wait
         try:
             endpoint.waiting += 1
             try:
-                if endpoint.slots.busy:
-                    async with asyncio.timeout(self.options.max_wait):
-                        await endpoint.slots.enter()
-                else:  # the common case: no timer needed
-                    await endpoint.slots.enter()
+                await _enter(endpoint.slots, deadline)
             except TimeoutError:
                 return Sent(backoff.Result(retry_after=endpoint.drain_seconds()), now, 0,
                             deferred=True)  # fmt: skip
             finally:
                 endpoint.waiting -= 1
             try:
-                await self._global.enter()
-                try:
-                    return await self._post(job, url)
-                finally:
-                    self._global.leave()
+                await _enter(self._global, deadline)
+            except BaseException as exc:
+                endpoint.slots.leave()
+                if isinstance(exc, TimeoutError):  # the whole process is saturated
+                    return Sent(backoff.Result(retry_after=1.0), now, 0, deferred=True)
+                raise
+            try:
+                return await self._post(job, url)
             finally:
+                self._global.leave()
                 endpoint.answered(time.monotonic())
                 endpoint.slots.leave()
         finally:
