@@ -94,7 +94,11 @@ class Limits:
 
 
 def max_inflight(s: config.Settings) -> int:
-    """Rows one process holds at most: sending, queued for a slot, or awaiting completion."""
+    """Rows one process holds at most, sending or queued for a slot.
+
+    Outcomes waiting for their batched write (at most `COMPLETE_LINGER`) are
+    not counted: a kill -9 in that window re-sends them (same webhook-id).
+    """
     return max(2 * s.delivery_concurrency, 2 * s.delivery_batch)
 
 
