@@ -343,10 +343,22 @@ class Router:
             log.exception("could not release a failed unit (its lease expires anyway)")
 
     async def _keep_lease(self, unit_id: int, me: str) -> None:
+        """Renew a unit's lease until cancelled (the unit is over) or no longer ours.
+
+        A cancellation can be lost inside the database client (Python 3.11's
+        `asyncio.wait_for`, which psycopg_pool uses to wait for a connection,
+        drops it when the result arrives at the same moment); this was seen
+        after a PostgreSQL restart. A keeper still running renews the lease of
+        its failed unit for ever and the cycle never finishes, so the task's
+        pending cancellation is checked at every turn.
+        """
         assert self.pool is not None
         lease = self.settings.router_lease_seconds
-        while True:
+        task = asyncio.current_task()
+        while task is None or not task.cancelling():
             await asyncio.sleep(max(lease / 3, 0.2))
+            if task is not None and task.cancelling():
+                return
             try:
                 async with self.pool.connection() as conn:
                     if not await cycles.renew(conn, unit_id, me, lease):

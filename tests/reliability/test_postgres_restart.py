@@ -21,14 +21,17 @@ import contextlib
 import json
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 from neo4j import AsyncDriver
+from psycopg_pool import AsyncConnectionPool
 
-from notifier import services
+from notifier import config, services
 from notifier.graphbuilder import GraphBuilder
+from notifier.router import Router
 from tests.api.conftest import SERVICE_TOKEN, token
 from tests.conftest import env_for
 from tests.delivery.receiver import Plan, receiver
@@ -41,7 +44,6 @@ from tests.router.conftest import (
     q,
     signal_all,
     wait_until,
-    watch,
     write,
 )
 
@@ -53,6 +55,21 @@ USERS = 2  # each watches every artist and has a webhook
 STOP_AT_UNITS = 12  # stop PostgreSQL once this many v2 units are done
 SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # base64 of 24 bytes
 
+# Every artist watched by the user, created an hour ago (before any cycle of the test).
+ADD_WATCHES = """
+INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, entity_name, created_at)
+SELECT %s, 'artist', (1000 + g)::text, 'Artist ' || (1000 + g), now() - interval '1 hour'
+FROM generate_series(0, %s - 1) AS g
+"""
+# What each session of the database is doing (printed when the cycle does not finish).
+SESSIONS = """
+SELECT application_name, state, wait_event_type, wait_event, now() - xact_start, left(query, 120)
+FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+"""
+PENDING = """
+SELECT id, claimed_by, lease_until - now(), attempts, stats FROM notifier.diff_units
+WHERE status = 'pending' ORDER BY id
+"""
 ADD_WEBHOOK = "INSERT INTO notifier.webhook_configs (user_id, url, secret) VALUES (%s, %s, %s)"
 # Uses outbox's primary key only through a full scan: a few hundred rows.
 OUTBOX = """
@@ -145,8 +162,7 @@ async def test_postgres_restart_under_router_delivery_and_api(
     await write(graph_driver, graph_db, first)
     with receiver(lambda _: Plan(hang=0.02)) as hook:
         for u in users:
-            for i in range(ARTISTS):
-                watch(pg_url, u, "artist", str(1000 + i))
+            q(pg_url, ADD_WATCHES, u, ARTISTS)
             q(pg_url, ADD_WEBHOOK, u, f"{hook.url}/{u}", SECRET)
 
         env = env_for(
@@ -193,9 +209,15 @@ async def test_postgres_restart_under_router_delivery_and_api(
             await health.until(503)
             received_down = len(hook.requests)
             await asyncio.to_thread(services.pg_ctl, private_pg, "start")
+            ((restarted_at,),) = q(pg_url, "SELECT now()")
             await health.until(200)
 
-            stats = await cycle_done(pg_url, "v2", limit=180)
+            try:
+                stats = await cycle_done(pg_url, "v2", limit=180)
+            except AssertionError:
+                print("\nstuck; sessions:", *q(pg_url, SESSIONS), sep="\n")
+                print("pending units:", *q(pg_url, PENDING), sep="\n")
+                raise
             async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
                 markers = await _marker_seen(client, users[0], frames)
                 await wait_until(
@@ -224,6 +246,12 @@ async def test_postgres_restart_under_router_delivery_and_api(
         " n JOIN notifier.events e ON e.id = n.event_id WHERE e.version = 'v2'",
     )[0]
     outbox = q(pg_url, OUTBOX)
+    ((units_after, retried),) = q(
+        pg_url,
+        "SELECT count(*) FILTER (WHERE finished_at > %s), count(*) FILTER (WHERE attempts > 1)"
+        " FROM notifier.diff_units WHERE version = 'v2'",
+        restarted_at,
+    )
     expected_deliveries = {(f"/hook/{u}", e) for _, e, u in outbox}
     copies: collections.Counter[tuple[str, str]] = collections.Counter()
     mismatched = 0
@@ -236,7 +264,8 @@ async def test_postgres_restart_under_router_delivery_and_api(
     print(
         f"\npostgres restart: cycle v2 {units_before} of {ARTISTS // UNIT_SIZE} units done and "
         f"{received_before} deliveries received at the stop ({received_down} when all roles "
-        f"were 503); events {len(events(pg_url, 'v2'))}/{ARTISTS}, feed rows {feed_rows[0]}"
+        f"were 503), {units_after} units finished after the restart ({retried} claimed more "
+        f"than once); events {len(events(pg_url, 'v2'))}/{ARTISTS}, feed rows {feed_rows[0]}"
         f"/{USERS * ARTISTS}, outbox rows {len(outbox)} ({USERS * ARTISTS} from the cycle + "
         f"{markers} SSE markers); deliveries sent {len(expected_deliveries)}, received "
         f"{len(requests)} ({len(copies)} distinct), duplicated {duplicated}, lost {len(lost)}; "
@@ -244,6 +273,7 @@ async def test_postgres_restart_under_router_delivery_and_api(
         f"{health.transitions} over {health.polls} polls; cycle stats {stats}"
     )
     assert running == [("running",)], "the cycle was not mid-way when PostgreSQL stopped"
+    assert units_after > 0, "the cycle finished before PostgreSQL stopped"
     for role in ports:
         assert health.went_down_and_up(role), (role, health.transitions[role])
     assert events(pg_url, "v2") == expected_events
@@ -258,3 +288,55 @@ async def test_postgres_restart_under_router_delivery_and_api(
     assert q(pg_url, "SELECT count(*) FROM notifier.events WHERE fanned_out_at IS NULL") == [(0,)]
     for p in role_procs:
         assert p.poll() is None, "a role exited: it should have survived the restart"
+
+
+class _LosesOneCancellation(AsyncConnectionPool):
+    """A real pool whose first wait for a connection swallows a cancellation.
+
+    As Python 3.11's `asyncio.wait_for` (used by psycopg_pool) does when the
+    connection arrives just as the task is cancelled: seen as PostgreSQL
+    comes back after a restart.
+    """
+
+    lost = 0
+    waiting = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:  # noqa: ASYNC109
+        if not self.lost:
+            self.waiting.set()
+            try:
+                await asyncio.sleep(5)  # cancelled here by the test
+            except asyncio.CancelledError:
+                self.lost += 1
+        async with super().connection(timeout) as conn:
+            yield conn
+
+
+async def test_lease_keeper_stops_even_when_its_cancellation_is_lost(
+    router_env: dict[str, str], pg_url: str
+) -> None:
+    settings = config.load(dict(router_env, NOTIFIER_ROUTER_LEASE_SECONDS="1"), "router")
+    q(pg_url, "INSERT INTO notifier.cycles (version, required_services, status)"
+              " VALUES ('vk', '{}', 'running')")  # fmt: skip
+    ((unit,),) = q(
+        pg_url,
+        "INSERT INTO notifier.diff_units (version, entity_type, seq, entity_ids, claimed_by,"
+        " lease_until) VALUES ('vk', 'artist', 1, '{1}', 'me', now() + interval '1 second')"
+        " RETURNING id",
+    )
+    router = Router(settings)
+    pool = _LosesOneCancellation(pg_url, min_size=1, max_size=2, open=False,
+                                 kwargs={"autocommit": True})  # fmt: skip
+    await pool.open(wait=True)
+    router.pool = pool
+    try:
+        pool.waiting = asyncio.Event()
+        keeper = asyncio.create_task(router._keep_lease(unit, "me"))
+        await asyncio.wait_for(pool.waiting.wait(), 30)
+        keeper.cancel()
+        await wait_until(keeper.done, 10, "the keeper to stop after its cancellation")
+    finally:
+        await pool.close()
+    print(f"\nlease keeper: cancellations lost {pool.lost}, stopped {keeper.done()}")
+    assert pool.lost == 1
