@@ -8,7 +8,8 @@ beside 100 other users' rows; with `--total-rows` (the `feed_total_rows` size,
 real table up to that many. Sequential keep-alive requests on loopback
 measure p50/p99 of: the first feed page, the first unread page, a deep page
 (by cursor), and unread-count; and, as the peer, a bare Starlette JSON
-endpoint under the same uvicorn on the same machine. Prints one table.
+endpoint under the same uvicorn on the same machine. The five kinds of
+request are interleaved one by one, so the machine's load hits all alike. Prints one table.
 """
 
 from __future__ import annotations
@@ -144,14 +145,23 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server did not start")
 
 
-def _measure(client: httpx.Client, path: str, n: int, headers: dict[str, str]) -> list[float]:
-    for _ in range(min(200, n)):  # warm-up: connections, plans, caches
-        client.get(path, headers=headers).raise_for_status()
-    samples = []
+def _measure(
+    targets: dict[str, tuple[httpx.Client, str, dict[str, str]]], n: int
+) -> dict[str, list[float]]:
+    """`n` timed requests of each target, interleaved one by one.
+
+    Round-robin over the targets (the peer included), so a load spike on the
+    shared machine lands on every figure alike instead of on whichever ran then.
+    """
+    for client, path, headers in targets.values():
+        for _ in range(min(200, n)):  # warm-up: connections, plans, caches
+            client.get(path, headers=headers).raise_for_status()
+    samples: dict[str, list[float]] = {label: [] for label in targets}
     for _ in range(n):
-        start = time.perf_counter()
-        client.get(path, headers=headers).raise_for_status()
-        samples.append((time.perf_counter() - start) * 1000)
+        for label, (client, path, headers) in targets.items():
+            start = time.perf_counter()
+            client.get(path, headers=headers).raise_for_status()
+            samples[label].append((time.perf_counter() - start) * 1000)
     return samples
 
 
@@ -227,28 +237,29 @@ def measure(
         exp = datetime.now(UTC) + timedelta(hours=1)
         token = jwt.encode({"sub": str(user), "exp": exp}, JWT_KEY, algorithm="HS256")
         h = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=api, timeout=600) as client:
+        with (
+            httpx.Client(base_url=api, timeout=600) as client,
+            httpx.Client(base_url=bare, timeout=30) as peer,
+        ):
             cursor = None
             for _ in range(min(50, rows // 20 - 1)):
                 page = client.get("/api/notifications", params={"cursor": cursor} if cursor
                                   else {}, headers=h).json()  # fmt: skip
                 cursor = page["next_cursor"]
-            results = {
-                FIRST_PAGE: _measure(client, "/api/notifications", requests, h),
-                "feed unread first page": _measure(
-                    client, "/api/notifications?unread=true", requests, h
-                ),
-                "feed deep page (cursor)": _measure(
-                    client, f"/api/notifications?cursor={cursor}", requests, h
-                ),
-                UNREAD_COUNT: _measure(client, "/api/notifications/unread-count", requests, h),
-            }
+            results = _measure(
+                {
+                    FIRST_PAGE: (client, "/api/notifications", h),
+                    "feed unread first page": (client, "/api/notifications?unread=true", h),
+                    "feed deep page (cursor)": (client, f"/api/notifications?cursor={cursor}", h),
+                    UNREAD_COUNT: (client, "/api/notifications/unread-count", h),
+                    PEER: (peer, "/count", {}),
+                },
+                requests,
+            )
             started = time.perf_counter()
             marked = client.post("/api/notifications/read-all", headers=h).json()["marked"]
             read_all_s = time.perf_counter() - started
         api_rss = peak_rss_mb(procs[0].pid)
-        with httpx.Client(base_url=bare, timeout=30) as client:
-            results[PEER] = _measure(client, "/count", requests, {})
     finally:
         for proc in procs:
             proc.terminate()
