@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from typing import Any
@@ -53,9 +54,12 @@ BARE_READ = (
     "RETURN a.id AS id, a.name AS name, collect(r.id) AS releases"
 )
 # Where cycle 2's artist units spent their time (the runner's own per-unit stats).
+SPLIT_KEYS = ("events", "graph_ms", "load_ms", "diff_ms", "save_ms", "fanout_ms", "unit_ms")
 SPLIT = """
 SELECT coalesce(sum((stats->>'events')::int), 0), coalesce(sum((stats->>'graph_ms')::int), 0),
-       coalesce(sum((stats->>'fanout_ms')::int), 0), coalesce(sum((stats->>'unit_ms')::int), 0)
+       coalesce(sum((stats->>'load_ms')::int), 0), coalesce(sum((stats->>'diff_ms')::int), 0),
+       coalesce(sum((stats->>'save_ms')::int), 0), coalesce(sum((stats->>'fanout_ms')::int), 0),
+       coalesce(sum((stats->>'unit_ms')::int), 0)
 FROM notifier.diff_units WHERE version = %s AND entity_type = 'artist'
 """
 WATCHERS = """
@@ -190,7 +194,7 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
         with psycopg.connect(url) as conn:
             row = conn.execute(SPLIT, (best,)).fetchone()
         assert row is not None
-        split = dict(zip(("events", "graph_ms", "fanout_ms", "unit_ms"), row, strict=True))
+        split = dict(zip(SPLIT_KEYS, row, strict=True))
     finally:
         await driver.close()
         svc.drop_database(database)
@@ -225,6 +229,7 @@ def main() -> int:
         ctx = Context("custom", {"diff_artists": args.artists}, pg, stack)
         fig = asyncio.run(diff_rate(ctx, args.artists))
     print(table([fig]))
+    print(json.dumps(fig.notes))
     return 0
 
 

@@ -94,13 +94,14 @@ class Graph:
     async def artists(self, ids: Sequence[str]) -> dict[str, ArtistState]:
         """The artists among `ids` that exist, with releases, aliases and members."""
         out: dict[str, ArtistState] = {}
+        # Most artists have neither aliases nor members: no list is built for them.
         for key, name, releases, aliases, members in await self._one(ARTIST_STATES, ids=list(ids)):
             if isinstance(key, str):
                 out[key] = ArtistState(
                     name,
                     releases or [],
-                    [(o, n) for o, n in aliases or [] if o != key],
-                    [(o, n) for o, n in members or []],
+                    [(o, n) for o, n in aliases if o != key] if aliases else [],
+                    [(o, n) for o, n in members] if members else [],
                 )
         return out
 

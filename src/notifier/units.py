@@ -29,17 +29,30 @@ from notifier.graph import Graph, ReleaseInfo
 
 log = logging.getLogger(__name__)
 
-# entity_snapshots primary key (entity_type, entity_id). No row locks: the
-# unit's row lock (cycles.LOCK_UNIT, taken first in the same transaction)
-# already serialises every write of these rows. An entity is in one unit per
-# cycle, a unit is written only by the router that holds its row lock and
-# its claim (a concurrent lease-expired run waits on that lock, then finds
-# the unit done or not its own), and a cycle's units are claimable only once
-# the previous cycle is done. Locking 500 rows here cost a WAL record each.
+# entity_snapshots primary key (entity_type, entity_id), probed once per id of
+# the unit (a nested loop over the unnested ids; `entity_id = ANY(...)` was
+# planned as a scan of the type's rows, each checked against the whole array).
+# No row locks: the unit's row lock (cycles.LOCK_UNIT, taken first in the same
+# transaction) already serialises every write of these rows. An entity is in
+# one unit per cycle, a unit is written only by the router that holds its row
+# lock and its claim (a concurrent lease-expired run waits on that lock, then
+# finds the unit done or not its own), and a cycle's units are claimable only
+# once the previous cycle is done. Locking 500 rows here cost a WAL record each.
 LOAD_SNAPSHOTS = """
-SELECT entity_id, entity_name, version, release_ids, alias_ids, member_ids, release_count
-FROM notifier.entity_snapshots
-WHERE entity_type = %(type)s AND entity_id = ANY(%(ids)b)
+SELECT s.entity_id, s.entity_name, s.version, s.release_ids, s.alias_ids, s.member_ids,
+       s.release_count
+FROM unnest(%(ids)s::text[]) AS x (id)
+JOIN notifier.entity_snapshots s ON s.entity_type = %(type)s AND s.entity_id = x.id
+"""
+# The same for a claimed unit, its ids taken from its row (diff_units primary
+# key) rather than sent again as a 500-element parameter.
+LOAD_UNIT_SNAPSHOTS = """
+SELECT s.entity_id, s.entity_name, s.version, s.release_ids, s.alias_ids, s.member_ids,
+       s.release_count
+FROM notifier.diff_units u
+CROSS JOIN LATERAL unnest(u.entity_ids) AS x (id)
+JOIN notifier.entity_snapshots s ON s.entity_type = u.entity_type AND s.entity_id = x.id
+WHERE u.id = %(unit)s
 """
 # entity_snapshots primary key: insert or replace the states of a unit's
 # entities in one statement. The rows travel as one JSON array (ids are
@@ -58,11 +71,16 @@ ON CONFLICT (entity_type, entity_id) DO UPDATE SET
     member_ids = excluded.member_ids, release_count = excluded.release_count,
     updated_at = now()
 """
-# entity_snapshots primary key: an unchanged entity's snapshot (most of them)
-# only gets this cycle's stamp; cheaper than rewriting it through the upsert.
+# entity_snapshots primary key, probed per id of the unit (diff_units primary
+# key), as LOAD_UNIT_SNAPSHOTS: an unchanged entity's snapshot (most of them)
+# only gets this cycle's stamp, cheaper than rewriting it through the upsert.
+# `skip` (few) lists the unit's entities that must not be stamped (rewritten,
+# or left as they are).
 STAMP_SNAPSHOTS = """
-UPDATE notifier.entity_snapshots SET version = %(version)s, updated_at = now()
-WHERE entity_type = %(type)s AND entity_id = ANY(%(ids)b)
+UPDATE notifier.entity_snapshots s SET version = %(version)s, updated_at = now()
+FROM notifier.diff_units u, unnest(u.entity_ids) AS x (id)
+WHERE u.id = %(unit)s AND s.entity_type = u.entity_type AND s.entity_id = x.id
+  AND s.version <> %(version)s AND x.id <> ALL(%(skip)s::text[])
 """
 # events_dedup_key makes a re-run insert nothing.
 INSERT_EVENTS = """
@@ -263,16 +281,7 @@ class UnitRunner:
         ids = unit.entity_ids
         if unit.entity_type == "artist":
             artists: dict[str, diff.ArtistState] = reading.data
-            return await self._commit(
-                unit,
-                reading,
-                lambda s: [
-                    diff.diff_artist(
-                        unit.version, unit.previous_version, i, artists.get(i), s.get(i)
-                    )
-                    for i in ids
-                ],
-            )
+            return await self._commit(unit, reading, lambda s: diff_artists(unit, ids, artists, s))
         if unit.entity_type == "label":
             labels: dict[str, diff.LabelState] = reading.data
             return await self._commit(
@@ -315,12 +324,11 @@ class UnitRunner:
             # One round trip: the unit's row lock and its snapshots (pipeline mode).
             async with conn.pipeline():
                 locked = await conn.execute(cycles.LOCK_UNIT, {"id": unit.id})
-                loaded = await conn.execute(
-                    LOAD_SNAPSHOTS, {"type": unit.entity_type, "ids": unit.entity_ids}, binary=True
-                )
+                loaded = await conn.execute(LOAD_UNIT_SNAPSHOTS, {"unit": unit.id}, binary=True)
             if not _owned(await locked.fetchone(), self.me):
                 return None
             snapshots = snapshots_of(await loaded.fetchall())
+            loaded_at = time.monotonic()
             extra = await conn_work(conn) if conn_work is not None else None
             results: list[diff.DiffResult] = (
                 compute(snapshots) if extra is None else compute(snapshots, extra)
@@ -333,11 +341,13 @@ class UnitRunner:
                     counters.add("already_diffed")  # not expected: the unit lock guards it
                     continue
                 events.extend(result.events)
+            diffed_at = time.monotonic()
             # One round trip: the snapshots and the events.
             async with conn.pipeline():
                 await save_snapshots(
-                    conn, unit.entity_type, unit.entity_ids, results, snapshots, unit.version
-                )
+                    conn, unit.id, unit.entity_type, unit.entity_ids, results, snapshots,
+                    unit.version,
+                )  # fmt: skip
                 inserted = await start_insert_events(conn, unit.version, events)
             event_ids = [] if inserted is None else [r[0] for r in await inserted.fetchall()]
             fanout_start = time.monotonic()
@@ -354,6 +364,9 @@ class UnitRunner:
                 # whole unit (graph read + transaction; a pipelined read
                 # overlaps the previous unit's transaction).
                 graph_ms=round(reading.seconds * 1000),
+                load_ms=round((loaded_at - started) * 1000),
+                diff_ms=round((diffed_at - loaded_at) * 1000),
+                save_ms=round((fanout_start - diffed_at) * 1000),
                 fanout_ms=round((time.monotonic() - fanout_start) * 1000),
                 unit_ms=round((reading.seconds + time.monotonic() - started) * 1000),
             )
@@ -489,6 +502,29 @@ class UnitRunner:
         return stats
 
 
+def diff_artists(
+    unit: cycles.Unit,
+    ids: Sequence[str],
+    artists: dict[str, diff.ArtistState],
+    snapshots: dict[str, diff.Snapshot],
+) -> list[diff.DiffResult]:
+    """`diff.diff_artist` of each of `ids`; `diff.UNCHANGED` for an artist found as recorded."""
+    out: list[diff.DiffResult] = []
+    previous = unit.previous_version
+    for i in ids:
+        state, old = artists.get(i), snapshots.get(i)
+        if (
+            state is not None
+            and old is not None
+            and old.version == previous  # not a baseline, not already diffed
+            and diff.artist_unchanged(state, old)
+        ):
+            out.append(diff.UNCHANGED)
+        else:
+            out.append(diff.diff_artist(unit.version, previous, i, state, old))
+    return out
+
+
 async def load_snapshots(
     conn: AsyncConnection[Any], entity_type: str, ids: Sequence[str]
 ) -> dict[str, diff.Snapshot]:
@@ -514,32 +550,42 @@ def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
 
 async def save_snapshots(
     conn: AsyncConnection[Any],
+    unit_id: int,
     entity_type: str,
     ids: Sequence[str],
     results: Sequence[diff.DiffResult],
     old: dict[str, diff.Snapshot],
     version: str,
 ) -> None:
-    """Write the new snapshots of a unit (skipping those already at `version`).
+    """Write the new snapshots of unit `unit_id` (`ids`, skipping those already at `version`).
 
     Two statements at most: a stamp of the unchanged ones, an upsert of the rest.
     """
-    stamp: list[str] = []
+    stamp = 0
+    skip: list[str] = []  # with a snapshot, not stamped
     rows: list[tuple[str, diff.Snapshot]] = []
     for i, r in zip(ids, results, strict=True):
-        if (new := r.snapshot) is None:
+        if r is diff.UNCHANGED:
+            stamp += 1
             continue
         before = old.get(i)
+        if (new := r.snapshot) is None:
+            if before is not None:
+                skip.append(i)
+            continue
         if before is None:
             rows.append((i, new))
         elif before.version == version:
             continue  # already written by this cycle (see "already_diffed")
         elif unchanged(before, new):
-            stamp.append(i)
+            stamp += 1
         else:
+            skip.append(i)
             rows.append((i, new))
     if stamp:
-        await conn.execute(STAMP_SNAPSHOTS, {"version": version, "type": entity_type, "ids": stamp})
+        await conn.execute(
+            STAMP_SNAPSHOTS, {"version": version, "unit": unit_id, "skip": skip}, binary=True
+        )
     if rows:
         await conn.execute(UPSERT_SNAPSHOTS, snapshot_params(entity_type, rows))
 

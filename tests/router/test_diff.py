@@ -69,6 +69,35 @@ def test_artist_baseline_then_changes_then_stale_snapshot() -> None:
     assert stale.events == [] and stale.counters.values == {"baseline": 1}
 
 
+@pytest.mark.parametrize(
+    ("state", "same"),
+    [
+        (diff.ArtistState("A", ["2", "1"], [], []), True),  # graph order does not matter
+        (diff.ArtistState("A", ["1", "2", "3"], [], []), False),  # a new release
+        (diff.ArtistState("A", ["1"], [], []), False),  # one gone: the snapshot is rewritten
+        (diff.ArtistState("B", ["1", "2"], [], []), False),
+        (diff.ArtistState(None, ["1", "2"], [], []), False),  # counted as missing_name
+        (diff.ArtistState(7, ["1", "2"], [], []), False),
+        (diff.ArtistState("A", ["1", "2", "2"], [], []), False),  # duplicate
+        (diff.ArtistState("A", ["1", "02"], [], []), False),  # counted as non-numeric
+        (diff.ArtistState("A", ["1", 2], [], []), False),
+        (diff.ArtistState("A", ["1", "2"], [("9", "Al")], []), False),
+        (diff.ArtistState("A", ["1", "2"], [], [("8", None)]), False),
+        (diff.ArtistState("A" * 600, ["1", "2"], [], []), False),  # clipped
+    ],
+)
+def test_artist_unchanged_is_the_diff_finding_nothing(state: diff.ArtistState, same: bool) -> None:
+    """The fast path answers True only when the full diff has nothing to say."""
+    snap = diff.Snapshot("v1", "A", [1, 2], [], [], 2)
+    assert diff.artist_unchanged(state, snap) is same
+    full = diff.diff_artist("v2", "v1", "1", state, snap)
+    if same:
+        assert full.events == [] and full.counters.values == {}
+        assert full.snapshot == diff.Snapshot("v2", "A", [1, 2], [], [], 2)
+    # A snapshot without alias/member sets (NULL) is rewritten, never only stamped.
+    assert not diff.artist_unchanged(state, diff.Snapshot("v1", "A", [1, 2], None, [], 2))
+
+
 def test_removed_items_are_not_events() -> None:
     snap = diff.Snapshot("v1", "A", [1, 2], [5], [6], 2)
     result = diff.diff_artist("v2", "v1", "1", _artist(["1"]), snap)
