@@ -359,6 +359,7 @@ def main() -> int:
             print(f"{args.replicas} delivery processes together: {rate:,.0f} deliveries/s, "
                   f"{cpu:.2f} ms CPU per delivery")  # fmt: skip
     print(table(figs))
+    print(f"\n{figs[0].name}: {figs[0].notes}")
     print(
         f"\nclaim+complete with a null transport, {args.rows} rows, batches of 200: "
         f"lease {lease:,.0f} rows/s, held lock {held:,.0f} rows/s ({lease / held:.2f}x)"

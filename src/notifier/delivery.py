@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import prometheus_client
 import psycopg
 import uvicorn
@@ -67,6 +69,21 @@ RELEASE_DELAY = timedelta(seconds=1)
 COMPLETE_BATCH = 500
 COMPLETE_LINGER = 0.05  # seconds an outcome may wait for others to share its transaction
 FANOUT_EVERY = 1.0
+# Shortest wait for the next due row: rows falling due a few milliseconds
+# apart are claimed together, not one claim (and one probe) each.
+MIN_DUE_WAIT = 0.02
+
+
+@functools.lru_cache(maxsize=64)
+def _attempts(channel: str, outcome: str) -> Any:
+    """The labelled child of ATTEMPTS (a `labels()` call per row costs a lock and a lookup)."""
+    return ATTEMPTS.labels(channel, outcome)
+
+
+@functools.lru_cache(maxsize=16)
+def _send_seconds(channel: str) -> Any:
+    """The labelled child of SEND_SECONDS."""
+    return SEND_SECONDS.labels(channel)
 
 
 @dataclass
@@ -165,7 +182,11 @@ class Delivery:
     def __post_init__(self) -> None:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._deferred = 0
+        # Set when rows in flight drop to `_wake_at` (or on stop): the poller
+        # waits on it without being woken by every single finished row.
         self._room = asyncio.Event()
+        self._wake_at = -1
+        self._stop = asyncio.Event()
         self._done: asyncio.Queue[poller.Completion] = asyncio.Queue()
         self.healthy = True
 
@@ -178,9 +199,12 @@ class Delivery:
         """Deliver until `stop` is set, then drain."""
         completer = asyncio.create_task(self._complete_loop(), name="completer")
         scheduler = asyncio.create_task(self._schedule_loop(stop), name="scheduler")
+        self._stop = stop
+        stopper = asyncio.create_task(_set_when(stop, self._room), name="stopper")
         try:
             await self._poll_loop(stop)
         finally:
+            stopper.cancel()
             scheduler.cancel()
             await self._drain()
             await self._done.put(_STOP)
@@ -189,27 +213,31 @@ class Delivery:
                 await scheduler
 
     async def _poll_loop(self, stop: asyncio.Event) -> None:
+        limits = self.limits
+        # Claim in sizeable batches: a claim per freed slot would cost a
+        # round trip per row.
+        least = max(min(limits.batch, limits.max_inflight) // 2, 1)
         while not stop.is_set():
-            room = self.limits.max_inflight - len(self._inflight)
-            # Claim in sizeable batches: a claim per freed slot would cost a
-            # round trip per row.
-            if room < min(self.limits.batch, self.limits.max_inflight) // 2 or room <= 0:
-                self._room.clear()
-                await _wait_any(stop, self._room, seconds=self.limits.poll_seconds)
+            room = limits.max_inflight - len(self._inflight)
+            if room < least:
+                await self._wait_for_room(limits.max_inflight - least, limits.poll_seconds)
                 continue
-            limit = min(self.limits.batch, room)
+            limit = min(limits.batch, room)
+            next_due: float | None = None
             try:
                 async with self.pool.connection() as conn:
                     jobs = await poller.claim(
-                        conn, limit=limit, lease_seconds=self.limits.lease_seconds,
+                        conn, limit=limit, lease_seconds=limits.lease_seconds,
                         replica=self.replica,
                     )  # fmt: skip
+                    if len(jobs) < limit:
+                        next_due = await poller.seconds_to_next_due(conn)
                 self.healthy = True
             except (psycopg.Error, OSError) as exc:
                 DB_ERRORS.labels("claim").inc()
                 self.healthy = False
                 log.warning("claim failed", extra={"error": str(exc)})
-                await _wait_any(stop, seconds=max(self.limits.poll_seconds, 1.0))
+                await self._wait_for_room(-1, max(limits.poll_seconds, 1.0))
                 continue
             CLAIMED.inc(len(jobs))
             deferred_before = self._deferred
@@ -218,11 +246,34 @@ class Delivery:
                 self._inflight[job.outbox_id] = task
             INFLIGHT.set(len(self._inflight))
             await asyncio.sleep(0)  # let the new tasks reach their endpoint queues
-            # Mostly released unsent (one saturated endpoint heads the due
-            # queue): pause instead of claiming the same rows round and round.
-            saturated = self._deferred - deferred_before > len(jobs) // 2
-            if len(jobs) < limit or saturated:
-                await _wait_any(stop, seconds=self.limits.poll_seconds)
+            if self._deferred - deferred_before > len(jobs) // 2:
+                # Mostly released unsent (a saturated endpoint heads the due
+                # queue): pause instead of claiming the same rows round and
+                # round, until half the rows in flight are done (a fast
+                # endpoint soon; a hanging one holds its rows: poll_seconds).
+                await self._wait_for_room(len(self._inflight) // 2, limits.poll_seconds)
+            elif len(jobs) < limit:
+                # Caught up: sleep until the next row falls due (a scheduled
+                # retry, or a burst made to start at one instant), at most
+                # poll_seconds. Rows of an expired lease wait for that poll.
+                wait = limits.poll_seconds
+                if next_due is not None:
+                    wait = min(wait, max(next_due, MIN_DUE_WAIT))
+                await self._wait_for_room(-1, wait)
+
+    async def _wait_for_room(self, inflight: int, seconds: float) -> None:
+        """Wait until rows in flight drop to `inflight`, stop is set, or `seconds` pass."""
+        if len(self._inflight) <= inflight or self._stop.is_set():
+            return
+        self._wake_at = inflight
+        self._room.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._room.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._wake_at = -1
 
     async def _handle(self, job: poller.Job) -> None:
         result: poller.Completion | None = None
@@ -239,7 +290,7 @@ class Delivery:
                 else:
                     sent = await channel.send(job)
                     if not sent.deferred:
-                        SEND_SECONDS.labels(job.channel).observe(sent.duration_ms / 1000)
+                        _send_seconds(job.channel).observe(sent.duration_ms / 1000)
                     result = completion(job, sent, datetime.now(UTC), self.limits.schedule)
         except asyncio.CancelledError:
             # Draining: give the row back unsent, due again at once.
@@ -255,11 +306,13 @@ class Delivery:
             if result is not None:
                 outcome = _outcome(result)
                 self._deferred += outcome == "deferred"
-                ATTEMPTS.labels(job.channel, outcome).inc()
+                _attempts(job.channel, outcome).inc()
                 self._done.put_nowait(result)
-            self._inflight.pop(job.outbox_id, None)
-            INFLIGHT.set(len(self._inflight))
-            self._room.set()
+            inflight = self._inflight
+            inflight.pop(job.outbox_id, None)
+            INFLIGHT.set(len(inflight))
+            if len(inflight) <= self._wake_at:
+                self._room.set()
 
     async def _complete_loop(self) -> None:
         stopping = False
@@ -270,10 +323,13 @@ class Delivery:
                 stopping = True
             else:
                 batch.append(first)
-            # Linger briefly so that one transaction carries many outcomes.
+            # Linger briefly so that one transaction carries many outcomes
+            # (not when nothing is in flight: no more are coming).
             deadline = asyncio.get_running_loop().time() + COMPLETE_LINGER
             while len(batch) < COMPLETE_BATCH and not stopping:
                 if self._done.empty():
+                    if not self._inflight:
+                        break
                     left = deadline - asyncio.get_running_loop().time()
                     if left <= 0:
                         break
@@ -330,6 +386,12 @@ class Delivery:
 
 
 _STOP: Any = object()
+
+
+async def _set_when(stop: asyncio.Event, event: asyncio.Event) -> None:
+    """Set `event` once `stop` is set (wakes a poller waiting for room)."""
+    await stop.wait()
+    event.set()
 
 
 async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
@@ -397,6 +459,10 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
     to the process's API server; the metrics share the default registry.
     """
     channels = channels_for(settings)
+    # httpcore's first request imports anyio's asyncio backend (compiling it
+    # when no bytecode is cached): a tenth of a second that would otherwise
+    # delay the first rows due.
+    anyio.Lock()
     pool = db.pool(settings.postgres_conninfo, min_size=2, max_size=6)
     await pool.open()
     delivery = Delivery(pool, channels, settings.replica, Limits.from_settings(settings))

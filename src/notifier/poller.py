@@ -146,6 +146,14 @@ WITH r AS MATERIALIZED (
 SELECT 1
 """
 
+# When the next pending row falls due, in seconds from now (None: no row is
+# due later). One probe of outbox_due_idx (next_attempt_at) WHERE status =
+# 'pending', from now on: the first future entry.
+NEXT_DUE_SQL = """
+SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())::float8
+FROM notifier.outbox WHERE status = 'pending' AND next_attempt_at > now()
+"""
+
 # By primary key.
 DISABLE_WEBHOOKS_SQL = """
 UPDATE notifier.webhook_configs w
@@ -243,6 +251,14 @@ async def claim(
                 r[12], r[13], r[14], r[15], secrets if r[16] is not None else (), r[18])
         )  # fmt: skip
     return jobs
+
+
+async def seconds_to_next_due(conn: AsyncConnection[Any]) -> float | None:
+    """Seconds until the next pending row falls due (None when none is due later)."""
+    async with _atomic(conn):
+        cur = await conn.execute(NEXT_DUE_SQL)
+        row = await cur.fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 class _Row(msgspec.Struct, omit_defaults=True):

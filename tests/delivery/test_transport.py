@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
+from notifier.channels import asyncio_net
 from notifier.channels.webhook import EndpointPools, WebhookOptions, WebhookSender, classify
 from notifier.poller import Job
 from tests.delivery.conftest import new_secret
@@ -170,3 +171,34 @@ async def test_a_row_waiting_for_a_global_slot_is_released_by_its_deadline() -> 
         assert (await sender.send(_job(fast.url))).result.status_code == 200  # slots given back
         await sender.aclose()
     assert len(fast.requests) == 1
+
+
+async def test_writes_are_gathered_until_the_read_and_a_big_body_goes_out_in_full() -> None:
+    received: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(1 << 20):
+            received.append(chunk)
+            if chunk.endswith(b"end"):
+                writer.write(b"ok")
+                await writer.drain()
+
+    async with raw_server(record) as port:
+        stream = await asyncio_net.connect_tcp("127.0.0.1", port, timeout=5)
+        await stream.write(b"head\r\n\r\n", timeout=5)
+        await stream.write(b"body-end", timeout=5)
+        await asyncio.sleep(0.2)
+        assert received == []  # nothing sent before the answer is read
+        assert await stream.read(100, timeout=5) == b"ok"
+        assert received == [b"head\r\n\r\nbody-end"]  # one send
+        big = b"x" * (3 << 20)  # beyond the gathering limit: written as it goes
+        await stream.write(big + b"end", timeout=5)
+        assert await stream.read(100, timeout=5) == b"ok"
+        assert sum(map(len, received[1:])) == len(big) + 3
+        await stream.aclose()
+        assert stream.get_extra_info("is_readable")  # closed: never reused
+    pools = EndpointPools(allow_private=True, per_endpoint=1, max_pools=8)
+    with receiver() as r:
+        async with client(pools) as http:
+            assert (await http.post(r.url, content=big)).status_code == 200
+    assert r.requests[0].body == big

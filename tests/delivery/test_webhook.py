@@ -246,6 +246,24 @@ async def test_cancelled_and_future_rows_are_not_sent(pg_url: str, conn: Conn) -
     assert n == (0,)
 
 
+async def test_a_row_due_soon_is_sent_when_due_not_at_the_next_poll(
+    pg_url: str, conn: Conn
+) -> None:
+    with receiver() as r:
+        hook, user, _ = await add_webhook(conn, r.url)
+        soon = await add_outbox(conn, user, await add_event(conn), hook, delay_s=1.5)
+        # A poll every 10 minutes: only waking for the due row delivers it in time.
+        async with running(pg_url, poll_seconds=600):
+            await wait_until(lambda: _is(pg_url, soon, "delivered"), "the row due soon", limit=60)
+            (early,) = await rows(
+                pg_url, "SELECT count(*) FROM notifier.delivery_attempts WHERE outbox_id = %s"
+                " AND attempted_at < (SELECT next_attempt_at FROM notifier.outbox WHERE id = %s)",
+                soon, soon,
+            )  # fmt: skip
+    assert len(r.requests) == 1
+    assert early == (0,)  # not before it fell due
+
+
 async def test_ssrf_blocks_loopback_at_delivery_time(pg_url: str, conn: Conn) -> None:
     with receiver() as r:
         by_name, *_ = await add_delivery(conn, f"https://localhost:{r.port}/hook")

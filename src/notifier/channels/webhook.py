@@ -136,9 +136,12 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         limits: httpx.Limits,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(limits=limits, trust_env=False)
+        ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        # verify=ssl_context: httpx would otherwise build (and load CA
+        # certificates into) a context of its own for every new endpoint.
+        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -362,6 +365,36 @@ def classify(exc: BaseException) -> str:
     return f"error: {type(exc).__name__}"
 
 
+class _CookielessClient(httpx.AsyncClient):
+    """An `httpx.AsyncClient` that never stores a receiver's cookies.
+
+    httpx hands every response to the cookie jar (building urllib request and
+    response shims each time) even when the jar's policy refuses them all;
+    here the client's cookies are a `Cookies` that ignores responses.
+    """
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """The client's cookies: always none."""
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        pass  # httpx's constructor sets them; there are none to keep
+
+
+class _NoCookies(httpx.Cookies):
+    """Cookies that a response never adds to."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Ignore the response's Set-Cookie headers."""
+
+
+_NO_COOKIES = _NoCookies(
+    http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+)
+
+
 @dataclass
 class WebhookSender:
     """Sends signed webhook POSTs; one instance per process."""
@@ -372,7 +405,9 @@ class WebhookSender:
         o = self.options
         self._global = Gate(o.concurrency)
         self._endpoints: dict[str, _Endpoint] = {}
-        self._client = httpx.AsyncClient(
+        # A receiver's Set-Cookie is never stored: nothing to send back, and
+        # a receiver answering with fresh cookies must not grow our memory.
+        self._client = _CookielessClient(
             transport=EndpointPools(
                 allow_private=o.allow_private,
                 per_endpoint=o.per_endpoint,
@@ -380,11 +415,6 @@ class WebhookSender:
             ),
             follow_redirects=False,
             trust_env=False,
-            # A receiver's Set-Cookie is never stored: nothing to send back, and
-            # a receiver answering with fresh cookies must not grow our memory.
-            cookies=http.cookiejar.CookieJar(
-                http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-            ),
         )
         # Requests are built here, not by the client: merging the client's
         # defaults (URL, headers, cookies) into each request cost more than
