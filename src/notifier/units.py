@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # finds the unit done or not its own), and a cycle's units are claimable only
 # once the previous cycle is done. Locking 500 rows here cost a WAL record each.
 LOAD_SNAPSHOTS = """
-SELECT s.entity_id, s.entity_name, s.version, s.release_ids, s.alias_ids, s.member_ids,
+SELECT s.entity_id, s.version, s.entity_name, s.release_ids, s.alias_ids, s.member_ids,
        s.release_count
 FROM unnest(%(ids)s::text[]) AS x (id)
 JOIN notifier.entity_snapshots s ON s.entity_type = %(type)s AND s.entity_id = x.id
@@ -47,7 +47,7 @@ JOIN notifier.entity_snapshots s ON s.entity_type = %(type)s AND s.entity_id = x
 # The same for a claimed unit, its ids taken from its row (diff_units primary
 # key) rather than sent again as a 500-element parameter.
 LOAD_UNIT_SNAPSHOTS = """
-SELECT s.entity_id, s.entity_name, s.version, s.release_ids, s.alias_ids, s.member_ids,
+SELECT s.entity_id, s.version, s.entity_name, s.release_ids, s.alias_ids, s.member_ids,
        s.release_count
 FROM notifier.diff_units u
 CROSS JOIN LATERAL unnest(u.entity_ids) AS x (id)
@@ -320,11 +320,13 @@ class UnitRunner:
         """The unit's transaction: lock, snapshots, events, fan-out, done."""
         counters = counters or diff.Counters()
         started = time.monotonic()
-        async with self.pool.connection() as conn, conn.transaction():
-            # One round trip: the unit's row lock and its snapshots (pipeline mode).
-            async with conn.pipeline():
-                locked = await conn.execute(cycles.LOCK_UNIT, {"id": unit.id})
-                loaded = await conn.execute(LOAD_UNIT_SNAPSHOTS, {"unit": unit.id}, binary=True)
+        # The whole transaction in pipeline mode: statements whose results are
+        # not needed yet are sent without waiting (BEGIN with the lock and the
+        # load; the snapshot writes with the events insert; the feed
+        # announcement with mark_done and COMMIT); reading a result syncs.
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            locked = await conn.execute(cycles.LOCK_UNIT, {"id": unit.id})
+            loaded = await conn.execute(LOAD_UNIT_SNAPSHOTS, {"unit": unit.id}, binary=True)
             if not _owned(await locked.fetchone(), self.me):
                 return None
             snapshots = snapshots_of(await loaded.fetchall())
@@ -335,6 +337,8 @@ class UnitRunner:
             )
             events: list[diff.EventDraft] = []
             for entity_id, result in zip(unit.entity_ids, results, strict=True):
+                if result is diff.UNCHANGED:
+                    continue
                 counters.merge(result.counters)
                 old = snapshots.get(entity_id)
                 if old is not None and old.version == unit.version:
@@ -342,13 +346,10 @@ class UnitRunner:
                     continue
                 events.extend(result.events)
             diffed_at = time.monotonic()
-            # One round trip: the snapshots and the events.
-            async with conn.pipeline():
-                await save_snapshots(
-                    conn, unit.id, unit.entity_type, unit.entity_ids, results, snapshots,
-                    unit.version,
-                )  # fmt: skip
-                inserted = await start_insert_events(conn, unit.version, events)
+            await save_snapshots(
+                conn, unit.id, unit.entity_type, unit.entity_ids, results, snapshots, unit.version
+            )
+            inserted = await start_insert_events(conn, unit.version, events)
             event_ids = [] if inserted is None else [r[0] for r in await inserted.fetchall()]
             fanout_start = time.monotonic()
             out = await fanout.fan_out_events(
@@ -360,7 +361,8 @@ class UnitRunner:
                 events=len(event_ids),
                 feed_rows=out.feed_rows,
                 outbox_rows=out.outbox_rows,
-                # Milliseconds spent reading the graph, fanning out, and in the
+                # Milliseconds spent reading the graph, loading the snapshots,
+                # diffing, writing snapshots and events, fanning out, and in the
                 # whole unit (graph read + transaction; a pipelined read
                 # overlaps the previous unit's transaction).
                 graph_ms=round(reading.seconds * 1000),
@@ -534,18 +536,9 @@ async def load_snapshots(
 
 
 def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
-    """Snapshots by entity id, from LOAD_SNAPSHOTS rows."""
-    return {
-        r[0]: diff.Snapshot(
-            version=r[2],
-            entity_name=r[1],
-            release_ids=r[3],
-            alias_ids=r[4],
-            member_ids=r[5],
-            release_count=r[6],
-        )
-        for r in rows
-    }
+    """Snapshots by entity id, from LOAD_SNAPSHOTS rows (id, then Snapshot's fields in order)."""
+    make = diff.Snapshot._make
+    return {r[0]: make(r[1:]) for r in rows}
 
 
 async def save_snapshots(
