@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -202,3 +203,36 @@ async def test_writes_are_gathered_until_the_read_and_a_big_body_goes_out_in_ful
         async with client(pools) as http:
             assert (await http.post(r.url, content=big)).status_code == 200
     assert r.requests[0].body == big
+
+
+async def test_requests_queue_for_the_endpoint_cap_and_closing_answers_are_not_reused() -> None:
+    peers: list[int] = []
+    answers = [
+        OK,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        OK + b"HTTP/1.1 200 OK\r\n",  # bytes beyond the answer: the connection is spoilt
+        OK,
+        OK,
+    ]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while answers:
+                await _read_request(reader)
+                peers.append(writer.get_extra_info("peername")[1])
+                answer = answers.pop(0)
+                writer.write(answer)
+                await writer.drain()
+                if b"close" in answer:
+                    break
+        writer.close()
+
+    pools = EndpointPools(allow_private=True, per_endpoint=1, max_pools=8)
+    async with raw_server(serve) as port, client(pools) as http:
+        url = f"http://127.0.0.1:{port}/hook"
+        got = await asyncio.gather(*(http.post(url, content=b"{}") for _ in range(3)))
+        assert [r.status_code for r in got] == [200, 200, 200]  # one connection at a time
+        assert (await http.post(url, content=b"{}")).status_code == 200
+        assert (await http.post(url, content=b"{}")).status_code == 200
+    # 1st reused by the 2nd, which closed; 3rd on a new one, spoilt; 4th and 5th share one.
+    assert peers[0] == peers[1] != peers[2] != peers[3] == peers[4]

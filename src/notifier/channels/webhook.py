@@ -17,6 +17,9 @@
   address actually used, which defeats DNS rebinding; TLS SNI and the Host
   header keep the name. Proxies from the environment are ignored for the same
   reason. With `allow_private` (tests, development) nothing is refused.
+- Under the client: one small keep-alive pool per endpoint (`http1`, h11 on
+  `asyncio_net` streams), not httpcore's pool: that cost more CPU than the
+  rest of a delivery together.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import httpcore
 import httpx
 
 from notifier import backoff, signing, ssrf
-from notifier.channels import Sent, asyncio_net, excerpt
+from notifier.channels import Sent, asyncio_net, excerpt, http1
 from notifier.poller import Job
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ IDLE_ENDPOINTS = 4096  # endpoint stats kept after they go idle, at most
 QUEUE_SECONDS = 2.0
 
 MAX_RESPONSE_BYTES = 4096
+KEEPALIVE_SECONDS = 30.0
 USER_AGENT = "Discogsography-Notifier/1 (+webhooks)"
 STATIC_HEADERS = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
 
@@ -126,53 +130,20 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with the connection pool on a `GuardedBackend`."""
-
-    def __init__(
-        self,
-        *,
-        backend: GuardedBackend,
-        limits: httpx.Limits,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
-        # verify=ssl_context: httpx would otherwise build (and load CA
-        # certificates into) a context of its own for every new endpoint.
-        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=backend,
-        )
-
-    @property
-    def idle(self) -> bool:
-        """No request in flight (every connection, if any, idle or closed)."""
-        return all(c.is_idle() or c.is_closed() for c in self._pool.connections)
-
-
 class EndpointPools(httpx.AsyncBaseTransport):
     """One small connection pool per endpoint (scheme, host, port), behind one client.
 
-    httpcore's pool walks all its connections, twice nested, whenever a
-    request starts or ends; with every endpoint's connections in one pool that
-    walk dominated the CPU profile. A pool per endpoint holds at most the
-    per-endpoint cap, so the walk stays short however many endpoints there are.
+    Each pool (`http1.EndpointPool`) holds at most the per-endpoint cap of
+    keep-alive connections, opened through the `GuardedBackend`; pools of
+    endpoints with nothing in flight are dropped when there are `max_pools`.
     """
 
     def __init__(self, *, allow_private: bool, per_endpoint: int, max_pools: int) -> None:
         self._backend = GuardedBackend(allow_private=allow_private)
         self._ssl = httpx.create_ssl_context(trust_env=False)
-        self._limits = httpx.Limits(
-            max_connections=per_endpoint,
-            max_keepalive_connections=per_endpoint,
-            keepalive_expiry=30,
-        )
+        self._per_endpoint = per_endpoint
         self._max_pools = max_pools
-        self._pools: dict[tuple[str, str, int | None], GuardedTransport] = {}
+        self._pools: dict[tuple[str, str, int | None], http1.EndpointPool] = {}
 
     @property
     def pools(self) -> int:
@@ -181,15 +152,22 @@ class EndpointPools(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` through its endpoint's pool (made on first use)."""
-        key = (request.url.scheme, request.url.host, request.url.port)
+        url = request.url
+        key = (url.scheme, url.host, url.port)
         pool = self._pools.get(key)
         if pool is None:
+            if url.scheme not in ("http", "https"):
+                raise httpx.UnsupportedProtocol(
+                    f"Request URL has an unsupported protocol '{url.scheme}://'.", request=request
+                )
+            if not url.host:
+                raise httpx.UnsupportedProtocol("Request URL is missing a host.", request=request)
             if len(self._pools) >= self._max_pools:
                 await self._close_idle()
-            pool = self._pools[key] = GuardedTransport(
-                backend=self._backend, limits=self._limits, ssl_context=self._ssl
+            pool = self._pools[key] = http1.EndpointPool(
+                self._backend, self._ssl, limit=self._per_endpoint, keepalive=KEEPALIVE_SECONDS
             )
-        return await pool.handle_async_request(request)
+        return await pool.request(request)
 
     async def _close_idle(self) -> None:
         """Drop the pools of endpoints with nothing in flight (closing kept-alive sockets)."""
