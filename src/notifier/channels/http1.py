@@ -46,6 +46,10 @@ _ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
 }
 
 
+# (h11 ends a close-delimited body with EndOfMessage, then ConnectionClosed.)
+_BODY_ENDS = (h11.EndOfMessage, h11.ConnectionClosed)
+
+
 class Backend(typing.Protocol):
     """What opens connections (`webhook.GuardedBackend`: resolves and checks addresses)."""
 
@@ -118,7 +122,7 @@ class _Body(httpx.AsyncByteStream):
                 event = await conn.next_event(self._timeout)
                 if type(event) is h11.Data:
                     yield bytes(event.data)
-                elif type(event) is h11.EndOfMessage or event is h11.PAUSED:
+                elif type(event) in _BODY_ENDS or event is h11.PAUSED:
                     return
         except Exception as exc:
             raise _mapped(exc, self._request) from exc
