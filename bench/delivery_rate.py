@@ -10,6 +10,9 @@ rows fall due to the moment the last one is `delivered` in PostgreSQL. The
 peer: one `httpx.AsyncClient` and `concurrency` tasks posting the same N
 bodies with the same header set (fixed values: no signing, no database),
 measured before and after ours; the better of its two runs is the peer.
+Under our client sits our own transport (per-endpoint h11 keep-alive pools,
+channels/http1.py) where the peer has httpx's default (httpcore); the notes
+also give the peer's loop on our transport (`bare_on_our_transport`).
 
 Concurrency 8 by default: every webhook here points at one receiver, i.e.
 one endpoint, and 8 is the default per-endpoint cap. It is also where the
@@ -200,8 +203,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _bare(hook_url: str, rows: int, concurrency: int) -> tuple[float, float]:
-    """Requests/s of the bare loop; and its CPU ms per request."""
+async def _bare(
+    hook_url: str, rows: int, concurrency: int, *, own_transport: bool = False
+) -> tuple[float, float]:
+    """Requests/s of the bare loop; and its CPU ms per request.
+
+    `own_transport`: the same loop on the transport `notifier delivery` uses
+    (`EndpointPools`, not httpx's default), for the notes only.
+    """
     body = (
         b'{"id":"00000000-0000-0000-0000-000000000000","event":"new_releases",'
         b'"entity_type":"artist","entity_id":"1","entity_name":"Artist 1","detail":'
@@ -221,7 +230,12 @@ async def _bare(hook_url: str, rows: int, concurrency: int) -> tuple[float, floa
     for i in range(rows):
         queue.put_nowait(i)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+    transport = None
+    if own_transport:
+        from notifier.channels.webhook import EndpointPools
+
+        transport = EndpointPools(allow_private=True, per_endpoint=concurrency, max_pools=8)
+    async with httpx.AsyncClient(limits=limits, trust_env=False, transport=transport) as client:
 
         async def worker() -> None:
             while not queue.empty():
@@ -246,6 +260,7 @@ async def delivery_rate(
         bare_before, bare_cpu = await _bare(hook_url, n, concurrency)
         ours, rss, ours_cpu = await _ours(ctx, url, hook_url, n, concurrency)
         bare_after, bare_cpu_after = await _bare(hook_url, n, concurrency)
+        own, own_cpu = await _bare(hook_url, n, concurrency, own_transport=True)
     bare = max(bare_before, bare_after)
     rate = Figure(
         name="delivery rate (one process)",
@@ -262,6 +277,10 @@ async def delivery_rate(
             # CPU per delivery, our process vs the bare loop: load barely moves these.
             "cpu_ms_per_delivery": round(ours_cpu, 3),
             "bare_cpu_ms_per_request": round(min(bare_cpu, bare_cpu_after), 3),
+            # The peer's loop on our transport (h11 pools, not httpcore's): our
+            # pipeline's overhead over the bare requests of the same transport.
+            "bare_on_our_transport": round(own, 1),
+            "bare_on_our_transport_cpu_ms": round(own_cpu, 3),
         },
     )
     memory = Figure(
