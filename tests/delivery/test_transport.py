@@ -236,3 +236,25 @@ async def test_requests_queue_for_the_endpoint_cap_and_closing_answers_are_not_r
         assert (await http.post(url, content=b"{}")).status_code == 200
     # 1st reused by the 2nd, which closed; 3rd on a new one, spoilt; 4th and 5th share one.
     assert peers[0] == peers[1] != peers[2] != peers[3] == peers[4]
+
+
+async def test_a_stream_waits_for_a_slow_reader_and_pauses_a_fast_writer() -> None:
+    sent = b"y" * (4 << 20)
+
+    async def slow_then_flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.3)  # not reading: the client's big write must wait
+        await reader.readexactly(16 << 20)
+        writer.write(sent)
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(slow_then_flood) as port:
+        stream = await asyncio_net.connect_tcp("127.0.0.1", port, timeout=5)
+        await stream.write(b"x" * (16 << 20), timeout=10)
+        await asyncio.sleep(0.3)  # the answer piles up unread: reading pauses
+        got = bytearray()
+        while chunk := await stream.read(64 * 1024, timeout=10):
+            assert len(chunk) <= 64 * 1024
+            got += chunk
+        await stream.aclose()
+    assert bytes(got) == sent

@@ -1,4 +1,4 @@
-"""httpcore's network interface on a plain asyncio protocol.
+"""Network streams (httpcore's interface) on a plain asyncio protocol.
 
 httpcore's default backend for asyncio goes through anyio, which wraps every
 read and write in a cancel scope and answers each "is this idle connection
@@ -6,11 +6,11 @@ still open?" (asked on every request) through several layers of typed
 attributes. Profiling the delivery loop put a third of its CPU there. This
 stream talks to the asyncio transport directly, and does less per request:
 
-- Writes are gathered and go out in one `send()` when httpcore starts reading
-  the answer: a request's head and body then cost one system call (and one
-  TCP segment for the receiver) instead of two. (httpcore always writes the
-  whole request before it reads; a big body is written as it comes, with the
-  write timeout, once more than `FLUSH_BYTES` are waiting.)
+- Writes are gathered and go out in one `send()` when the client starts
+  reading the answer: a request's head and body then cost one system call
+  (and one TCP segment for the receiver) instead of two. (An HTTP/1.1 client,
+  http1.py, writes the whole request before it reads; a big body is written
+  as it comes, with the write timeout, once more than `FLUSH_BYTES` wait.)
 - A read that finds data already buffered returns it without a timer; a read
   that has to wait arms one timer, the read timeout.
 """
