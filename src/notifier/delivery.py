@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import anyio
 import prometheus_client
 import psycopg
 import uvicorn
@@ -462,10 +461,6 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
     to the process's API server; the metrics share the default registry.
     """
     channels = channels_for(settings)
-    # httpcore's first request imports anyio's asyncio backend (compiling it
-    # when no bytecode is cached): a tenth of a second that would otherwise
-    # delay the first rows due.
-    anyio.Lock()
     pool = db.pool(settings.postgres_conninfo, min_size=2, max_size=6)
     await pool.open()
     delivery = Delivery(pool, channels, settings.replica, Limits.from_settings(settings))
