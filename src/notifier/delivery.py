@@ -69,7 +69,7 @@ COMPLETE_BATCH = 500
 # Seconds an outcome may wait for others to share its transaction. Also what
 # a kill -9 re-sends: outcomes not yet written (about this long's worth of
 # answers, tests/reliability/test_delivery_chaos.py), so kept short.
-COMPLETE_LINGER = 0.02
+COMPLETE_LINGER = 0.01
 FANOUT_EVERY = 1.0
 # Shortest wait for the next due row: rows falling due a few milliseconds
 # apart are claimed together, not one claim (and one probe) each.
