@@ -2,9 +2,9 @@
 
 Each `Receiver` listens on its own port and answers every POST according to
 its `behaviour`: a status (with headers), hang, drip, redirect, a huge body,
-or a connection reset. It records every request it read in full (headers and
-body); a request cut off mid-body (the sender died) is not a delivery and is
-not recorded.
+or a connection reset; over TLS when given a server `ssl.SSLContext`. It
+records every request it read in full (headers and body); a request cut off
+mid-body (the sender died) is not a delivery and is not recorded.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -34,6 +35,7 @@ class Received:
     sent: int = 0  # body bytes of the answer written before the sender hung up
     finished: bool = False  # the answer is over (written, reset, or cut off)
     wall: float = field(default_factory=time.time)  # when it was read, wall clock
+    tls: str | None = None  # the TLS version it came over, None for plain HTTP
 
 
 @dataclass
@@ -52,8 +54,11 @@ class Plan:
 class Receiver:
     """A loopback HTTP server with a programmable answer."""
 
-    def __init__(self, answer: Callable[[Received], Plan] | None = None) -> None:
+    def __init__(
+        self, answer: Callable[[Received], Plan] | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.answer: Callable[[Received], Plan] = answer or (lambda _: Plan())
+        self.tls = tls
         self.requests: list[Received] = []
         self.connections = 0  # TCP connections accepted, whatever came over them
         self.lock = threading.Lock()
@@ -66,6 +71,11 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
+            def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):
+                    self.request.do_handshake()  # here, not in the accepting thread
+                super().setup()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
@@ -74,6 +84,8 @@ class Receiver:
                     return
                 got = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
                                time.monotonic())  # fmt: skip
+                if isinstance(self.connection, ssl.SSLSocket):
+                    got.tls = self.connection.version()
                 with receiver.lock:
                     receiver.requests.append(got)
                 plan = receiver.answer(got)
@@ -121,14 +133,23 @@ class Receiver:
         class Server(ThreadingHTTPServer):
             request_queue_size = 1024  # the default 5 drops SYNs under a burst
 
+            def get_request(self) -> tuple[socket.socket, Any]:
+                sock, address = super().get_request()
+                if receiver.tls is not None:
+                    sock = receiver.tls.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                return sock, address
+
             def process_request(self, request: Any, client_address: Any) -> None:
                 with receiver.lock:
                     receiver.connections += 1
                 super().process_request(request, client_address)
 
             def handle_error(self, request: Any, client_address: Any) -> None:
-                # A sender killed mid-request resets its connections: not news.
-                if not isinstance(sys.exc_info()[1], ConnectionError):
+                # A sender killed mid-request resets its connections, a sender
+                # that does not trust the certificate aborts the handshake: not news.
+                if not isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError):
                     super().handle_error(request, client_address)
 
         self.server = Server(("127.0.0.1", 0), Handler)
@@ -142,7 +163,8 @@ class Receiver:
     @property
     def url(self) -> str:
         """The URL to register as a webhook."""
-        return f"http://127.0.0.1:{self.port}/hook"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}/hook"
 
     def bodies(self) -> list[bytes]:
         """Bodies received so far."""
@@ -157,9 +179,11 @@ class Receiver:
 
 
 @contextmanager
-def receiver(answer: Callable[[Received], Plan] | None = None) -> Iterator[Receiver]:
-    """A running `Receiver`, closed afterwards."""
-    r = Receiver(answer)
+def receiver(
+    answer: Callable[[Received], Plan] | None = None, tls: ssl.SSLContext | None = None
+) -> Iterator[Receiver]:
+    """A running `Receiver` (HTTPS with the server context `tls`), closed afterwards."""
+    r = Receiver(answer, tls)
     r.thread.start()
     try:
         yield r

@@ -136,11 +136,16 @@ class EndpointPools(httpx.AsyncBaseTransport):
     Each pool (`http1.EndpointPool`) holds at most the per-endpoint cap of
     keep-alive connections, opened through the `GuardedBackend`; pools of
     endpoints with nothing in flight are dropped when there are `max_pools`.
+    TLS uses `ssl_context` when given, else httpx's default (certifi's CA
+    bundle, hostname checked, no environment influence).
     """
 
-    def __init__(self, *, allow_private: bool, per_endpoint: int, max_pools: int) -> None:
+    def __init__(
+        self, *, allow_private: bool, per_endpoint: int, max_pools: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
         self._backend = GuardedBackend(allow_private=allow_private)
-        self._ssl = httpx.create_ssl_context(trust_env=False)
+        self._ssl = ssl_context or httpx.create_ssl_context(trust_env=False)
         self._per_endpoint = per_endpoint
         self._max_pools = max_pools
         self._pools: dict[tuple[str, str, int | None], http1.EndpointPool] = {}
@@ -278,6 +283,9 @@ class WebhookOptions:
     # unsent, so a hanging receiver never fills the process's in-flight set;
     # an endpoint that answers fast may queue what it answers in QUEUE_SECONDS.
     max_queue: int = 128
+    # TLS settings for receivers; None (production): httpx's default context.
+    # Tests pass one that also trusts their own CA.
+    ssl_context: ssl.SSLContext | None = None
 
 
 async def _enter(gate: Gate, deadline: float) -> None:
@@ -390,6 +398,7 @@ class WebhookSender:
                 allow_private=o.allow_private,
                 per_endpoint=o.per_endpoint,
                 max_pools=IDLE_ENDPOINTS,
+                ssl_context=o.ssl_context,
             ),
             follow_redirects=False,
             trust_env=False,
