@@ -40,11 +40,13 @@ TIMEOUT_S = 2
 LEASE_S = 6
 # Duplicates per kill: the rows whose request went out but whose outcome the
 # killed replica had not yet written, i.e. up to CONCURRENCY sends at once plus
-# the outcomes queued for the completer (about 50-150 ms worth). The claim
-# batch (rows held, mostly not yet sent) does not add to it. Measured with the
-# threaded `Receiver`: about 50 per kill at concurrency 32, 30-40 at 16, 17-28
-# at 8 (more under load); with `FastReceiver`, 7-14 at 8. Five kills thus stay
-# well within the 1% bound on a loaded machine.
+# the outcomes waiting for the completer: those gathered for its next write (it
+# lingers at most COMPLETE_LINGER, 10 ms, in src/notifier/delivery.py) and
+# those of the write in progress. The claim batch (rows held, mostly not yet
+# sent) does not add to it. Measured with `FastReceiver` at concurrency 8:
+# 11-25 per kill (more under load), so five kills stay well within the 1% bound
+# (200 rows). Earlier, with the threaded `Receiver` and a longer linger: about
+# 50 per kill at concurrency 32, 30-40 at 16, 17-28 at 8.
 CONCURRENCY = 8
 BATCH = 64
 
