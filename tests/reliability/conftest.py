@@ -196,17 +196,22 @@ def start_role(role: str, env: dict[str, str], log: Path, **extra: str) -> subpr
         )  # fmt: skip
 
 
-@pytest.fixture
-def role_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Role subprocesses a test started; SIGTERM (then SIGKILL) by pid at the end."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
+def stop_procs(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process still running, then wait for each (SIGKILL after 30 s)."""
+    for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
-    for p in started:
+    for p in procs:
         try:
             p.wait(30)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+@pytest.fixture
+def role_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Role subprocesses a test started; SIGTERM (then SIGKILL) by pid at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    stop_procs(started)

@@ -17,8 +17,6 @@ import contextlib
 import json
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -28,6 +26,7 @@ from bench.delivery_rate import fill_outbox
 from notifier import services
 from tests.delivery.conftest import delivery_env, rows, wait_until
 from tests.delivery.receiver import FastReceiver, fast_receiver
+from tests.reliability.conftest import start_role, stop_procs
 
 ROWS = 20_000
 RECEIVERS = 4
@@ -64,13 +63,6 @@ SELECT count(*) FILTER (WHERE status = 'delivered'),
        count(*)
 FROM notifier.outbox
 """
-
-
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "notifier.cli", "delivery"], env=env, stdout=out, stderr=out
-        )
 
 
 async def _progress(pg_url: str) -> tuple[int, int, int]:
@@ -112,7 +104,7 @@ async def test_kill_9_replicas_lose_nothing_and_duplicate_little(
             for i in range(REPLICAS)
         ]
         logs = [tmp_path / f"r{i}.log" for i in range(REPLICAS)]
-        procs = [_start(env, log) for env, log in zip(envs, logs, strict=True)]
+        procs = [start_role("delivery", env, log) for env, log in zip(envs, logs, strict=True)]
         kills = 0
         received_at_kill: list[int] = []
         try:
@@ -139,7 +131,7 @@ async def test_kill_9_replicas_lose_nothing_and_duplicate_little(
                 procs[victim].wait()
                 kills += 1
                 received_at_kill.append(sum(len(r.requests) for r in receivers))
-                procs[victim] = _start(envs[victim], logs[victim])
+                procs[victim] = start_role("delivery", envs[victim], logs[victim])
                 last_kill, last_delivered = loop.time(), delivered
                 pause = rng.uniform(*KILL_EVERY)
             # The killed replicas' leases run out; the survivors finish the rest.
@@ -147,15 +139,7 @@ async def test_kill_9_replicas_lose_nothing_and_duplicate_little(
                 lambda: _all_delivered(pg_url), "every row delivered", limit=180, every=0.5
             )
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_procs(procs)
         requests = [q for r in receivers for q in r.requests]
 
     first: dict[str, tuple[str, bytes]] = {}

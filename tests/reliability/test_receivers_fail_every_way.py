@@ -19,11 +19,8 @@ import asyncio
 import contextlib
 import signal
 import statistics
-import subprocess
-import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,7 @@ from tests.delivery.conftest import (
     wait_until,
 )
 from tests.delivery.receiver import Plan, Received, Receiver, receiver
+from tests.reliability.conftest import start_role, stop_procs
 
 HUGE = 30 * 1024 * 1024
 TIMEOUT_S = 2
@@ -93,11 +91,7 @@ async def test_each_failure_gets_its_outcome_and_attempt_row(
             NOTIFIER_DELIVERY_LEASE_SECONDS=3 * TIMEOUT_S,
             NOTIFIER_DELIVERY_RETRY_SCHEDULE="600,600", NOTIFIER_DELIVERY_POLL_SECONDS=0.1,
         )  # fmt: skip
-        log = tmp_path / "delivery.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(  # noqa: ASYNC220 - started once
-                [sys.executable, "-m", "notifier.cli", "delivery"], env=env, stdout=out, stderr=out
-            )
+        proc = start_role("delivery", env, tmp_path / "delivery.log")
         try:
             await wait_until(
                 lambda: rows(pg_url, "SELECT 1 FROM notifier.delivery_attempts "
@@ -119,9 +113,7 @@ async def test_each_failure_gets_its_outcome_and_attempt_row(
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 30) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            stop_procs([proc])
         got = {p: ([a for a in await rows(pg_url, ATTEMPTS_SQL, i)],
                    (await rows(pg_url, ROW_SQL, i))[0]) for p, i in ids.items()}  # fmt: skip
         paths = [q.path for q in r.requests]
@@ -214,24 +206,6 @@ WHERE o.event_id = ANY(%s::uuid[])
 """
 
 
-@contextlib.contextmanager
-def _process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A `notifier delivery` process, stopped with SIGTERM (or killed) at the end."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "notifier.cli", "delivery"], env=env, stdout=out, stderr=out
-        )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def _healthy(base: str) -> bool:
     try:
         async with httpx.AsyncClient() as client:
@@ -283,7 +257,9 @@ async def test_healthy_latency_while_a_tenth_of_endpoints_hang(
             NOTIFIER_DELIVERY_LEASE_SECONDS=5 * TIMEOUT_S,
             NOTIFIER_DELIVERY_RETRY_SCHEDULE="600", NOTIFIER_DELIVERY_POLL_SECONDS=0.1,
         )  # fmt: skip
-        proc = stack.enter_context(_process(env, tmp_path / "delivery.log"))
+        proc = start_role("delivery", env, tmp_path / "delivery.log")
+        # Stopped before the receivers close (the stack's last callback runs first).
+        stack.callback(stop_procs, [proc])
         base = f"http://127.0.0.1:{env['NOTIFIER_PORT']}"
         await wait_until(lambda: _healthy(base), "/health", limit=60, every=0.2)
 

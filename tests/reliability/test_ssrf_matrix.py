@@ -13,10 +13,6 @@ reach a loopback receiver at all.)
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -31,6 +27,7 @@ from tests.delivery.conftest import (
     wait_until,
 )
 from tests.delivery.receiver import receiver
+from tests.reliability.conftest import start_role, stop_procs
 
 # Host (with the port of a live loopback receiver where it could reach it) ->
 # the reason in the `blocked_address` error, or the whole error's start.
@@ -78,10 +75,7 @@ async def test_every_private_target_is_refused_at_delivery(
             NOTIFIER_DELIVERY_RETRY_SCHEDULE="3600", NOTIFIER_DELIVERY_TIMEOUT=2,
             NOTIFIER_DELIVERY_LEASE_SECONDS=6, NOTIFIER_DELIVERY_POLL_SECONDS=0.1,
         )  # fmt: skip
-        with (tmp_path / "delivery.log").open("wb") as out:
-            proc = subprocess.Popen(  # noqa: ASYNC220 - started once
-                [sys.executable, "-m", "notifier.cli", "delivery"], env=env, stdout=out, stderr=out
-            )
+        proc = start_role("delivery", env, tmp_path / "delivery.log")
         try:
             await wait_until(
                 lambda: rows(pg_url, "SELECT 1 FROM notifier.outbox WHERE claim_token IS NULL "
@@ -89,13 +83,8 @@ async def test_every_private_target_is_refused_at_delivery(
                 "an attempt for every URL", limit=60, every=0.2,
             )  # fmt: skip
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = await asyncio.to_thread(proc.wait, 30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            stop_procs([proc])  # SIGTERM: a clean drain exits 0
+        code = proc.returncode
         attempts = {url: rest for url, *rest in await rows(pg_url, ATTEMPTS_SQL)}
         connections = r.connections
 
