@@ -18,7 +18,6 @@ stream talks to the asyncio transport directly, and does less per request:
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import typing
 
@@ -26,6 +25,13 @@ import httpcore
 
 FLUSH_BYTES = 64 * 1024  # gathered writes beyond this go out at once
 READ_HIGH_WATER = 256 * 1024  # buffered unread bytes beyond this pause the socket
+# httpcore's names for stream info -> asyncio's transport names
+_TRANSPORT_INFO = {
+    "ssl_object": "ssl_object",
+    "client_addr": "sockname",
+    "server_addr": "peername",
+    "socket": "socket",
+}
 
 
 class _Protocol(asyncio.Protocol):
@@ -187,44 +193,29 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         return self
 
     def get_extra_info(self, info: str) -> typing.Any:
-        """What httpcore asks about: TLS object, addresses, socket, readability."""
+        """httpcore's stream info: readability (asked by `http1`), TLS object, addresses, socket."""
         if info == "is_readable":
             # On an idle keep-alive connection, anything readable means the
             # server closed it (or broke the protocol): do not reuse it.
             p = self._p
             return bool(p.data) or p.eof or p.error is not None or self._transport.is_closing()
-        if info == "ssl_object":
-            return self._transport.get_extra_info("ssl_object")
-        if info == "client_addr":
-            return self._transport.get_extra_info("sockname")
-        if info == "server_addr":
-            return self._transport.get_extra_info("peername")
-        if info == "socket":
-            return self._transport.get_extra_info("socket")
-        return None
+        name = _TRANSPORT_INFO.get(info)
+        return None if name is None else self._transport.get_extra_info(name)
 
 
 async def connect_tcp(
     host: str,
     port: int,
     timeout: float | None = None,  # noqa: ASYNC109
-    local_address: str | None = None,
-    socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
 ) -> AsyncioStream:
     """Open a TCP connection to `host` (an address: resolution is the caller's)."""
-    local = (local_address, 0) if local_address else None
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            transport, protocol = await loop.create_connection(
-                _Protocol, host, port, local_addr=local
-            )
+            transport, protocol = await loop.create_connection(_Protocol, host, port)
     except TimeoutError:
         raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
     except OSError as exc:
         raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-    sock: socket.socket = transport.get_extra_info("socket")
-    for option in socket_options or ():
-        sock.setsockopt(*option)
     assert isinstance(transport, asyncio.Transport)
     return AsyncioStream(transport, protocol)

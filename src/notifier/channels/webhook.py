@@ -34,7 +34,6 @@ import logging
 import socket
 import ssl
 import time
-import typing
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,8 +66,11 @@ class ResolveError(Exception):
     """The webhook host did not resolve."""
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves, checks every address against the SSRF rules, connects to a checked one."""
+class GuardedBackend:
+    """Resolves, checks every address against the SSRF rules, connects to a checked one.
+
+    The `http1.Backend` of every endpoint pool.
+    """
 
     def __init__(self, *, allow_private: bool) -> None:
         self.allow_private = allow_private
@@ -91,9 +93,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - http1.Backend's interface
     ) -> httpcore.AsyncNetworkStream:
         """Connect to `host`, but only to an address the SSRF rules allow."""
         addresses = await self._resolve(host, port, timeout)
@@ -105,29 +105,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in addresses:
             try:
-                return await asyncio_net.connect_tcp(
-                    address,
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
+                return await asyncio_net.connect_tcp(address, port, timeout=timeout)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         raise last or ResolveError(f"{host} has no address")
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Unix sockets are never a webhook target."""
-        raise BlockedAddress("unix sockets are not allowed")
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep (httpcore's retry pauses)."""
-        await asyncio.sleep(seconds)
 
 
 class EndpointPools(httpx.AsyncBaseTransport):
