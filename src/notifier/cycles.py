@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -215,11 +216,15 @@ async def renew(conn: AsyncConnection[Any], unit_id: int, me: str, lease_seconds
     return cur.rowcount == 1
 
 
+def owned(row: Sequence[Any] | None, me: str) -> bool:
+    """True if a LOCK_UNIT row says the unit is still pending and claimed by `me`."""
+    return row is not None and row[0] == "pending" and row[1] == me
+
+
 async def lock_owned(conn: AsyncConnection[Any], unit_id: int, me: str) -> bool:
     """Inside a transaction: lock the unit; True if it is still pending and ours."""
     cur = await conn.execute(LOCK_UNIT, {"id": unit_id})
-    row = await cur.fetchone()
-    return row is not None and row[0] == "pending" and row[1] == me
+    return owned(await cur.fetchone(), me)
 
 
 async def mark_done(conn: AsyncConnection[Any], unit_id: int, stats: dict[str, Any]) -> None:

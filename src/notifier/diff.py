@@ -110,9 +110,9 @@ def dedup_key(version: str, entity_type: str, entity_id: str, event: str, *extra
 class Snapshot(NamedTuple):
     """The last recorded state of one watched entity (notifier.entity_snapshots).
 
-    A named tuple (fields in LOAD_SNAPSHOTS' column order): a unit loads
-    hundreds of them, and a tuple is several times cheaper to build than a
-    frozen dataclass.
+    A named tuple (fields in units.LOAD_UNIT_SNAPSHOTS' column order): a unit
+    loads hundreds of them, and a tuple is several times cheaper to build than
+    a frozen dataclass.
     """
 
     version: str

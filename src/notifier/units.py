@@ -3,11 +3,11 @@
 The graph is read first (one query, `UnitRunner.read`). The transaction
 (`UnitRunner.write`) then locks the unit row (a router whose lease was taken
 over commits nothing) and reads the unit's snapshots in one round trip,
-upserts the snapshots and inserts the events (unique dedup keys) in one
-statement each, fans the new events out and marks the unit done: all or
-nothing, so a crash anywhere leaves the unit to be redone from scratch with
-the same result. `Pipeline` reads the next unit's graph while the current
-unit's transaction runs.
+stamps the unchanged snapshots, upserts the others and inserts the events
+(unique dedup keys) in one statement each, fans the new events out and
+marks the unit done: all or nothing, so a crash anywhere leaves the unit to
+be redone from scratch with the same result. `Pipeline` reads the next
+unit's graph while the current unit's transaction runs.
 """
 
 from __future__ import annotations
@@ -29,23 +29,17 @@ from notifier.graph import Graph, ReleaseInfo
 
 log = logging.getLogger(__name__)
 
-# entity_snapshots primary key (entity_type, entity_id), probed once per id of
-# the unit (a nested loop over the unnested ids; `entity_id = ANY(...)` was
-# planned as a scan of the type's rows, each checked against the whole array).
+# A claimed unit's snapshots, its ids taken from its row (diff_units primary
+# key) rather than sent again as a 500-element parameter; then the
+# entity_snapshots primary key (entity_type, entity_id), probed once per id
+# (a nested loop over the unnested ids; `entity_id = ANY(...)` was planned as a
+# scan of the type's rows, each checked against the whole array).
 # No row locks: the unit's row lock (cycles.LOCK_UNIT, taken first in the same
 # transaction) already serialises every write of these rows. An entity is in
 # one unit per cycle, a unit is written only by the router that holds its row
 # lock and its claim (a concurrent lease-expired run waits on that lock, then
 # finds the unit done or not its own), and a cycle's units are claimable only
 # once the previous cycle is done. Locking 500 rows here cost a WAL record each.
-LOAD_SNAPSHOTS = """
-SELECT s.entity_id, s.version, s.entity_name, s.release_ids, s.alias_ids, s.member_ids,
-       s.release_count
-FROM unnest(%(ids)s::text[]) AS x (id)
-JOIN notifier.entity_snapshots s ON s.entity_type = %(type)s AND s.entity_id = x.id
-"""
-# The same for a claimed unit, its ids taken from its row (diff_units primary
-# key) rather than sent again as a 500-element parameter.
 LOAD_UNIT_SNAPSHOTS = """
 SELECT s.entity_id, s.version, s.entity_name, s.release_ids, s.alias_ids, s.member_ids,
        s.release_count
@@ -232,10 +226,6 @@ class Reading:
     seconds: float
 
 
-def _owned(row: Sequence[Any] | None, me: str) -> bool:
-    return row is not None and row[0] == "pending" and row[1] == me
-
-
 class UnitRunner:
     """Runs claimed units against one graph and one PostgreSQL pool.
 
@@ -327,7 +317,7 @@ class UnitRunner:
         async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             locked = await conn.execute(cycles.LOCK_UNIT, {"id": unit.id})
             loaded = await conn.execute(LOAD_UNIT_SNAPSHOTS, {"unit": unit.id}, binary=True)
-            if not _owned(await locked.fetchone(), self.me):
+            if not cycles.owned(await locked.fetchone(), self.me):
                 return None
             snapshots = snapshots_of(await loaded.fetchall())
             loaded_at = time.monotonic()
@@ -527,16 +517,8 @@ def diff_artists(
     return out
 
 
-async def load_snapshots(
-    conn: AsyncConnection[Any], entity_type: str, ids: Sequence[str]
-) -> dict[str, diff.Snapshot]:
-    """The snapshots of `ids` (call it after locking their unit: see LOAD_SNAPSHOTS)."""
-    cur = await conn.execute(LOAD_SNAPSHOTS, {"type": entity_type, "ids": list(ids)})
-    return snapshots_of(await cur.fetchall())
-
-
 def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
-    """Snapshots by entity id, from LOAD_SNAPSHOTS rows (id, then Snapshot's fields in order)."""
+    """Snapshots by entity id, from LOAD_UNIT_SNAPSHOTS rows (id, then Snapshot's fields)."""
     make = diff.Snapshot._make
     return {r[0]: make(r[1:]) for r in rows}
 
@@ -621,14 +603,6 @@ def snapshot_params(
 
 def _ints(values: Sequence[int] | None) -> list[int] | None:
     return None if values is None else list(values)
-
-
-async def insert_events(
-    conn: AsyncConnection[Any], version: str, events: Sequence[diff.EventDraft]
-) -> list[Any]:
-    """Insert events (duplicates by dedup key are skipped); return the new ids."""
-    cur = await start_insert_events(conn, version, events)
-    return [] if cur is None else [r[0] for r in await cur.fetchall()]
 
 
 async def start_insert_events(
