@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,6 +186,29 @@ class HealthWatch:
             and seen[-1] == 200
             and 200 in seen[seen.index(503, seen.index(200)) :]
         )
+
+
+async def healthy(port: int) -> bool:
+    """True when `GET /health` of the role on `port` answers 200 (False while it cannot)."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            return (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_healthy(base: str, proc: subprocess.Popen[bytes], limit: float = 120.0) -> None:
+    """Block until `GET {base}/health` answers 200; fail if `proc` exits or `limit` s pass."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the process behind {base} exited early"
+        try:
+            if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{base}/health never answered 200")
 
 
 def start_role(role: str, env: dict[str, str], log: Path, **extra: str) -> subprocess.Popen[bytes]:

@@ -19,14 +19,13 @@ import random
 import signal
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bench.delivery_rate import fill_outbox
 from notifier import services
 from tests.delivery.conftest import delivery_env, rows, wait_until
 from tests.delivery.receiver import FastReceiver, fast_receiver
-from tests.reliability.conftest import start_role, stop_procs
+from tests.reliability.conftest import healthy, start_role, stop_procs
 
 ROWS = 20_000
 RECEIVERS = 4
@@ -123,7 +122,7 @@ async def test_kill_9_replicas_lose_nothing_and_duplicate_little(
                 if elapsed < pause and (delivered - last_delivered < ROWS // 12 or elapsed < 0.5):
                     continue
                 # A replica that is up and delivering (not one still starting).
-                up = [i for i, env in enumerate(envs) if await _up(env)]
+                up = [i for i, env in enumerate(envs) if await healthy(int(env["NOTIFIER_PORT"]))]
                 if not up:
                     continue
                 victim = rng.choice(up)
@@ -177,15 +176,6 @@ async def test_kill_9_replicas_lose_nothing_and_duplicate_little(
 
 async def _spread(pg_url: str, urls: list[str]) -> None:
     await rows(pg_url, SPREAD_SQL + " RETURNING 1", urls, len(urls))
-
-
-async def _up(env: dict[str, str]) -> bool:
-    try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            resp = await client.get(f"http://127.0.0.1:{env['NOTIFIER_PORT']}/health")
-    except httpx.TransportError:
-        return False
-    return resp.status_code == 200
 
 
 async def _all_delivered(pg_url: str) -> bool:

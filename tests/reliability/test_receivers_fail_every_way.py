@@ -39,7 +39,7 @@ from tests.delivery.conftest import (
     wait_until,
 )
 from tests.delivery.receiver import Plan, Received, Receiver, receiver
-from tests.reliability.conftest import start_role, stop_procs
+from tests.reliability.conftest import healthy, start_role, stop_procs
 
 HUGE = 30 * 1024 * 1024
 TIMEOUT_S = 2
@@ -206,14 +206,6 @@ WHERE o.event_id = ANY(%s::uuid[])
 """
 
 
-async def _healthy(base: str) -> bool:
-    try:
-        async with httpx.AsyncClient() as client:
-            return (await client.get(f"{base}/health")).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def _received(recs: list[Receiver]) -> set[str]:
     return {q.headers["webhook-id"] for r in recs for q in list(r.requests)}
 
@@ -260,8 +252,8 @@ async def test_healthy_latency_while_a_tenth_of_endpoints_hang(
         proc = start_role("delivery", env, tmp_path / "delivery.log")
         # Stopped before the receivers close (the stack's last callback runs first).
         stack.callback(stop_procs, [proc])
-        base = f"http://127.0.0.1:{env['NOTIFIER_PORT']}"
-        await wait_until(lambda: _healthy(base), "/health", limit=60, every=0.2)
+        port = int(env["NOTIFIER_PORT"])
+        await wait_until(lambda: healthy(port), "/health", limit=60, every=0.2)
 
         # Phase 0 warms up (connections to every endpoint), unmeasured; phase 1
         # is the baseline, every endpoint answering at once; in phase 2 a tenth

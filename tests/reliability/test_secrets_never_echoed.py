@@ -6,32 +6,19 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 
 from tests.api.conftest import JWT_KEY, SERVICE_TOKEN, token
+from tests.reliability.conftest import wait_healthy
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "notifier api exited early"
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("notifier api did not become healthy")
 
 
 def _needles(secret: str) -> list[str]:
@@ -60,7 +47,7 @@ def test_secrets_shown_once_and_never_logged(notifier_env: dict[str, str], tmp_p
             [sys.executable, "-m", "notifier.cli", "api"], env=env, stdout=out, stderr=out
         )
         try:
-            _wait_healthy(base, proc)
+            wait_healthy(base, proc, limit=60)
             with httpx.Client(base_url=base, timeout=30) as c:
                 created = c.post("/api/webhook", json={"url": "http://127.0.0.1:9/h"}, headers=h)
                 assert created.status_code == 201, created.text

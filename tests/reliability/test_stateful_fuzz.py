@@ -23,7 +23,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import hypothesis
 import psycopg
 import schemathesis
@@ -35,7 +34,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 from notifier import services
 from tests.api.conftest import SERVICE_TOKEN, seed_feed, token
-from tests.reliability.conftest import start_role
+from tests.reliability.conftest import start_role, wait_healthy
 
 SCENARIOS = 30
 STEPS = 10
@@ -45,18 +44,6 @@ INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, entity_name, o
 SELECT %s, 'artist', g::text, 'Artist ' || g, '{}'::jsonb FROM generate_series(1, %s) AS g
 """
 SEED_WEBHOOK = "INSERT INTO notifier.webhook_configs (user_id, url, secret) VALUES (%s, %s, %s)"
-
-
-def _wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the API never became healthy")
 
 
 def test_stateful_schemathesis_finds_no_server_error_or_schema_violation(
@@ -70,7 +57,7 @@ def test_stateful_schemathesis_finds_no_server_error_or_schema_violation(
     port = services.free_port()
     role_procs.append(start_role("api", api_env, tmp_path / "api.log", NOTIFIER_PORT=str(port)))
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url)
+    wait_healthy(url, role_procs[-1])
 
     user_auth = {"Authorization": f"Bearer {token(user, exp_in=3600)}"}
     service_auth = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
