@@ -24,12 +24,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from neo4j import AsyncDriver
 
 from notifier import db, services
+from notifier.graphbuilder import GraphBuilder
+from tests.router.conftest import write
 
 
 @pytest.fixture
@@ -209,6 +213,25 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], limit: float = 120.0)
             pass
         time.sleep(0.1)
     raise AssertionError(f"{base}/health never answered 200")
+
+
+async def add_releases(driver: AsyncDriver, db: str, base: int, artists: int) -> None:
+    """One new release `base + i` for each artist `1000 + i` (i < `artists`) in the graph."""
+
+    def build(g: GraphBuilder) -> None:
+        for i in range(artists):
+            g.release(str(base + i), artists=[str(1000 + i)])
+
+    await write(driver, db, build)
+
+
+def new_release_events(base: int, artists: int) -> list[tuple[Any, ...]]:
+    """The events `add_releases(..., base, artists)` should route, as `events()` sorts them."""
+    return sorted(
+        ("new_releases", "artist", str(1000 + i),
+         {"new_release_count": 1, "release_ids": [str(base + i)]})
+        for i in range(artists)
+    )  # fmt: skip
 
 
 def start_role(role: str, env: dict[str, str], log: Path, **extra: str) -> subprocess.Popen[bytes]:

@@ -30,12 +30,16 @@ from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 
 from notifier import config, services
-from notifier.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.api.conftest import SERVICE_TOKEN, token
 from tests.conftest import env_for
 from tests.delivery.receiver import Plan, receiver
-from tests.reliability.conftest import HealthWatch, start_role
+from tests.reliability.conftest import (
+    HealthWatch,
+    add_releases,
+    new_release_events,
+    start_role,
+)
 from tests.router.conftest import (
     Publish,
     cycle_done,
@@ -44,7 +48,6 @@ from tests.router.conftest import (
     q,
     signal_all,
     wait_until,
-    write,
 )
 
 __all__ = ["publish"]  # the fixture, imported for this module's tests
@@ -151,15 +154,7 @@ async def test_postgres_restart_under_router_delivery_and_api(
     pg_url = private_pg_url
     users = [uuid.uuid4() for _ in range(USERS)]
 
-    def first(g: GraphBuilder) -> None:
-        for i in range(ARTISTS):
-            g.release(str(10_000 + i), artists=[str(1000 + i)])
-
-    def second(g: GraphBuilder) -> None:
-        for i in range(ARTISTS):
-            g.release(str(20_000 + i), artists=[str(1000 + i)])
-
-    await write(graph_driver, graph_db, first)
+    await add_releases(graph_driver, graph_db, 10_000, ARTISTS)
     with receiver(lambda _: Plan(hang=0.02)) as hook:
         for u in users:
             q(pg_url, ADD_WATCHES, u, ARTISTS)
@@ -195,7 +190,7 @@ async def test_postgres_restart_under_router_delivery_and_api(
             await cycle_done(pg_url, "v1")
             sse = asyncio.create_task(_sse(api_url, users[0], frames, opened))
             await wait_until(lambda: bool(opened), 30, "the SSE stream to open")
-            await write(graph_driver, graph_db, second)
+            await add_releases(graph_driver, graph_db, 20_000, ARTISTS)
             await signal_all(publish, "v2")
             await wait_until(
                 lambda: _v2_units_done(pg_url) >= STOP_AT_UNITS and len(hook.requests) > 0,
@@ -235,11 +230,6 @@ async def test_postgres_restart_under_router_delivery_and_api(
                     await sse
         requests = list(hook.requests)
 
-    expected_events = sorted(
-        ("new_releases", "artist", str(1000 + i),
-         {"new_release_count": 1, "release_ids": [str(20_000 + i)]})
-        for i in range(ARTISTS)
-    )  # fmt: skip
     feed_rows = q(
         pg_url,
         "SELECT count(*), count(DISTINCT (n.user_id, n.event_id)) FROM notifier.notification_events"
@@ -276,7 +266,7 @@ async def test_postgres_restart_under_router_delivery_and_api(
     assert units_after > 0, "the cycle finished before PostgreSQL stopped"
     for role in ports:
         assert health.went_down_and_up(role), (role, health.transitions[role])
-    assert events(pg_url, "v2") == expected_events
+    assert events(pg_url, "v2") == new_release_events(20_000, ARTISTS)
     assert "failed_units" not in stats
     assert feed_rows == (USERS * ARTISTS, USERS * ARTISTS)
     assert len(outbox) == USERS * ARTISTS + markers

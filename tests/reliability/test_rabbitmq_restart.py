@@ -27,11 +27,16 @@ import aio_pika
 from neo4j import AsyncDriver
 
 from notifier import services
-from notifier.graphbuilder import GraphBuilder
 from notifier.router import queue_names
 from tests.conftest import env_for
-from tests.reliability.conftest import HealthWatch, PrivateRabbit, start_role
-from tests.router.conftest import completion, cycle_done, events, q, wait_until, watch, write
+from tests.reliability.conftest import (
+    HealthWatch,
+    PrivateRabbit,
+    add_releases,
+    new_release_events,
+    start_role,
+)
+from tests.router.conftest import completion, cycle_done, events, q, wait_until, watch
 
 ARTISTS = 5
 
@@ -80,22 +85,6 @@ def _signals(pg_url: str, version: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _new_releases(base: int) -> list[tuple[Any, ...]]:
-    return sorted(
-        ("new_releases", "artist", str(1000 + i),
-         {"new_release_count": 1, "release_ids": [str(base + i)]})
-        for i in range(ARTISTS)
-    )  # fmt: skip
-
-
-async def _releases(driver: AsyncDriver, db: str, base: int) -> None:
-    def build(g: GraphBuilder) -> None:
-        for i in range(ARTISTS):
-            g.release(str(base + i), artists=[str(1000 + i)])
-
-    await write(driver, db, build)
-
-
 async def _dead_lettered(svc: services.RabbitService, exchange: str) -> int:
     conn = await aio_pika.connect(svc.url)
     async with conn:
@@ -118,7 +107,7 @@ async def test_rabbitmq_restart_between_and_during_signals(
     user = uuid.uuid4()
     for i in range(ARTISTS):
         watch(pg_url, user, "artist", str(1000 + i))
-    await _releases(graph_driver, graph_db, 10_000)
+    await add_releases(graph_driver, graph_db, 10_000, ARTISTS)
     port = services.free_port()
     env = env_for(
         pg_server, pg_url, private_rabbit.service, graph_server, graph_db, exchange_name,
@@ -140,7 +129,7 @@ async def test_rabbitmq_restart_between_and_during_signals(
         await health.until(503)
         await asyncio.to_thread(private_rabbit.start)
         await health.until(200)
-        await _releases(graph_driver, graph_db, 20_000)
+        await add_releases(graph_driver, graph_db, 20_000, ARTISTS)
         await pub.publish(completion("graphinator", "v2"))
         await wait_until(lambda: _signals(pg_url, "v2") == ["graphinator"], 90, "v2's first signal")
 
@@ -156,7 +145,7 @@ async def test_rabbitmq_restart_between_and_during_signals(
         await cycle_done(pg_url, "v2")
 
         # After both restarts: a whole new version.
-        await _releases(graph_driver, graph_db, 30_000)
+        await add_releases(graph_driver, graph_db, 30_000, ARTISTS)
         await pub.publish(completion("graphinator", "v3"))
         await pub.publish(completion("tableinator", "v3"))
         await cycle_done(pg_url, "v3")
@@ -182,8 +171,8 @@ async def test_rabbitmq_restart_between_and_during_signals(
     assert dead == 0
     assert cycles == [("v1", "done"), ("v2", "done"), ("v3", "done")]
     assert events(pg_url, "v1") == []
-    assert events(pg_url, "v2") == _new_releases(20_000)
-    assert events(pg_url, "v3") == _new_releases(30_000)
+    assert events(pg_url, "v2") == new_release_events(20_000, ARTISTS)
+    assert events(pg_url, "v3") == new_release_events(30_000, ARTISTS)
     assert feed == [(2 * ARTISTS,)]
     seen = [s for s in health.transitions["router"] if s != 0]
     assert seen == [200, 503, 200, 503, 200], health.transitions
