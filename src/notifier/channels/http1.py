@@ -18,8 +18,6 @@ Errors come out as httpx's exceptions, with the original in the chain.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import ssl
 import time
 import typing
@@ -27,6 +25,8 @@ import typing
 import h11
 import httpcore
 import httpx
+
+from notifier.channels.gate import Gate
 
 READ_BYTES = 64 * 1024
 MAX_HEAD_BYTES = 100 * 1024  # a response head larger than this is a protocol error
@@ -157,57 +157,38 @@ class EndpointPool:
         self._limit = limit
         self._keepalive = keepalive
         self._idle: list[Connection] = []
-        self._busy = 0  # connections in use or being opened
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._slots = Gate(limit)  # a slot per connection in use or being opened
 
     @property
     def idle(self) -> bool:
         """No request in flight or waiting."""
-        return self._busy == 0 and not self._waiters
+        return self._slots.free == self._limit
 
     async def _acquire(self, timeout: float | None) -> Connection | None:  # noqa: ASYNC109
-        """A reusable idle connection, or None: the caller may open one."""
-        while True:
+        """A slot, with a reusable idle connection or None (the caller may open one)."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        try:
+            await self._slots.enter(deadline)
+        except TimeoutError:
+            raise httpcore.PoolTimeout("no connection became free in time") from None
+        try:
             now = time.monotonic()
             while self._idle:
                 conn = self._idle.pop()
                 if conn.reusable(now):
-                    self._busy += 1
                     return conn
                 await conn.aclose()
-            if self._busy < self._limit:
-                self._busy += 1
-                return None
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                async with asyncio.timeout(timeout):
-                    await fut
-            except BaseException as exc:
-                if fut.done() and not fut.cancelled():
-                    self._wake_one()  # woken just as we gave up: pass the turn on
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(fut)
-                if isinstance(exc, TimeoutError):
-                    raise httpcore.PoolTimeout("no connection became free in time") from None
-                raise
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
+        except BaseException:
+            self._slots.leave()
+            raise
+        return None
 
     def release(self, conn: Connection | None) -> None:
         """Give a connection slot back; `conn` (done with its exchange) is kept for reuse."""
-        self._busy -= 1
         if conn is not None:
             conn.expires = time.monotonic() + self._keepalive
             self._idle.append(conn)
-        if self._waiters:
-            self._wake_one()
+        self._slots.leave()
 
     async def _connect(self, url: httpx.URL, timeout: float | None) -> Connection:  # noqa: ASYNC109
         host = url.raw_host.decode("ascii")

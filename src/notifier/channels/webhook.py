@@ -25,8 +25,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import functools
 import http.cookiejar
 import ipaddress
@@ -43,6 +41,7 @@ import httpx
 
 from notifier import backoff, signing, ssrf
 from notifier.channels import Sent, asyncio_net, excerpt, http1
+from notifier.channels.gate import Gate
 from notifier.poller import Job
 
 log = logging.getLogger(__name__)
@@ -169,50 +168,6 @@ class EndpointPools(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
-class Gate:
-    """A FIFO counting gate: like `asyncio.Semaphore`, but O(1) with many waiters.
-
-    (`Semaphore.locked()` scans every waiter on Python 3.11, which made each
-    send cost O(rows queued) when hundreds of rows wait for one endpoint.) A
-    freed slot is handed straight to the oldest waiter.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    @property
-    def busy(self) -> bool:
-        """No slot is free right now."""
-        return self.free == 0
-
-    async def enter(self) -> None:
-        """Take a slot, waiting in line if none is free."""
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.leave()  # the slot was handed over just as we gave up: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-            raise
-
-    def leave(self) -> None:
-        """Give the slot back (to the oldest waiter, if any)."""
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.free += 1
-
-
 @dataclass
 class _Endpoint:
     """Slots, queue and recent pace of one endpoint (dropped when it goes idle)."""
@@ -267,15 +222,6 @@ class WebhookOptions:
     # TLS settings for receivers; None (production): httpx's default context.
     # Tests pass one that also trusts their own CA.
     ssl_context: ssl.SSLContext | None = None
-
-
-async def _enter(gate: Gate, deadline: float) -> None:
-    """Take a slot of `gate`, waiting at most until `deadline` (loop time)."""
-    if not gate.busy:  # the common case: no timer needed
-        await gate.enter()
-        return
-    async with asyncio.timeout_at(deadline):
-        await gate.enter()
 
 
 @functools.lru_cache(maxsize=65536)
@@ -416,14 +362,14 @@ class WebhookSender:
         try:
             endpoint.waiting += 1
             try:
-                await _enter(endpoint.slots, deadline)
+                await endpoint.slots.enter(deadline)
             except TimeoutError:
                 return Sent(backoff.Result(retry_after=endpoint.drain_seconds()), now, 0,
                             deferred=True)  # fmt: skip
             finally:
                 endpoint.waiting -= 1
             try:
-                await _enter(self._global, deadline)
+                await self._global.enter(deadline)
             except BaseException as exc:
                 endpoint.slots.leave()
                 if isinstance(exc, TimeoutError):  # the whole process is saturated
