@@ -33,6 +33,7 @@ from neo4j import AsyncDriver
 
 from notifier import db, services
 from notifier.graphbuilder import GraphBuilder
+from tests.delivery.conftest import add_event, add_outbox, add_webhook
 from tests.router.conftest import write
 
 
@@ -232,6 +233,12 @@ def new_release_events(base: int, artists: int) -> list[tuple[Any, ...]]:
          {"new_release_count": 1, "release_ids": [str(base + i)]})
         for i in range(artists)
     )  # fmt: skip
+
+
+async def add_one_row(conn: psycopg.AsyncConnection[Any], url: str) -> int:
+    """A webhook to `url` (for a new user), one event and its outbox row; the row's id."""
+    hook, user, _ = await add_webhook(conn, url)
+    return await add_outbox(conn, user, await add_event(conn), hook)
 
 
 def start_role(role: str, env: dict[str, str], log: Path, **extra: str) -> subprocess.Popen[bytes]:

@@ -20,7 +20,6 @@ import contextlib
 import signal
 import statistics
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,9 @@ import pytest
 
 from notifier import backoff, services
 from notifier.channels import EXCERPT_CHARS
-from tests.delivery.conftest import (
-    add_event,
-    add_outbox,
-    add_webhook,
-    delivery_env,
-    rows,
-    wait_until,
-)
+from tests.delivery.conftest import delivery_env, rows, wait_until
 from tests.delivery.receiver import Plan, Received, Receiver, receiver
-from tests.reliability.conftest import healthy, start_role, stop_procs
+from tests.reliability.conftest import add_one_row, healthy, start_role, stop_procs
 
 HUGE = 30 * 1024 * 1024
 TIMEOUT_S = 2
@@ -83,9 +75,9 @@ async def test_each_failure_gets_its_outcome_and_attempt_row(
     with receiver(lambda q: plans[q.path]) as r, receiver() as target:
         plans["/redirect-loopback"] = Plan(307, {"Location": target.url})
         async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-            ids = {p: await _one_row(conn, r.url.replace("/hook", p)) for p in plans}
+            ids = {p: await add_one_row(conn, r.url.replace("/hook", p)) for p in plans}
             # https to a plain-HTTP server: the TLS handshake fails.
-            ids["tls"] = await _one_row(conn, f"https://127.0.0.1:{r.port}/tls")
+            ids["tls"] = await add_one_row(conn, f"https://127.0.0.1:{r.port}/tls")
         env = delivery_env(
             pg_server, pg_url, NOTIFIER_DELIVERY_TIMEOUT=TIMEOUT_S,
             NOTIFIER_DELIVERY_LEASE_SECONDS=3 * TIMEOUT_S,
@@ -154,12 +146,6 @@ async def test_each_failure_gets_its_outcome_and_attempt_row(
         assert state[p][:2] == ("pending", 1) and state[p][3] is None, p
     for p in ("/500", "/hang", "/redirect-metadata"):  # the schedule's first step
         assert 600 * (1 - backoff.JITTER) - 60 <= state[p][2] <= 600 * (1 + backoff.JITTER), p
-
-
-async def _one_row(conn: psycopg.AsyncConnection[Any], url: str) -> int:
-    hook, user, _ = await add_webhook(conn, url)
-    event: uuid.UUID = await add_event(conn)
-    return await add_outbox(conn, user, event, hook)
 
 
 ENDPOINTS = 20

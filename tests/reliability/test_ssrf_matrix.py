@@ -18,16 +18,9 @@ from pathlib import Path
 import psycopg
 
 from notifier import services
-from tests.delivery.conftest import (
-    add_event,
-    add_outbox,
-    add_webhook,
-    delivery_env,
-    rows,
-    wait_until,
-)
+from tests.delivery.conftest import delivery_env, rows, wait_until
 from tests.delivery.receiver import receiver
-from tests.reliability.conftest import start_role, stop_procs
+from tests.reliability.conftest import add_one_row, start_role, stop_procs
 
 # Host (with the port of a live loopback receiver where it could reach it) ->
 # the reason in the `blocked_address` error, or the whole error's start.
@@ -68,8 +61,7 @@ async def test_every_private_target_is_refused_at_delivery(
         urls = {f"https://{host.format(port=r.port)}/hook": why for host, why in MATRIX.items()}
         async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
             for url in urls:
-                hook, user, _ = await add_webhook(conn, url)
-                await add_outbox(conn, user, await add_event(conn), hook)
+                await add_one_row(conn, url)
         env = delivery_env(
             pg_server, pg_url, NOTIFIER_WEBHOOK_ALLOW_PRIVATE="false",
             NOTIFIER_DELIVERY_RETRY_SCHEDULE="3600", NOTIFIER_DELIVERY_TIMEOUT=2,
