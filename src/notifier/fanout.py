@@ -21,9 +21,9 @@ Rules:
   find it done. So the inserts need no ON CONFLICT (speculative insertion cost
   about a quarter of the feed insert); the unique keys stay as a guard.
 - No unread counter is touched: counters are folded lazily by the read path
-  (sql/005_fanout.sql, `notifier.api.feed`). Fan-out holds `FEED_LOCK` shared
-  until commit, so a fold (which needs it exclusively) never counts past a
-  feed row that could still commit.
+  (sql/005_fanout.sql, `notifier.api.feed`). Fan-out holds the advisory lock
+  `FEED_LOCK_KEY` shared until commit, so a fold (which needs it exclusively)
+  never counts past a feed row that could still commit.
 - Each event with feed rows is announced with `pg_notify('notifier_feed',
   '{"event_id": "…"}')`, delivered to listeners at commit.
 """

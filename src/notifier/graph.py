@@ -1,12 +1,11 @@
 """Batched reads of the graph (contract §4) for the diff, returning plain data.
 
 One query per batch (`UNWIND $ids AS id MATCH ...`), never one per entity
-or per user; the diff's artist and label reads are one query per unit. Every value is a bound
-parameter; labels and relationship types are fixed strings. The Cypher stays
-inside what both Neo4j 5 and ArcadeDB's OpenCypher (the test server) accept:
-no COUNT {} subqueries, no pattern predicates (pattern comprehensions are
-fine), no APOC (tests/router run it
-on ArcadeDB).
+or per user; the diff's artist and label reads are one query per unit. Every
+value is a bound parameter; labels and relationship types are fixed strings.
+The Cypher stays inside what both Neo4j 5 and ArcadeDB's OpenCypher (the test
+server) accept: no COUNT {} subqueries, no pattern predicates (pattern
+comprehensions are fine), no APOC (tests/router run it on ArcadeDB).
 """
 
 from __future__ import annotations

@@ -179,8 +179,7 @@ async def fold(conn: AsyncConnection[Any], user_id: uuid.UUID) -> bool:
 
 async def unread_count(conn: AsyncConnection[Any], user_id: uuid.UUID) -> int:
     """The unread count of a user (0 for a new one); folds it when worthwhile."""
-    row = await (await conn.execute(UNREAD_COUNT, (user_id,))).fetchone()
-    unread, unfolded = (int(row[0]), int(row[1])) if row else (0, 0)
+    unread, unfolded = await _counts(conn, user_id)
     if unfolded >= FOLD_AT and _idle(conn):
         await fold(conn, user_id)
     return unread
@@ -212,7 +211,7 @@ async def read_one(
         return None
     if nid <= upto:
         await conn.execute(DECREMENT_UNREAD, {"n": 1, "user": user_id})
-    return await _count_in_transaction(conn, user_id)
+    return await _counts(conn, user_id)
 
 
 async def read_all(conn: AsyncConnection[Any], user_id: uuid.UUID) -> tuple[int, int]:
@@ -226,7 +225,7 @@ async def read_all(conn: AsyncConnection[Any], user_id: uuid.UUID) -> tuple[int,
     marked, folded = (int(row[0]), int(row[1])) if row else (0, 0)
     if folded:
         await conn.execute(DECREMENT_UNREAD, {"n": folded, "user": user_id})
-    unread, _ = await _count_in_transaction(conn, user_id)
+    unread, _ = await _counts(conn, user_id)
     return marked, unread
 
 
@@ -235,7 +234,8 @@ async def _lock_counter(conn: AsyncConnection[Any], user_id: uuid.UUID) -> int:
     return int(row[0]) if row else 0
 
 
-async def _count_in_transaction(conn: AsyncConnection[Any], user_id: uuid.UUID) -> tuple[int, int]:
+async def _counts(conn: AsyncConnection[Any], user_id: uuid.UUID) -> tuple[int, int]:
+    """(unread, unfolded) of one user (UNREAD_COUNT)."""
     row = await (await conn.execute(UNREAD_COUNT, (user_id,))).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
