@@ -284,6 +284,11 @@ async def _truth(conn: AsyncConnection[Any], user: uuid.UUID) -> int:
     return int(rows[0][0])
 
 
+async def _newest_feed_id(conn: AsyncConnection[Any]) -> int:
+    rows = await _rows(conn, "SELECT max(id) FROM notifier.notification_events")
+    return int(rows[0][0])
+
+
 async def _counter(conn: AsyncConnection[Any], user: uuid.UUID) -> list[tuple[Any, ...]]:
     sql = "SELECT unread, counted_upto > 0 FROM notifier.unread_counters WHERE user_id = %s"
     return await _rows(conn, sql, user)
@@ -304,7 +309,7 @@ async def test_unread_count_folds_and_reads_keep_it_right(conn: AsyncConnection[
         assert await reads.read_one(conn, user, min(ids)) is None
     await _fan_out_artists(conn, user, range(1000, 1003))  # 3 rows above counted_upto
     assert await reads.unread_count(conn, user) == n + 2 == await _truth(conn, user)
-    newest = max(r[0] for r in await _rows(conn, "SELECT id FROM notifier.notification_events"))
+    newest = await _newest_feed_id(conn)
     async with conn.transaction():  # an unfolded row: the counter is left alone
         assert await reads.read_one(conn, user, newest) == (n + 1, 2)
     assert await _counter(conn, user) == [(n - 1, True)]
@@ -346,7 +351,7 @@ async def test_a_read_and_a_fold_of_one_user_serialize(
     """A read holds the counter row: a fold waits for it, then counts the row as read."""
     user = uuid.uuid4()
     await _fan_out_artists(conn, user, range(3))
-    newest = max(r[0] for r in await _rows(conn, "SELECT id FROM notifier.notification_events"))
+    newest = await _newest_feed_id(conn)
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as api:
         async with api.transaction():
             assert await reads.read_one(api, user, newest) == (2, 2)

@@ -12,10 +12,30 @@ from psycopg_pool import AsyncConnectionPool
 from notifier import config, cycles, db, diff
 from notifier.graph import Graph
 from notifier.graphbuilder import GraphBuilder
-from notifier.units import Pipeline, UnitRunner, unchanged
+from notifier.units import Claim, Pipeline, UnitRunner, unchanged
 from tests.router.conftest import events, q, watch, write
 
 ARTISTS = [str(i) for i in range(1, 7)]
+
+
+async def _six_watched_artists(pg_url: str, graph_driver: AsyncDriver, graph_db: str) -> None:
+    """One user watches ARTISTS; each artist has one release ("<id>00")."""
+    user = uuid.uuid4()
+    for a in ARTISTS:
+        watch(pg_url, user, "artist", a)
+    await write(
+        graph_driver, graph_db, lambda g: [g.release(f"{a}00", artists=[a]) for a in ARTISTS]
+    )
+
+
+def _claimer(pool: AsyncConnectionPool) -> Claim:
+    """Claims for "me" with a 60 s lease, each on a pooled connection."""
+
+    async def claim() -> cycles.Unit | None:
+        async with pool.connection() as conn:
+            return await cycles.claim(conn, "me", 60)
+
+    return claim
 
 
 async def _fire(pool: AsyncConnectionPool, settings: config.Settings, version: str) -> None:
@@ -32,12 +52,7 @@ async def _run_cycle(
 ) -> list[tuple[str, bool]]:
     """Run every unit through a Pipeline; (entity type, read-ahead present) per unit."""
     runner = UnitRunner(pool, graph, "me", email=False, batch=100)
-
-    async def claim() -> cycles.Unit | None:
-        async with pool.connection() as conn:
-            return await cycles.claim(conn, "me", 60)
-
-    pipeline = Pipeline(runner, claim, stop=asyncio.Event())
+    pipeline = Pipeline(runner, _claimer(pool), stop=asyncio.Event())
     seen: list[tuple[str, bool]] = []
     while (current := await pipeline.next()) is not None:
         ahead = pipeline.ahead
@@ -57,12 +72,7 @@ async def _run_cycle(
 async def test_pipeline_reads_ahead_and_gives_the_same_events(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
-    user = uuid.uuid4()
-    for a in ARTISTS:
-        watch(pg_url, user, "artist", a)
-    await write(
-        graph_driver, graph_db, lambda g: [g.release(f"{a}00", artists=[a]) for a in ARTISTS]
-    )
+    await _six_watched_artists(pg_url, graph_driver, graph_db)
     pool = db.pool(router_settings.postgres_conninfo)
     await pool.open()
     graph = Graph(graph_driver, graph_db)
@@ -110,24 +120,14 @@ async def test_pipeline_reads_ahead_and_gives_the_same_events(
 async def test_unit_read_ahead_is_left_over_at_shutdown_and_claimable_again(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
-    user = uuid.uuid4()
-    for a in ARTISTS:
-        watch(pg_url, user, "artist", a)
-    await write(
-        graph_driver, graph_db, lambda g: [g.release(f"{a}00", artists=[a]) for a in ARTISTS]
-    )
+    await _six_watched_artists(pg_url, graph_driver, graph_db)
     pool = db.pool(router_settings.postgres_conninfo)
     await pool.open()
     try:
         await _fire(pool, router_settings, "v1")
         runner = UnitRunner(pool, Graph(graph_driver, graph_db), "me", email=False, batch=100)
-
-        async def claim() -> cycles.Unit | None:
-            async with pool.connection() as conn:
-                return await cycles.claim(conn, "me", 60)
-
         stop = asyncio.Event()
-        pipeline = Pipeline(runner, claim, stop=stop)
+        pipeline = Pipeline(runner, _claimer(pool), stop=stop)
         releases = await pipeline.next()
         assert releases is not None and await releases.write(runner) is not None
         first = await pipeline.next()
