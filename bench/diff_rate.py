@@ -54,7 +54,8 @@ BARE_READ = (
     "UNWIND $ids AS id MATCH (a:Artist {id: id}) OPTIONAL MATCH (a)<-[:BY]-(r:Release) "
     "RETURN a.id AS id, a.name AS name, collect(r.id) AS releases"
 )
-# Where cycle 2's artist units spent their time (the runner's own per-unit stats).
+# Where the best round's artist units spent their time (the runner's own
+# per-unit stats), in SPLIT_KEYS' order.
 SPLIT_KEYS = ("events", "graph_ms", "load_ms", "diff_ms", "save_ms", "fanout_ms", "unit_ms")
 SPLIT = """
 SELECT coalesce(sum((stats->>'events')::int), 0), coalesce(sum((stats->>'graph_ms')::int), 0),

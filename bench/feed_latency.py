@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -126,12 +125,6 @@ def _indexes_rebuilt(conn: psycopg.Connection[Any]) -> Iterator[None]:
             conn.execute(indexdef)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -222,7 +215,7 @@ def measure(
         print(f"seeded {mine:,} rows for the user ({total:,} in all) in {seeded:.1f}s",
               file=sys.stderr)  # fmt: skip
 
-        port, bare_port = _free_port(), _free_port()
+        port, bare_port = services.free_port(), services.free_port()
         env = dict(os.environ, POSTGRES_HOST=pg.host, POSTGRES_PORT=str(pg.port),
                    POSTGRES_USERNAME=pg.user, POSTGRES_PASSWORD=pg.password or "trust",
                    POSTGRES_DATABASE=name, NEO4J_PASSWORD="unused", JWT_SECRET_KEY=JWT_KEY,  # noqa: S106
