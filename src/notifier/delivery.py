@@ -270,10 +270,7 @@ class Delivery:
         self._wake_at = inflight
         self._room.clear()
         try:
-            async with asyncio.timeout(seconds):
-                await self._room.wait()
-        except TimeoutError:
-            pass
+            await _wait(self._room, seconds)
         finally:
             self._wake_at = -1
 
@@ -373,7 +370,7 @@ class Delivery:
             except Exception:  # a bug there must not stop delivery
                 DB_ERRORS.labels("fanout").inc()
                 log.exception("scheduled fan-out failed unexpectedly")
-            await _wait_any(stop, seconds=FANOUT_EVERY)
+            await _wait(stop, FANOUT_EVERY)
 
     async def _drain(self) -> None:
         tasks = list(self._inflight.values())
@@ -396,13 +393,11 @@ async def _set_when(stop: asyncio.Event, event: asyncio.Event) -> None:
     event.set()
 
 
-async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set or `seconds` pass."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 def channels_for(s: config.Settings) -> dict[str, Channel]:
