@@ -130,6 +130,27 @@ async def rows(pg_url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return await cur.fetchall()
 
 
+async def status_of(pg_url: str, outbox_id: int) -> str:
+    """The status of one outbox row."""
+    got = await rows(pg_url, "SELECT status FROM notifier.outbox WHERE id = %s", outbox_id)
+    return str(got[0][0])
+
+
+async def has_status(pg_url: str, outbox_id: int, status: str) -> bool:
+    """Whether the outbox row has `status` (a `wait_until` condition)."""
+    return await status_of(pg_url, outbox_id) == status
+
+
+async def attempts_of(pg_url: str, outbox_id: int) -> list[tuple[Any, ...]]:
+    """Attempts at the row, oldest first: (status_code, error, excerpt, duration_ms, at)."""
+    return await rows(
+        pg_url,
+        "SELECT status_code, error, response_excerpt, duration_ms, attempted_at"
+        " FROM notifier.delivery_attempts WHERE outbox_id = %s ORDER BY id",
+        outbox_id,
+    )
+
+
 def delivery_env(pg_server: services.PostgresService, pg_url: str, **extra: Any) -> dict[str, str]:
     """Environment for a `notifier delivery` subprocess on this test's database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "NOTIFIER_"))}

@@ -19,29 +19,17 @@ from tests.delivery.conftest import (
     add_event,
     add_outbox,
     add_webhook,
+    attempts_of,
+    has_status,
     new_secret,
     rows,
     running,
+    status_of,
     wait_until,
 )
 from tests.delivery.receiver import Plan, receiver
 
 Conn = psycopg.AsyncConnection[Any]
-
-
-async def _status(pg_url: str, outbox_id: int) -> str:
-    return str(
-        (await rows(pg_url, "SELECT status FROM notifier.outbox WHERE id = %s", outbox_id))[0][0]
-    )
-
-
-async def _attempts(pg_url: str, outbox_id: int) -> list[tuple[Any, ...]]:
-    return await rows(
-        pg_url,
-        "SELECT status_code, error, response_excerpt, duration_ms, attempted_at"
-        " FROM notifier.delivery_attempts WHERE outbox_id = %s ORDER BY id",
-        outbox_id,
-    )
 
 
 def _independent_check(secret: str, header: str, body: bytes) -> bool:
@@ -60,7 +48,7 @@ async def test_delivers_the_contract_body_signed_both_ways(pg_url: str, conn: Co
         outbox_id, event_id, _, secret = await add_delivery(conn, r.url)
         async with running(pg_url):
             await wait_until(lambda: r.requests, "the webhook")
-            await wait_until(lambda: _is(pg_url, outbox_id, "delivered"), "delivered")
+            await wait_until(lambda: has_status(pg_url, outbox_id, "delivered"), "delivered")
         got = r.requests[0]
     body = json.loads(got.body)
     assert list(body) == [
@@ -73,12 +61,8 @@ async def test_delivers_the_contract_body_signed_both_ways(pg_url: str, conn: Co
     assert got.headers["content-type"] == "application/json"
     assert Webhook(secret).verify(got.body, got.headers)["id"] == str(event_id)
     assert _independent_check(secret, got.headers["x-discogsography-signature"], got.body)
-    attempts = await _attempts(pg_url, outbox_id)
+    attempts = await attempts_of(pg_url, outbox_id)
     assert len(attempts) == 1 and attempts[0][0] == 200 and attempts[0][2] == "ok"
-
-
-async def _is(pg_url: str, outbox_id: int, status: str) -> bool:
-    return await _status(pg_url, outbox_id) == status
 
 
 async def test_rotation_signs_with_both_secrets_until_expiry(pg_url: str, conn: Conn) -> None:
@@ -88,7 +72,7 @@ async def test_rotation_signs_with_both_secrets_until_expiry(pg_url: str, conn: 
         b, *_, newer = await add_delivery(conn, r.url, previous=old, previous_valid=False)
         async with running(pg_url):
             await wait_until(lambda: len(r.requests) == 2, "two webhooks")
-            await wait_until(lambda: _is(pg_url, b, "delivered"), "delivered")
+            await wait_until(lambda: has_status(pg_url, b, "delivered"), "delivered")
         by_secret_count = sorted(r.requests, key=lambda q: -len(q.headers["webhook-signature"]))
     rotating, single = by_secret_count
     assert len(rotating.headers["webhook-signature"].split(" ")) == 2
@@ -107,11 +91,11 @@ async def test_500_is_retried_then_delivered_with_the_same_id(pg_url: str, conn:
     with receiver(lambda _: next(answers)) as r:
         outbox_id, event_id, hook, _ = await add_delivery(conn, r.url)
         async with running(pg_url, schedule=(0.1, 0.1, 0.1)):
-            await wait_until(lambda: _is(pg_url, outbox_id, "delivered"), "delivered")
+            await wait_until(lambda: has_status(pg_url, outbox_id, "delivered"), "delivered")
         ids = {q.headers["webhook-id"] for q in r.requests}
         bodies = set(r.bodies())
     assert ids == {str(event_id)} and len(bodies) == 1 and len(r.requests) == 3
-    attempts = await _attempts(pg_url, outbox_id)
+    attempts = await attempts_of(pg_url, outbox_id)
     assert [a[0] for a in attempts] == [500, 503, 200]
     assert attempts[0][2] == "boom"
     assert all(a[3] >= 0 and a[4] is not None for a in attempts)
@@ -138,7 +122,7 @@ async def test_429_retry_after_seconds_and_http_date(pg_url: str, conn: Conn) ->
         )  # fmt: skip
     assert 590 <= waits[a] <= 600
     assert 7100 <= waits[b] <= 7200
-    assert len(await _attempts(pg_url, a)) == 1 and (await _attempts(pg_url, a))[0][0] == 429
+    assert len(await attempts_of(pg_url, a)) == 1 and (await attempts_of(pg_url, a))[0][0] == 429
 
 
 async def test_410_disables_the_webhook_and_pauses_its_rows(pg_url: str, conn: Conn) -> None:
@@ -147,12 +131,12 @@ async def test_410_disables_the_webhook_and_pauses_its_rows(pg_url: str, conn: C
         first = await add_outbox(conn, user, await add_event(conn), hook)
         later = await add_outbox(conn, user, await add_event(conn), hook, delay_s=3600)
         async with running(pg_url):
-            await wait_until(lambda: _is(pg_url, first, "paused"), "paused")
+            await wait_until(lambda: has_status(pg_url, first, "paused"), "paused")
     (cfg,) = await rows(pg_url, "SELECT active, disabled_reason, disabled_at FROM "
                         "notifier.webhook_configs WHERE id = %s", hook)  # fmt: skip
     assert cfg[0] is False and "410" in cfg[1] and cfg[2] is not None
-    assert await _status(pg_url, later) == "paused"
-    assert [a[0] for a in await _attempts(pg_url, first)] == [410]
+    assert await status_of(pg_url, later) == "paused"
+    assert [a[0] for a in await attempts_of(pg_url, first)] == [410]
     assert len(r.requests) == 1
 
 
@@ -162,13 +146,13 @@ async def test_failing_past_the_schedule_disables_with_a_reason(pg_url: str, con
         first = await add_outbox(conn, user, await add_event(conn), hook)
         other = await add_outbox(conn, user, await add_event(conn), hook, delay_s=3600)
         async with running(pg_url, schedule=(0.05, 0.05)):
-            await wait_until(lambda: _is(pg_url, first, "paused"), "paused")
+            await wait_until(lambda: has_status(pg_url, first, "paused"), "paused")
     (cfg,) = await rows(pg_url, "SELECT active, disabled_reason, failing_since FROM "
                         "notifier.webhook_configs WHERE id = %s", hook)  # fmt: skip
     assert cfg[0] is False and cfg[2] is not None
     assert cfg[1].startswith("disabled after 3 failed attempts") and "HTTP 500" in cfg[1]
-    assert await _status(pg_url, other) == "paused"  # kept, not lost
-    assert len(await _attempts(pg_url, first)) == 3 == len(r.requests)
+    assert await status_of(pg_url, other) == "paused"  # kept, not lost
+    assert len(await attempts_of(pg_url, first)) == 3 == len(r.requests)
 
 
 async def test_errors_are_recorded_by_class(pg_url: str, conn: Conn) -> None:
@@ -187,16 +171,16 @@ async def test_errors_are_recorded_by_class(pg_url: str, conn: Conn) -> None:
             await wait_until(
                 lambda: rows(pg_url, "SELECT 1 FROM notifier.delivery_attempts "
                              "HAVING count(*) = 5"), "five attempts")  # fmt: skip
-        by_path = {p: (await _attempts(pg_url, i))[0] for p, i in ids.items()}
+        by_path = {p: (await attempts_of(pg_url, i))[0] for p, i in ids.items()}
     assert by_path["/hang"][1] == "timeout" and by_path["/hang"][0] is None
     assert by_path["/drip"][1] == "timeout"
     assert by_path["/redirect"][0] == 302
     assert not any(q.path == "/elsewhere" for q in r.requests)
     assert by_path["/refused"][1] == "connect_error"
     assert by_path["/huge"][0] == 200 and len(by_path["/huge"][2]) <= 512
-    assert await _status(pg_url, ids["/huge"]) == "delivered"
+    assert await status_of(pg_url, ids["/huge"]) == "delivered"
     for p in ("/hang", "/drip", "/redirect", "/refused"):
-        assert await _status(pg_url, ids[p]) == "pending"
+        assert await status_of(pg_url, ids[p]) == "pending"
 
 
 async def test_a_hanging_endpoint_does_not_slow_the_others(pg_url: str, conn: Conn) -> None:
@@ -221,7 +205,7 @@ async def test_a_hanging_endpoint_does_not_slow_the_others(pg_url: str, conn: Co
             await wait_until(lambda: len(slow.requests) == 4, "the hanging requests")
             await asyncio.sleep(0.2)
             in_flight_slow = len(slow.requests)
-        statuses = [await _status(pg_url, i) for i in fast_ids]
+        statuses = [await status_of(pg_url, i) for i in fast_ids]
     print(
         f"\n40 healthy deliveries: {alone:.2f}s alone, {beside_hang:.2f}s while one endpoint hung"
     )
@@ -236,12 +220,14 @@ async def test_cancelled_and_future_rows_are_not_sent(pg_url: str, conn: Conn) -
         future = await add_outbox(conn, user, await add_event(conn), hook, delay_s=3600)
         due = await add_outbox(conn, user, await add_event(conn), hook)
         async with running(pg_url):
-            await wait_until(lambda: _is(pg_url, due, "delivered"), "the due row")
-            await wait_until(lambda: _is(pg_url, cancelled, "cancelled"), "the cancelled row")
+            await wait_until(lambda: has_status(pg_url, due, "delivered"), "the due row")
+            await wait_until(
+                lambda: has_status(pg_url, cancelled, "cancelled"), "the cancelled row"
+            )
             await asyncio.sleep(0.3)
     assert len(r.requests) == 1
-    assert await _status(pg_url, future) == "pending"
-    assert await _attempts(pg_url, cancelled) == []
+    assert await status_of(pg_url, future) == "pending"
+    assert await attempts_of(pg_url, cancelled) == []
     (n,) = await rows(pg_url, "SELECT attempts FROM notifier.outbox WHERE id = %s", cancelled)
     assert n == (0,)
 
@@ -254,7 +240,9 @@ async def test_a_row_due_soon_is_sent_when_due_not_at_the_next_poll(
         soon = await add_outbox(conn, user, await add_event(conn), hook, delay_s=1.5)
         # A poll every 10 minutes: only waking for the due row delivers it in time.
         async with running(pg_url, poll_seconds=600):
-            await wait_until(lambda: _is(pg_url, soon, "delivered"), "the row due soon", limit=60)
+            await wait_until(
+                lambda: has_status(pg_url, soon, "delivered"), "the row due soon", limit=60
+            )
             (early,) = await rows(
                 pg_url, "SELECT count(*) FROM notifier.delivery_attempts WHERE outbox_id = %s"
                 " AND attempted_at < (SELECT next_attempt_at FROM notifier.outbox WHERE id = %s)",
@@ -275,9 +263,9 @@ async def test_ssrf_blocks_loopback_at_delivery_time(pg_url: str, conn: Conn) ->
                 lambda: rows(pg_url, "SELECT 1 FROM notifier.delivery_attempts "
                              "HAVING count(*) = 3"), "three attempts")  # fmt: skip
     assert r.requests == []
-    assert (await _attempts(pg_url, by_name))[0][1].startswith("blocked_address: localhost")
-    assert "loopback" in (await _attempts(pg_url, literal))[0][1]
-    assert (await _attempts(pg_url, plain))[0][1].startswith("bad_url")
+    assert (await attempts_of(pg_url, by_name))[0][1].startswith("blocked_address: localhost")
+    assert "loopback" in (await attempts_of(pg_url, literal))[0][1]
+    assert (await attempts_of(pg_url, plain))[0][1].startswith("bad_url")
 
 
 async def test_bad_urls_and_secrets_are_recorded_not_crashed(pg_url: str, conn: Conn) -> None:
@@ -295,18 +283,18 @@ async def test_bad_urls_and_secrets_are_recorded_not_crashed(pg_url: str, conn: 
         (no_host, ("bad_url",)),
         (bad_secret, ("bad_secret",)),
     ):
-        (attempt,) = await _attempts(pg_url, outbox_id)
+        (attempt,) = await attempts_of(pg_url, outbox_id)
         assert attempt[1].startswith(prefix), attempt
         assert "not base64!" not in attempt[1]  # the secret never ends up in a record
-        assert await _status(pg_url, outbox_id) == "pending"
+        assert await status_of(pg_url, outbox_id) == "pending"
 
 
 async def test_a_binary_answer_is_recorded(pg_url: str, conn: Conn) -> None:
     with receiver(lambda _: Plan(500, body=b"\x00\xff\xfebinary\x00")) as r:
         outbox_id, *_ = await add_delivery(conn, r.url)
         async with running(pg_url, schedule=(3600,)):
-            await wait_until(lambda: _attempts(pg_url, outbox_id), "the attempt")
-    (attempt,) = await _attempts(pg_url, outbox_id)
+            await wait_until(lambda: attempts_of(pg_url, outbox_id), "the attempt")
+    (attempt,) = await attempts_of(pg_url, outbox_id)
     assert attempt[0] == 500 and "binary" in attempt[2] and "\x00" not in attempt[2]
     assert len(r.requests) == 1
 
@@ -319,8 +307,8 @@ async def test_deleted_or_disabled_webhooks(pg_url: str, conn: Conn) -> None:
                            (hook_a,))  # fmt: skip
         await conn.execute("DELETE FROM notifier.webhook_configs WHERE id = %s", (hook_b,))
         async with running(pg_url):
-            await wait_until(lambda: _is(pg_url, a, "paused"), "paused")
-            await wait_until(lambda: _is(pg_url, b, "dead"), "dead")
+            await wait_until(lambda: has_status(pg_url, a, "paused"), "paused")
+            await wait_until(lambda: has_status(pg_url, b, "dead"), "dead")
     assert r.requests == []
 
 
