@@ -54,7 +54,7 @@ import jwt
 import psycopg
 from neo4j import AsyncGraphDatabase
 
-from bench.core import SCALES, Context, Figure, peak_rss_mb, timer
+from bench.core import SCALES, Context, Figure, peak_rss_mb, table, timer
 from bench.delivery_rate import _cpu_seconds, _receiver
 from bench.diff_rate import _index
 from notifier import services
@@ -125,7 +125,6 @@ OUTBOX = """
 SELECT count(*) FILTER (WHERE status = 'delivered'), count(*), max(delivered_at)
 FROM notifier.outbox
 """
-# Sample users' v2 feed rows, to compare with their unread count via the API.
 # Where cycle v2 spent its time, per unit type (the runner's own stats; the
 # releases unit records no timings: its span runs from the firing to its end).
 # diff_units_version_type_seq_key prefix (version).
@@ -137,6 +136,7 @@ SELECT u.entity_type, count(*), sum((u.stats ->> 'graph_ms')::int)::bigint,
 FROM notifier.diff_units u JOIN notifier.cycles c ON c.version = u.version
 WHERE u.version = %(version)s GROUP BY u.entity_type, c.fired_at
 """
+# Sample users' v2 feed rows, to compare with their unread count via the API.
 SAMPLE = """
 SELECT n.user_id, count(*) FROM notifier.notification_events n
 JOIN notifier.events e ON e.id = n.event_id
@@ -410,6 +410,12 @@ async def measure(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def _token(sub: str, *, hours: float) -> str:
+    """A bearer token for user `sub`, valid for `hours`."""
+    exp = datetime.now(UTC) + timedelta(hours=hours)
+    return jwt.encode({"sub": sub, "exp": exp}, JWT_KEY, algorithm="HS256")
+
+
 async def _cycles(
     ctx: Context,
     conn: psycopg.AsyncConnection[Any],
@@ -434,14 +440,15 @@ async def _cycles(
 
     # The API answers a few users' unread counts all along (and must agree at the end).
     sub = str(uuid.UUID(bytes=bytes(16)))
-    token = jwt.encode({"sub": sub, "exp": datetime.now(UTC) + timedelta(hours=2)}, JWT_KEY,
-                       algorithm="HS256")  # fmt: skip
+    token = _token(sub, hours=2)
     api = httpx.AsyncClient(base_url=procs.url("api"), timeout=30)
 
+    async def unread(token: str) -> httpx.Response:
+        return await api.get("/api/notifications/unread-count",
+                             headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
     async def poke() -> None:
-        r = await api.get("/api/notifications/unread-count",
-                          headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-        r.raise_for_status()
+        (await unread(token)).raise_for_status()
 
     try:
         (start,) = await (await conn.execute("SELECT clock_timestamp()")).fetchone()  # type: ignore[misc]
@@ -465,10 +472,7 @@ async def _cycles(
         _progress(f"webhooks delivered after {out['webhooks_s']:.1f} s")
         mismatched = 0
         for user, rows in await (await conn.execute(SAMPLE, ("v2",))).fetchall():
-            t = jwt.encode({"sub": str(user), "exp": datetime.now(UTC) + timedelta(hours=1)},
-                           JWT_KEY, algorithm="HS256")  # fmt: skip
-            r = await api.get("/api/notifications/unread-count",
-                              headers={"Authorization": f"Bearer {t}"})  # fmt: skip
+            r = await unread(_token(str(user), hours=1))
             mismatched += r.json()["count"] != rows
         if mismatched:
             raise RuntimeError(f"{mismatched} sampled users' unread counts disagree with the feed")
@@ -505,8 +509,6 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     args = p.parse_args()
-    from bench.core import table
-
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(services.postgres())
         ctx = Context(args.scale, SCALES[args.scale], pg, stack)
