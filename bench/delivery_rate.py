@@ -301,6 +301,12 @@ SELECT o.id, o.user_id FROM notifier.outbox o
 WHERE o.status = 'pending' AND o.next_attempt_at <= now()
 ORDER BY o.next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED
 """
+_HELD_ATTEMPTS = """
+INSERT INTO notifier.delivery_attempts
+    (outbox_id, user_id, attempted_at, duration_ms, status_code, error, response_excerpt)
+SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::timestamptz[], %s::int[], %s::int[],
+                     %s::text[], %s::text[])
+"""
 _HELD_COMPLETE = """
 UPDATE notifier.outbox SET status = 'delivered', delivered_at = now(),
     attempts = attempts + 1, updated_at = now()
@@ -336,7 +342,7 @@ async def claim_rates(ctx: Context, rows: int, batch: int = 200) -> tuple[float,
                             got = await cur.fetchall()
                             ids = [r[0] for r in got]
                             await conn.execute(
-                                poller.INSERT_ATTEMPTS_SQL,
+                                _HELD_ATTEMPTS,
                                 (ids, [r[1] for r in got], [datetime.now(UTC)] * len(ids),
                                  [0] * len(ids), [200] * len(ids), [None] * len(ids),
                                  [None] * len(ids)),

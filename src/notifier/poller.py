@@ -88,15 +88,6 @@ LEFT JOIN LATERAL (
 ) ue ON true
 """
 
-# Every attempt is recorded, even one whose lease was taken over meanwhile.
-# (Also used on its own by bench/delivery_rate.py's held-lock variant.)
-INSERT_ATTEMPTS_SQL = """
-INSERT INTO notifier.delivery_attempts
-    (outbox_id, user_id, attempted_at, duration_ms, status_code, error, response_excerpt)
-SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::timestamptz[], %s::int[], %s::int[],
-                     %s::text[], %s::text[])
-"""
-
 # One statement, one round trip, for the whole batch. The batch travels as
 # one JSON parameter (`_Row` records): psycopg dumps 200-element arrays in
 # text format element by element in Python (about 5 ms for the 13 arrays of
