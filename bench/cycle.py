@@ -56,7 +56,7 @@ from neo4j import AsyncGraphDatabase
 
 from bench.core import SCALES, Context, Figure, peak_rss_mb, table, timer
 from bench.delivery_rate import _cpu_seconds, _receiver
-from bench.diff_rate import _index
+from bench.diff_rate import index_keys
 from notifier import services
 from notifier.graphbuilder import GraphBuilder
 from notifier.router import queue_names
@@ -366,7 +366,7 @@ async def measure(ctx: Context) -> dict[str, Any]:
     driver = AsyncGraphDatabase.driver(svc.uri, auth=(svc.user, svc.password))
     procs: Processes | None = None
     try:
-        _index(svc, database)
+        index_keys(svc, database)
         with timer() as took:
             for chunk in graph_v1(plan):
                 await chunk.write(driver, database)

@@ -71,7 +71,7 @@ FROM generate_series(1, %s) AS a
 """
 
 
-def _index(svc: services.GraphService, database: str) -> None:
+def index_keys(svc: services.GraphService, database: str) -> None:
     """Index the node keys the reads match on (Discogsography's graph has them too).
 
     Without them ArcadeDB's MERGE and MATCH scan the type: building the graph
@@ -174,7 +174,7 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
     driver = AsyncGraphDatabase.driver(svc.uri, auth=(svc.user, svc.password))
     try:
         url = ctx.fresh_database()
-        _index(svc, database)
+        index_keys(svc, database)
         with timer() as built:
             await _artists(n).write(driver, database)
         with psycopg.connect(url, autocommit=True) as conn:

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -628,10 +628,14 @@ async def start_insert_events(
     )
 
 
+# Renews a claimed unit's lease until cancelled (router.Router._keep_lease).
+Keeper = Callable[[cycles.Unit], Coroutine[Any, Any, None]]
+
+
 class Ahead:
     """A claimed unit whose graph read runs in the background."""
 
-    def __init__(self, runner: UnitRunner, unit: cycles.Unit, keeper: Any = None) -> None:
+    def __init__(self, runner: UnitRunner, unit: cycles.Unit, keeper: Keeper | None = None) -> None:
         self.unit = unit
         self.reading: asyncio.Task[Reading] = asyncio.create_task(
             runner.read(unit), name=f"unit-{unit.id}-read"
@@ -669,7 +673,12 @@ class Pipeline:
     """
 
     def __init__(
-        self, runner: UnitRunner, claim: Claim, *, keeper: Any = None, stop: asyncio.Event
+        self,
+        runner: UnitRunner,
+        claim: Claim,
+        *,
+        keeper: Keeper | None = None,
+        stop: asyncio.Event,
     ) -> None:
         self.runner, self.claim, self.keeper, self.stop = runner, claim, keeper, stop
         self.ahead: Ahead | None = None
