@@ -73,10 +73,8 @@ async def test_pipeline_reads_ahead_and_gives_the_same_events(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
     await _six_watched_artists(pg_url, graph_driver, graph_db)
-    pool = db.pool(router_settings.postgres_conninfo)
-    await pool.open()
     graph = Graph(graph_driver, graph_db)
-    try:
+    async with db.pool(router_settings.postgres_conninfo) as pool:
         await _fire(pool, router_settings, "v1")
         seen = await _run_cycle(pool, graph, pg_url, "v1")
         # Never read ahead of the release scan; then one unit ahead until the last.
@@ -91,8 +89,6 @@ async def test_pipeline_reads_ahead_and_gives_the_same_events(
         await write(graph_driver, graph_db, second)
         await _fire(pool, router_settings, "v2")
         await _run_cycle(pool, graph, pg_url, "v2")
-    finally:
-        await pool.close()
     got = [(e[0], e[2], e[3]) for e in events(pg_url, "v2")]
     assert got == [
         ("new_releases", "1", {"new_release_count": 1, "release_ids": ["101"]}),
@@ -121,9 +117,7 @@ async def test_unit_read_ahead_is_left_over_at_shutdown_and_claimable_again(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
     await _six_watched_artists(pg_url, graph_driver, graph_db)
-    pool = db.pool(router_settings.postgres_conninfo)
-    await pool.open()
-    try:
+    async with db.pool(router_settings.postgres_conninfo) as pool:
         await _fire(pool, router_settings, "v1")
         runner = UnitRunner(pool, Graph(graph_driver, graph_db), "me", email=False, batch=100)
         stop = asyncio.Event()
@@ -144,8 +138,6 @@ async def test_unit_read_ahead_is_left_over_at_shutdown_and_claimable_again(
             (first.unit.id, 2),
             (left.unit.id, 2),
         }
-    finally:
-        await pool.close()
 
 
 async def test_artist_read_tolerates_odd_graph_data(
