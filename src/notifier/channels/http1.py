@@ -212,16 +212,11 @@ class EndpointPool:
         try:
             if conn is None:
                 conn = await self._connect(request.url, timeouts.get("connect"))
-        except BaseException as exc:
-            self.release(None)
-            if isinstance(exc, Exception):
-                raise _mapped(exc, request) from exc
-            raise
-        try:
             event = await self._exchange(conn, request, timeouts)
         except BaseException as exc:
             self.release(None)
-            await conn.aclose()
+            if conn is not None:
+                await conn.aclose()
             if isinstance(exc, Exception):
                 raise _mapped(exc, request) from exc
             raise
