@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import http.cookiejar
 import ipaddress
 import logging
 import socket
@@ -303,9 +302,7 @@ class _NoCookies(httpx.Cookies):
         """Ignore the response's Set-Cookie headers."""
 
 
-_NO_COOKIES = _NoCookies(
-    http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-)
+_NO_COOKIES = _NoCookies()  # empty, and nothing adds to it
 
 
 @dataclass
