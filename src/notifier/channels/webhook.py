@@ -189,6 +189,18 @@ class _Endpoint:
             self.window_start, self.window_done = now, 0
         self.window_done += 1
 
+    def resumed(self, now: float) -> None:
+        """A request reaches an idle endpoint: a window left open while it was quiet means nothing.
+
+        Without this, the first answer after a quiet spell closed a long window
+        and read as a stall (pace 0, measured), deferring a new burst's rows by
+        MAX_DEFER. An endpoint that really stalls has requests in flight, so it
+        is never idle and keeps that reading.
+        """
+        if self.window_start and now - self.window_start >= 4 * PACE_WINDOW:
+            self.window_start, self.window_done = now, 0
+            self.pace, self.measured = 0.0, False
+
     def drain_seconds(self) -> float:
         """About how long the current queue takes to drain (when to offer a row again)."""
         if self.pace <= 0:
@@ -351,6 +363,8 @@ class WebhookSender:
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             endpoint = self._endpoints[key] = _Endpoint(Gate(self.options.per_endpoint))
+        elif endpoint.users == 0:
+            endpoint.resumed(time.monotonic())
         if endpoint.slots.busy and endpoint.waiting >= endpoint.queue_limit(self.options.max_queue):
             return Sent(backoff.Result(retry_after=endpoint.drain_seconds()), now, 0, deferred=True)
         endpoint.users += 1
