@@ -54,8 +54,8 @@ import jwt
 import psycopg
 from neo4j import AsyncGraphDatabase
 
-from bench.core import SCALES, Context, Figure, peak_rss_mb, table, timer
-from bench.delivery_rate import _cpu_seconds, _receiver
+from bench.core import SCALES, Context, Figure, cpu_seconds, peak_rss_mb, table, timer
+from bench.delivery_rate import receiver
 from bench.diff_rate import index_keys
 from notifier import services
 from notifier.graphbuilder import GraphBuilder
@@ -279,7 +279,7 @@ class Processes:
 
     def usage(self) -> dict[str, tuple[float, float]]:
         """(peak RSS MB, CPU seconds) of each role, while it still runs."""
-        return {r: (peak_rss_mb(p.pid), _cpu_seconds(p.pid)) for r, p in self.procs.items()}
+        return {r: (peak_rss_mb(p.pid), cpu_seconds(p.pid)) for r, p in self.procs.items()}
 
     def stop(self) -> None:
         """SIGTERM each, then wait."""
@@ -373,7 +373,7 @@ async def measure(ctx: Context) -> dict[str, Any]:
         out["graph_v1_s"] = round(took(), 1)
         _progress(f"graph v1 written in {took():.0f} s")
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            with _receiver() as hook_url, timer() as took:
+            with receiver() as hook_url, timer() as took:
                 await conn.execute(WATCHES, {
                     "users": plan.users, "per": plan.per_user, "tags": plan.tags,
                     "genres": plan.genres, "artists": plan.artists, "labels": plan.labels,

@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.core import Context, Figure, peak_rss_mb, timer
+from bench.core import Context, Figure, cpu_seconds, peak_rss_mb, timer
 from notifier import services
 
 WEBHOOKS = 500
@@ -71,7 +71,7 @@ async def _serve(port: int) -> None:
 
 
 @contextlib.contextmanager
-def _receiver() -> Any:
+def receiver() -> Any:
     port = services.free_port()
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "bench.delivery_rate", "--serve", str(port)]
@@ -160,7 +160,7 @@ async def _ours(
             due_in_s = (await cur.fetchone())[0]  # type: ignore[index]
             up_in_time = due_in_s > 0
             await asyncio.sleep(max(due_in_s, 0))
-            cpu_before = sum(_cpu_seconds(p.pid) for p in procs)  # start-up left out
+            cpu_before = sum(cpu_seconds(p.pid) for p in procs)  # start-up left out
             while True:
                 cur = await conn.execute(
                     "SELECT count(*) FILTER (WHERE status = 'delivered'), max(delivered_at) "
@@ -172,7 +172,7 @@ async def _ours(
                 if any(p.poll() is not None for p in procs):
                     raise RuntimeError("notifier delivery exited early")
                 await asyncio.sleep(0.2)
-            cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu_before
+            cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
             rss = max(peak_rss_mb(p.pid) for p in procs)
         finally:
             for p in procs:
@@ -192,15 +192,6 @@ def _profiler() -> list[str]:
     """`-m cProfile -o PATH` when BENCH_PROFILE=PATH is set (to see where time goes)."""
     path = os.environ.get("BENCH_PROFILE")
     return ["-m", "cProfile", "-o", path] if path else []
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _bare(
@@ -256,7 +247,7 @@ async def delivery_rate(
     """The figures: ours vs the bare httpx loop, same receiver, same concurrency; peak RSS."""
     n = rows or ctx.sizes.get("outbox_rows", 20_000)
     url = ctx.fresh_database()
-    with _receiver() as hook_url:
+    with receiver() as hook_url:
         bare_before, bare_cpu = await _bare(hook_url, n, concurrency)
         ours, rss, ours_cpu = await _ours(ctx, url, hook_url, n, concurrency)
         bare_after, bare_cpu_after = await _bare(hook_url, n, concurrency)
@@ -376,7 +367,7 @@ def main() -> int:
         figs = asyncio.run(delivery_rate(ctx, args.rows, args.concurrency))
         lease, held = asyncio.run(claim_rates(ctx, args.rows))
         if args.replicas:
-            with _receiver() as hook_url:
+            with receiver() as hook_url:
                 rate, _, cpu = asyncio.run(
                     _ours(ctx, ctx.fresh_database(), hook_url, args.rows, args.concurrency,
                           args.replicas)
