@@ -96,7 +96,8 @@ mails AS (
     SELECT user_id, event_id, 'email', greatest(now(), deliver_at)
     FROM targets WHERE email AND %(email)s
     RETURNING 1
-)
+)"""
+_COUNTS = """
 SELECT (SELECT count(*) FROM targets WHERE feed),
        (SELECT count(*) FROM hooks) + (SELECT count(*) FROM mails)
 """
@@ -109,7 +110,8 @@ WITH ev AS (
     SELECT id, event, entity_type, entity_id, detail, deliver_at
     FROM notifier.events
     WHERE id = ANY(%(ids)s)
-),
+),"""
+_RECIPIENTS = """
 recipients AS (
     SELECT w.user_id, ev.id AS event_id, ev.event, ev.deliver_at
     FROM ev
@@ -120,7 +122,7 @@ recipients AS (
        OR (w.options ? 'threshold' AND w.options -> 'threshold' = ev.detail -> 'threshold')
        OR (NOT w.options ? 'threshold' AND %(milestones)s::jsonb @> (ev.detail -> 'threshold'))
 )"""
-FAN_OUT_EVENTS = _EVENTS_HEAD + _TAIL  # constants only, no input
+FAN_OUT_EVENTS = _EVENTS_HEAD + _RECIPIENTS + _TAIL + _COUNTS  # constants only, no input
 
 # Explicit recipients (/internal/events). Uses events_pkey.
 _USERS_HEAD = """
@@ -131,7 +133,36 @@ recipients AS (
     SELECT DISTINCT u.user_id, ev.id AS event_id, ev.event, ev.deliver_at
     FROM ev CROSS JOIN unnest(%(users)s::uuid[]) AS u (user_id)
 )"""
-FAN_OUT_TO_USERS = _USERS_HEAD + _TAIL  # constants only, no input
+FAN_OUT_TO_USERS = _USERS_HEAD + _TAIL + _COUNTS  # constants only, no input
+
+# A router unit's new events, inserted already fanned out and fanned out in
+# the same statement (one round trip; the events are new, so inserting them
+# is their claim, and a re-run's rows hit events_dedup_key and insert nothing).
+# `events` is one JSON array of {k: dedup key, e: event, t: entity type,
+# i: entity id, n: entity name, d: detail}. Each event is announced when the
+# statement wrote any feed row (as `fan_out_events` does). Indexes:
+# events_dedup_key, then those of FAN_OUT_EVENTS' recipients.
+_INSERTED_HEAD = """
+WITH ev AS (
+    INSERT INTO notifier.events
+        (dedup_key, source, version, event, entity_type, entity_id, entity_name, detail,
+         fanned_out_at)
+    SELECT k, 'router', %(version)s, e, t, i, n, coalesce(d, '{}'), now()
+    FROM jsonb_to_recordset(%(events)s::jsonb)
+         AS x (k text, e text, t text, i text, n text, d jsonb)
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING id, event, entity_type, entity_id, detail, deliver_at
+),"""
+_ANNOUNCED_COUNTS = """,
+announced AS (
+    SELECT pg_notify(%(channel)s, jsonb_build_object('event_id', id)::text) FROM ev
+    WHERE EXISTS (SELECT 1 FROM targets WHERE feed)
+)
+SELECT (SELECT count(*) FROM ev), (SELECT count(*) FROM targets WHERE feed),
+       (SELECT count(*) FROM hooks) + (SELECT count(*) FROM mails),
+       (SELECT count(*) FROM announced)
+"""
+INSERT_AND_FAN_OUT = _INSERTED_HEAD + _RECIPIENTS + _TAIL + _ANNOUNCED_COUNTS  # constants only
 
 # The claim of the events to fan out, before any row is written. Uses events_pkey.
 MARK_FANNED_OUT = """
@@ -203,6 +234,37 @@ async def fan_out_events(
     if result.feed_rows:
         await _announce(conn, claimed)
     return result
+
+
+async def insert_and_fan_out(
+    conn: AsyncConnection[Any],
+    events: str,
+    *,
+    version: str,
+    watches_before: datetime,
+    email: bool = False,
+) -> tuple[int, FanoutResult]:
+    """Insert a router unit's `events` (INSERT_AND_FAN_OUT's JSON) and fan out the new ones.
+
+    Returns how many were new, and what their fan-out wrote. Run it inside the
+    unit's transaction.
+    """
+    if events == "[]":
+        return 0, FanoutResult()
+    await conn.execute(LOCK_SHARED, (FEED_LOCK_KEY,))
+    params = {
+        "events": events,
+        "version": version,
+        "before": watches_before,
+        "milestones": _MILESTONES_JSON,
+        "email": email,
+        "channel": FEED_CHANNEL,
+    }
+    cur = await conn.execute(INSERT_AND_FAN_OUT, params)
+    row = await cur.fetchone()
+    if row is None:  # pragma: no cover - an aggregate query always returns its row
+        return 0, FanoutResult()
+    return int(row[0]), FanoutResult(int(row[1]), int(row[2]))
 
 
 async def fan_out_to_users(

@@ -10,7 +10,7 @@ comprehensions are fine), no APOC (tests/router run it on ArcadeDB).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,6 +71,23 @@ RELEASE_TAGS = {
 }
 
 
+def artist_states(
+    rows: Sequence[Any], only: Container[str] | None = None
+) -> dict[str, ArtistState]:
+    """ArtistStates by id from `Graph.artist_rows` rows (those in `only`, when given)."""
+    out: dict[str, ArtistState] = {}
+    # Most artists have neither aliases nor members: no list is built for them.
+    for key, name, releases, aliases, members in rows:
+        if isinstance(key, str) and (only is None or key in only):
+            out[key] = ArtistState(
+                name,
+                releases or [],
+                [(o, n) for o, n in aliases if o != key] if aliases else [],
+                [(o, n) for o, n in members] if members else [],
+            )
+    return out
+
+
 class Graph:
     """The read side of the graph for one database."""
 
@@ -90,19 +107,13 @@ class Graph:
         rows = None if record is None else record["rows"]
         return rows if isinstance(rows, list) else []
 
+    async def artist_rows(self, ids: Sequence[str]) -> list[Any]:
+        """ARTIST_STATES' raw rows ([id, name, release ids, aliases, members]) for `ids`."""
+        return await self._one(ARTIST_STATES, ids=list(ids))
+
     async def artists(self, ids: Sequence[str]) -> dict[str, ArtistState]:
         """The artists among `ids` that exist, with releases, aliases and members."""
-        out: dict[str, ArtistState] = {}
-        # Most artists have neither aliases nor members: no list is built for them.
-        for key, name, releases, aliases, members in await self._one(ARTIST_STATES, ids=list(ids)):
-            if isinstance(key, str):
-                out[key] = ArtistState(
-                    name,
-                    releases or [],
-                    [(o, n) for o, n in aliases if o != key] if aliases else [],
-                    [(o, n) for o, n in members] if members else [],
-                )
-        return out
+        return artist_states(await self.artist_rows(ids))
 
     async def labels(self, ids: Sequence[str]) -> dict[str, LabelState]:
         """The labels among `ids` that exist, with their and their sublabels' releases."""

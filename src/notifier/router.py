@@ -228,7 +228,7 @@ class Router:
         """One worker: claim and run units (as `me`) until stopped.
 
         The next unit's graph read overlaps the current unit's transaction
-        (units.Pipeline); a unit read ahead when stopping is given back.
+        (units.Pipeline); units read ahead when stopping are given back.
         """
         assert self.pool is not None and self.driver is not None
         s = self.settings
@@ -251,7 +251,7 @@ class Router:
                     continue
                 await self._run_unit(runner, current, me)
         finally:
-            if (left := pipeline.leftover()) is not None:
+            for left in await pipeline.leftover():
                 log.info("shutting down: diff unit given back", extra={"unit": left.unit.id})
                 await self._give_back(left.unit, None, me)
 

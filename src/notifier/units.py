@@ -16,16 +16,17 @@ import asyncio
 import json
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from psycopg import AsyncConnection, AsyncCursor
+import msgspec
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from notifier import cycles, diff, fanout
-from notifier.graph import Graph, ReleaseInfo
+from notifier.graph import Graph, ReleaseInfo, artist_states
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,50 @@ CROSS JOIN LATERAL unnest(u.entity_ids) AS x (id)
 JOIN notifier.entity_snapshots s ON s.entity_type = u.entity_type AND s.entity_id = x.id
 WHERE u.id = %(unit)s
 """
+# An artist unit's compare, in the database (sql/007_snapshot_digest.sql):
+# an artist whose graph row hashes to the digest its previous-cycle snapshot
+# was derived from would find nothing new, so it is stamped with this cycle
+# there and then, and its arrays never travel to the router. The statement
+# returns the unit's other ids, in unit order, with their snapshots
+# (LOAD_UNIT_SNAPSHOTS' columns, NULL when there is none), the stored digest
+# and their row's digest (NULL: not read), for the Python diff. `rows` is one
+# JSON object of the graph's ARTIST_STATES rows by artist id (the last row of
+# an id read twice, as graph.artist_states keeps). Only a unit
+# still pending and claimed by `me` is touched (its row lock is taken first,
+# as for LOAD_UNIT_SNAPSHOTS, which also keeps the rows' ctids stable until
+# the stamp). Indexes: diff_units primary key; entity_snapshots primary key,
+# probed per id; the stamp is a TID scan.
+COMPARE_ARTISTS = """
+WITH p AS MATERIALIZED (SELECT %(rows)s::jsonb AS rows),
+u AS (
+    SELECT x.id, x.n, sha256(convert_to((p.rows -> x.id)::text, 'UTF8')) AS h
+    FROM p, notifier.diff_units d
+    CROSS JOIN LATERAL unnest(d.entity_ids) WITH ORDINALITY AS x (id, n)
+    WHERE d.id = %(unit)s AND d.status = 'pending' AND d.claimed_by = %(me)s
+),
+same AS (
+    -- LIMIT keeps this a probe per id: joined freely, the planner took a
+    -- rare version for a reason to scan every artist snapshot.
+    SELECT s.t
+    FROM u CROSS JOIN LATERAL (
+        SELECT s.ctid AS t FROM notifier.entity_snapshots s
+        WHERE s.entity_type = 'artist' AND s.entity_id = u.id
+          AND s.version = %(previous)s AND s.graph_digest = u.h
+        LIMIT 1
+    ) AS s
+),
+stamped AS (
+    UPDATE notifier.entity_snapshots s SET version = %(version)s, updated_at = now()
+    WHERE s.ctid = ANY (ARRAY(SELECT t FROM same))
+    RETURNING s.entity_id
+)
+SELECT u.id, s.version, s.entity_name, s.release_ids, s.alias_ids, s.member_ids,
+       s.release_count, s.graph_digest, u.h
+FROM u
+LEFT JOIN notifier.entity_snapshots s ON s.entity_type = 'artist' AND s.entity_id = u.id
+WHERE u.id NOT IN (SELECT entity_id FROM stamped)
+ORDER BY u.n
+"""
 # entity_snapshots primary key: insert or replace the states of a unit's
 # entities in one statement. The rows travel as one JSON array (ids are
 # distinct in a unit): psycopg's text[] dumper escapes each element in Python,
@@ -55,15 +100,15 @@ WHERE u.id = %(unit)s
 UPSERT_SNAPSHOTS = """
 INSERT INTO notifier.entity_snapshots
     (entity_type, entity_id, entity_name, version, release_ids, alias_ids, member_ids,
-     release_count, updated_at)
-SELECT %(type)s, i, n, v, r, a, m, c, now()
+     release_count, graph_digest, updated_at)
+SELECT %(type)s, i, n, v, r, a, m, c, decode(h, 'hex'), now()
 FROM jsonb_to_recordset(%(rows)s::jsonb)
-     AS x (i text, n text, v text, r bigint[], a bigint[], m bigint[], c bigint)
+     AS x (i text, n text, v text, r bigint[], a bigint[], m bigint[], c bigint, h text)
 ON CONFLICT (entity_type, entity_id) DO UPDATE SET
     entity_name = excluded.entity_name, version = excluded.version,
     release_ids = excluded.release_ids, alias_ids = excluded.alias_ids,
     member_ids = excluded.member_ids, release_count = excluded.release_count,
-    updated_at = now()
+    graph_digest = excluded.graph_digest, updated_at = now()
 """
 # entity_snapshots primary key, probed per id of the unit (diff_units primary
 # key), as LOAD_UNIT_SNAPSHOTS: an unchanged entity's snapshot (most of them)
@@ -74,17 +119,7 @@ STAMP_SNAPSHOTS = """
 UPDATE notifier.entity_snapshots s SET version = %(version)s, updated_at = now()
 FROM notifier.diff_units u, unnest(u.entity_ids) AS x (id)
 WHERE u.id = %(unit)s AND s.entity_type = u.entity_type AND s.entity_id = x.id
-  AND s.version <> %(version)s AND x.id <> ALL(%(skip)s::text[])
-"""
-# events_dedup_key makes a re-run insert nothing.
-INSERT_EVENTS = """
-INSERT INTO notifier.events
-    (dedup_key, source, version, event, entity_type, entity_id, entity_name, detail)
-SELECT k, 'router', %(version)s, e, t, i, n, d::jsonb
-FROM unnest(%(keys)b::text[], %(events)b::text[], %(types)b::text[], %(ids)b::text[],
-            %(names)b::text[], %(details)b::text[]) AS x (k, e, t, i, n, d)
-ON CONFLICT (dedup_key) DO NOTHING
-RETURNING id
+  AND s.version <> %(version)s AND NOT %(skip)s::jsonb ? x.id
 """
 # Genre/style watchers' thresholds (watchlists_entity_idx). A usable threshold
 # is a positive integer JSON number; other values match no event (fan-out
@@ -256,7 +291,7 @@ class UnitRunner:
         started = time.monotonic()
         data: Any = None
         if unit.entity_type == "artist":
-            data = await self.graph.artists(unit.entity_ids)
+            data = await self.graph.artist_rows(unit.entity_ids)
         elif unit.entity_type == "label":
             data = await self.graph.labels(unit.entity_ids)
         elif unit.entity_type in ("genre", "style"):
@@ -270,14 +305,33 @@ class UnitRunner:
             return await self._releases(unit)
         ids = unit.entity_ids
         if unit.entity_type == "artist":
-            artists: dict[str, diff.ArtistState] = reading.data
-            return await self._commit(unit, reading, lambda s: diff_artists(unit, ids, artists, s))
+            rows: list[Any] = reading.data
+            payload = compare_payload(rows)
+            states: dict[str, diff.ArtistState] = {}
+
+            def artists(ids: Sequence[str], s: dict[str, diff.Snapshot]) -> list[diff.DiffResult]:
+                # With the compare done in PostgreSQL only the ids it left are built.
+                states.update(artist_states(rows, None if payload is None else set(ids)))
+                return diff_artists(unit, ids, states, s)
+
+            def clean(i: str, result: diff.DiffResult) -> bool:
+                # A digest stands for its row only if JSON told the row apart
+                # from any other that diffs differently: a string name (a NaN
+                # name and a missing one are both null), nothing odd counted.
+                state = states.get(i)
+                return (
+                    state is not None
+                    and type(state.name) is str
+                    and result.counters.values.keys() <= {"baseline"}
+                )
+
+            return await self._commit(unit, reading, artists, compare=payload, clean=clean)
         if unit.entity_type == "label":
             labels: dict[str, diff.LabelState] = reading.data
             return await self._commit(
                 unit,
                 reading,
-                lambda s: [
+                lambda ids, s: [
                     diff.diff_label(unit.version, unit.previous_version, i, labels.get(i), s.get(i))
                     for i in ids
                 ],
@@ -295,7 +349,7 @@ class UnitRunner:
         return await self._commit(
             unit,
             reading,
-            lambda s: [diff.DiffResult([], None, diff.Counters()) for _ in ids],
+            lambda ids, s: [diff.DiffResult([], None, diff.Counters()) for _ in ids],
             counters,
         )
 
@@ -306,27 +360,43 @@ class UnitRunner:
         compute: Any,
         counters: diff.Counters | None = None,
         conn_work: Any = None,
+        *,
+        compare: str | None = None,
+        clean: Callable[[str, diff.DiffResult], bool] | None = None,
     ) -> dict[str, Any] | None:
-        """The unit's transaction: lock, snapshots, events, fan-out, done."""
+        """The unit's transaction: lock, snapshots, events, fan-out, done.
+
+        `compute(ids, snapshots[, extra])` diffs `ids` (the unit's, or with
+        `compare`, the artists' JSON for COMPARE_ARTISTS, those it did not
+        find unchanged) in unit order. `clean(id, result)` says whether the
+        graph digest of an artist so diffed may be stored.
+        """
         counters = counters or diff.Counters()
         started = time.monotonic()
         # The whole transaction in pipeline mode: statements whose results are
         # not needed yet are sent without waiting (BEGIN with the lock and the
-        # load; the snapshot writes with the events insert; the feed
-        # announcement with mark_done and COMMIT); reading a result syncs.
+        # load; the snapshot writes with the events and their fan-out; mark_done
+        # with COMMIT); reading a result syncs.
         async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             locked = await conn.execute(cycles.LOCK_UNIT, {"id": unit.id})
-            loaded = await conn.execute(LOAD_UNIT_SNAPSHOTS, {"unit": unit.id}, binary=True)
+            if compare is None:
+                loaded = await conn.execute(LOAD_UNIT_SNAPSHOTS, {"unit": unit.id}, binary=True)
+            else:
+                params = {"unit": unit.id, "me": self.me, "rows": compare,
+                          "version": unit.version, "previous": unit.previous_version}  # fmt: skip
+                loaded = await conn.execute(COMPARE_ARTISTS, params, binary=True)
             if not cycles.owned(await locked.fetchone(), self.me):
                 return None
-            snapshots = snapshots_of(await loaded.fetchall())
+            rows = await loaded.fetchall()
+            ids = unit.entity_ids if compare is None else [r[0] for r in rows]
+            snapshots = snapshots_of(rows)
             loaded_at = time.monotonic()
             extra = await conn_work(conn) if conn_work is not None else None
             results: list[diff.DiffResult] = (
-                compute(snapshots) if extra is None else compute(snapshots, extra)
+                compute(ids, snapshots) if extra is None else compute(ids, snapshots, extra)
             )
             events: list[diff.EventDraft] = []
-            for entity_id, result in zip(unit.entity_ids, results, strict=True):
+            for entity_id, result in zip(ids, results, strict=True):
                 if result is diff.UNCHANGED:
                     continue
                 counters.merge(result.counters)
@@ -336,30 +406,37 @@ class UnitRunner:
                     continue
                 events.extend(result.events)
             diffed_at = time.monotonic()
+            digests = None
+            if compare is not None and clean is not None:
+                digests = {
+                    r[0]: (r[7], r[8] if clean(r[0], result) else None)
+                    for r, result in zip(rows, results, strict=True)
+                }
             await save_snapshots(
-                conn, unit.id, unit.entity_type, unit.entity_ids, results, snapshots, unit.version
+                conn, unit.id, unit.entity_type, ids, results, snapshots, unit.version, digests
             )
-            inserted = await start_insert_events(conn, unit.version, events)
-            event_ids = [] if inserted is None else [r[0] for r in await inserted.fetchall()]
-            fanout_start = time.monotonic()
-            out = await fanout.fan_out_events(
-                conn, event_ids, watches_before=unit.started_at, email=self.email
+            inserted, out = await fanout.insert_and_fan_out(
+                conn,
+                events_json(unit.version, events),
+                version=unit.version,
+                watches_before=unit.started_at,
+                email=self.email,
             )
             stats: dict[str, Any] = dict(counters.values)
             stats.update(
                 entities=len(unit.entity_ids),
-                events=len(event_ids),
+                events=inserted,
                 feed_rows=out.feed_rows,
                 outbox_rows=out.outbox_rows,
-                # Milliseconds spent reading the graph, loading the snapshots,
-                # diffing, writing snapshots and events, fanning out, and in the
-                # whole unit (graph read + transaction; a pipelined read
-                # overlaps the previous unit's transaction).
+                # Milliseconds spent reading the graph, loading (and, for
+                # artists, comparing) the snapshots, diffing, writing snapshots
+                # and events with their fan-out, and in the whole unit (graph
+                # read + transaction; a pipelined read overlaps the previous
+                # unit's transaction).
                 graph_ms=round(reading.seconds * 1000),
                 load_ms=round((loaded_at - started) * 1000),
                 diff_ms=round((diffed_at - loaded_at) * 1000),
-                save_ms=round((fanout_start - diffed_at) * 1000),
-                fanout_ms=round((time.monotonic() - fanout_start) * 1000),
+                save_ms=round((time.monotonic() - diffed_at) * 1000),
                 unit_ms=round((reading.seconds + time.monotonic() - started) * 1000),
             )
             await cycles.mark_done(conn, unit.id, stats)
@@ -391,6 +468,7 @@ class UnitRunner:
             return thresholds, notable
 
         def compute(
+            ids: Sequence[str],
             snaps: dict[str, diff.Snapshot],
             extra: tuple[dict[str, list[int]], dict[str, list[diff.NotableRelease]]],
         ) -> list[diff.DiffResult]:
@@ -406,7 +484,7 @@ class UnitRunner:
                     thresholds.get(i, ()),
                     notable.get(i, []),
                 )
-                for i in unit.entity_ids
+                for i in ids
             ]
 
         return await self._commit(unit, reading, compute, counters, work)
@@ -438,10 +516,10 @@ class UnitRunner:
             return found
 
         def compute(
-            snaps: dict[str, diff.Snapshot], found: dict[str, Any]
+            ids: Sequence[str], snaps: dict[str, diff.Snapshot], found: dict[str, Any]
         ) -> list[diff.DiffResult]:
             out = []
-            for i in unit.entity_ids:
+            for i in ids:
                 name, matches, count = found.get(i, (None, None, 0))
                 out.append(
                     diff.diff_search(
@@ -518,9 +596,32 @@ def diff_artists(
 
 
 def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
-    """Snapshots by entity id, from LOAD_UNIT_SNAPSHOTS rows (id, then Snapshot's fields)."""
+    """Snapshots by entity id, from LOAD_UNIT_SNAPSHOTS or COMPARE_ARTISTS rows.
+
+    A row is the id, then Snapshot's fields (all NULL: no snapshot), then
+    COMPARE_ARTISTS' digests.
+    """
     make = diff.Snapshot._make
-    return {r[0]: make(r[1:]) for r in rows}
+    return {r[0]: make(r[1:7]) for r in rows if r[1] is not None}
+
+
+# Graph rows as JSON for COMPARE_ARTISTS. A value JSON has no form for (a
+# temporal or spatial value) fails the encoding: that unit is diffed in Python.
+_ROWS_ENCODER = msgspec.json.Encoder()
+
+
+def compare_payload(rows: Sequence[Any]) -> str | None:
+    """ARTIST_STATES rows by id as JSON for COMPARE_ARTISTS, or None if PostgreSQL cannot take them.
+
+    jsonb refuses the NUL character (the whole unit then takes the Python
+    diff); a string that merely contains a backslash before "u0000" is
+    refused too, which is only slower.
+    """
+    try:
+        payload = _ROWS_ENCODER.encode({r[0]: r for r in rows if type(r[0]) is str})
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
+        return None
+    return None if b"\\u0000" in payload else payload.decode()
 
 
 async def save_snapshots(
@@ -531,36 +632,44 @@ async def save_snapshots(
     results: Sequence[diff.DiffResult],
     old: dict[str, diff.Snapshot],
     version: str,
+    digests: Mapping[str, tuple[bytes | None, bytes | None]] | None = None,
 ) -> None:
     """Write the new snapshots of unit `unit_id` (`ids`, skipping those already at `version`).
 
-    Two statements at most: a stamp of the unchanged ones, an upsert of the rest.
+    Two statements at most: a stamp of the unchanged ones, an upsert of the
+    rest. `digests` (artists compared by COMPARE_ARTISTS) gives, per id, the
+    stored graph digest and the one to store (None: the row was not clean);
+    an unchanged snapshot whose digest must change is rewritten, not stamped.
     """
     stamp = 0
     skip: list[str] = []  # with a snapshot, not stamped
-    rows: list[tuple[str, diff.Snapshot]] = []
+    rows: list[tuple[str, diff.Snapshot, bytes | None]] = []
     for i, r in zip(ids, results, strict=True):
-        if r is diff.UNCHANGED:
-            stamp += 1
-            continue
         before = old.get(i)
+        stored, digest = digests.get(i, (None, None)) if digests else (None, None)
+        if r is diff.UNCHANGED:
+            if digest is not None and digest != stored and before is not None:
+                skip.append(i)
+                rows.append((i, before._replace(version=version), digest))
+            else:
+                stamp += 1
+            continue
         if (new := r.snapshot) is None:
             if before is not None:
                 skip.append(i)
             continue
         if before is None:
-            rows.append((i, new))
+            rows.append((i, new, digest))
         elif before.version == version:
             continue  # already written by this cycle (see "already_diffed")
-        elif unchanged(before, new):
+        elif unchanged(before, new) and (digest is None or digest == stored):
             stamp += 1
         else:
             skip.append(i)
-            rows.append((i, new))
+            rows.append((i, new, digest))
     if stamp:
-        await conn.execute(
-            STAMP_SNAPSHOTS, {"version": version, "unit": unit_id, "skip": skip}, binary=True
-        )
+        params = {"version": version, "unit": unit_id, "skip": json.dumps(skip)}
+        await conn.execute(STAMP_SNAPSHOTS, params)
     if rows:
         await conn.execute(UPSERT_SNAPSHOTS, snapshot_params(entity_type, rows))
 
@@ -583,9 +692,9 @@ def _same(a: Sequence[int] | None, b: Sequence[int] | None) -> bool:
 
 
 def snapshot_params(
-    entity_type: str, rows: Sequence[tuple[str, diff.Snapshot]]
+    entity_type: str, rows: Sequence[tuple[str, diff.Snapshot, bytes | None]]
 ) -> dict[str, object]:
-    """The parameters of UPSERT_SNAPSHOTS for (entity id, snapshot) pairs."""
+    """The parameters of UPSERT_SNAPSHOTS for (entity id, snapshot, graph digest) rows."""
     doc = [
         {
             "i": i,
@@ -595,8 +704,9 @@ def snapshot_params(
             "a": _ints(s.alias_ids),
             "m": _ints(s.member_ids),
             "c": s.release_count,
+            "h": None if h is None else h.hex(),
         }
-        for i, s in rows
+        for i, s, h in rows
     ]
     return {"type": entity_type, "rows": json.dumps(doc)}
 
@@ -605,27 +715,21 @@ def _ints(values: Sequence[int] | None) -> list[int] | None:
     return None if values is None else list(values)
 
 
-async def start_insert_events(
-    conn: AsyncConnection[Any], version: str, events: Sequence[diff.EventDraft]
-) -> AsyncCursor[Any] | None:
-    """Send the insert of `events` (None when there are none); its cursor yields the new ids.
-
-    In pipeline mode the rows arrive when the pipeline syncs.
-    """
-    if not events:
-        return None
-    return await conn.execute(
-        INSERT_EVENTS,
-        {
-            "version": version,
-            "keys": [e.key(version) for e in events],
-            "events": [e.event for e in events],
-            "types": [e.entity_type for e in events],
-            "ids": [e.entity_id for e in events],
-            "names": [e.entity_name for e in events],
-            "details": [json.dumps(e.detail, ensure_ascii=False) for e in events],
-        },
-    )
+def events_json(version: str, events: Sequence[diff.EventDraft]) -> str:
+    """The events as fanout.INSERT_AND_FAN_OUT's JSON rows (`[]` when there are none)."""
+    return msgspec.json.encode(
+        [
+            {
+                "k": e.key(version),
+                "e": e.event,
+                "t": e.entity_type,
+                "i": e.entity_id,
+                "n": e.entity_name,
+                "d": e.detail,
+            }
+            for e in events
+        ]
+    ).decode()
 
 
 # Renews a claimed unit's lease until cancelled (router.Router._keep_lease).
@@ -662,14 +766,15 @@ Claim = Callable[[], Awaitable[cycles.Unit | None]]
 
 
 class Pipeline:
-    """Claims units one at a time and reads the next unit's graph during the current write.
+    """Claims units and reads their graph ahead of the writes, up to `depth` units ahead.
 
-    While unit n's transaction runs, unit n+1 is already claimed and its graph
-    read is under way: the two waits (graph server, PostgreSQL) overlap. At
-    most one unit is read ahead (bounded memory), and never during the long
-    'releases' unit, whose work is all in its write. A unit read ahead is
-    leased like any claimed one: if this process dies, its lease expires and
-    any router redoes it.
+    While unit n's transaction runs, unit n+1 is already claimed and read, and
+    unit n+2's read is under way: the graph server, the graph decoding and
+    PostgreSQL then work at the same time. One graph read runs at a time, at
+    most `depth` units wait (bounded memory), and nothing is read ahead of the
+    long 'releases' unit, whose work is all in its write. A unit read ahead
+    is leased like any claimed one: if this process dies, its lease expires
+    and any router redoes it; at shutdown `leftover` hands them back.
     """
 
     def __init__(
@@ -679,28 +784,74 @@ class Pipeline:
         *,
         keeper: Keeper | None = None,
         stop: asyncio.Event,
+        depth: int = 2,
     ) -> None:
         self.runner, self.claim, self.keeper, self.stop = runner, claim, keeper, stop
-        self.ahead: Ahead | None = None
+        self.depth = depth
+        self.waiting: deque[Ahead] = deque()
+        self.filling: asyncio.Task[None] | None = None
+        self.arrived = asyncio.Event()  # set when the fill adds a unit
+        self.dry = False  # the last claim found nothing
+        self.closed = False
 
-    async def next(self) -> Ahead | None:
-        """The next unit to write (its read started), or None when none is claimable now."""
-        current, self.ahead = self.ahead, None
-        if current is None:
+    @property
+    def ahead(self) -> Ahead | None:
+        """The next unit claimed ahead (None when there is none yet)."""
+        return self.waiting[0] if self.waiting else None
+
+    async def _fill(self) -> None:
+        """Claim and start reading units until `depth` wait, one graph read at a time."""
+        while not (self.stop.is_set() or self.closed) and len(self.waiting) < self.depth:
             unit = await self.claim()
             if unit is None:
+                self.dry = True
+                return
+            ahead = Ahead(self.runner, unit, self.keeper)
+            self.waiting.append(ahead)
+            self.arrived.set()
+            if unit.entity_type == cycles.RELEASES_UNIT:
+                return
+            await asyncio.wait([ahead.reading])
+
+    async def _claimed(self) -> None:
+        """Until a unit waits or the fill stops (run one if none is running)."""
+        if self.filling is not None and self.filling.done():
+            self.filling.result()  # a failed claim is raised here, as a direct claim was
+        if self.filling is None or self.filling.done():
+            self.filling = asyncio.create_task(self._fill(), name="units-fill")
+        while not self.waiting and not self.filling.done():
+            self.arrived.clear()
+            arrival = asyncio.create_task(self.arrived.wait())
+            try:
+                await asyncio.wait([self.filling, arrival], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrival.cancel()
+        if self.filling.done():
+            self.filling.result()
+
+    async def next(self) -> Ahead | None:
+        """The next unit to write (its read done), or None when none is claimable now."""
+        if not self.waiting:
+            self.dry = False
+            await self._claimed()
+            if not self.waiting:
                 return None
-            current = Ahead(self.runner, unit, self.keeper)
+        current = self.waiting.popleft()
         if current.unit.entity_type != cycles.RELEASES_UNIT:
-            # One graph read at a time: this one first, then the next one's.
             await asyncio.wait([current.reading])
-            if not self.stop.is_set() and (unit := await self.claim()) is not None:
-                self.ahead = Ahead(self.runner, unit, self.keeper)
+            if not self.stop.is_set() and not self.dry:
+                await self._claimed()  # the next unit is claimed before this one is written
         return current
 
-    def leftover(self) -> Ahead | None:
-        """At shutdown: the unit read ahead and not written (closed; give it back)."""
-        ahead, self.ahead = self.ahead, None
-        if ahead is not None:
+    async def leftover(self) -> list[Ahead]:
+        """At shutdown: the units claimed ahead and not written (closed; give them back)."""
+        self.closed = True
+        for ahead in self.waiting:
             ahead.close()
-        return ahead
+        if self.filling is not None:
+            await asyncio.wait([self.filling])  # it stops at its next claim or read
+        left = list(self.waiting)
+        self.waiting.clear()
+        for ahead in left:
+            ahead.close()
+        return left

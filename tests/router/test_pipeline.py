@@ -127,16 +127,15 @@ async def test_unit_read_ahead_is_left_over_at_shutdown_and_claimable_again(
         first = await pipeline.next()
         assert first is not None and pipeline.ahead is not None
         stop.set()
-        left = pipeline.leftover()
-        assert left is not None and left.unit.id != first.unit.id and pipeline.ahead is None
+        left = await pipeline.leftover()
+        assert left and first.unit.id not in {a.unit.id for a in left} and pipeline.ahead is None
         first.close()
         async with pool.connection() as conn:
-            await cycles.release(conn, first.unit.id, "me", 0, {})
-            await cycles.release(conn, left.unit.id, "me", 0, {})
-            again = [await cycles.claim(conn, "other", 60) for _ in range(2)]
+            for unit in [first.unit] + [a.unit for a in left]:
+                await cycles.release(conn, unit.id, "me", 0, {})
+            again = [await cycles.claim(conn, "other", 60) for _ in range(1 + len(left))]
         assert {(u.id, u.attempts) for u in again if u is not None} == {
-            (first.unit.id, 2),
-            (left.unit.id, 2),
+            (u.id, 2) for u in [first.unit] + [a.unit for a in left]
         }
 
 

@@ -1,0 +1,11 @@
+-- 007_snapshot_digest: recognise an unchanged artist without reading its arrays.
+--
+-- graph_digest is the SHA-256 of the graph row (ARTIST_STATES' [id, name,
+-- release ids, aliases, members], as jsonb text) from which the snapshot was
+-- last derived, stored only when that row was clean (a string name, no
+-- counter from the diff). A cycle whose row for the artist has the same digest
+-- would find nothing new, so units.COMPARE_ARTISTS stamps it in the database
+-- and only the other artists of a unit travel to the router. NULL: no digest
+-- (not an artist, an odd row, or written before this migration); such a
+-- snapshot is compared in Python, which then stores the digest.
+ALTER TABLE notifier.entity_snapshots ADD COLUMN graph_digest bytea;
