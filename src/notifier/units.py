@@ -388,7 +388,10 @@ class UnitRunner:
             if not cycles.owned(await locked.fetchone(), self.me):
                 return None
             rows = await loaded.fetchall()
-            ids = unit.entity_ids if compare is None else [r[0] for r in rows]
+            ids = unit.entity_ids
+            if compare is not None:
+                ids = [r[0] for r in rows]
+                counters.add("unchanged_in_db", len(unit.entity_ids) - len(ids))
             snapshots = snapshots_of(rows)
             loaded_at = time.monotonic()
             extra = await conn_work(conn) if conn_work is not None else None
@@ -605,8 +608,10 @@ def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
     return {r[0]: make(r[1:7]) for r in rows if r[1] is not None}
 
 
-# Graph rows as JSON for COMPARE_ARTISTS. A value JSON has no form for (a
-# temporal or spatial value) fails the encoding: that unit is diffed in Python.
+# Graph rows as JSON for COMPARE_ARTISTS. A value JSON has no form for (the
+# driver's temporal and spatial values, nodes) fails the encoding: that unit
+# is diffed in Python. Bolt bytes become base64 text, which only a row that
+# held bytes where a clean row held that very text could be mistaken for.
 _ROWS_ENCODER = msgspec.json.Encoder()
 
 

@@ -1,0 +1,202 @@
+"""Artist units compared in PostgreSQL by graph-row digest (units.COMPARE_ARTISTS),
+against the Python diff of every artist (the path taken when the rows cannot
+go to PostgreSQL as JSON), on real PostgreSQL and Bolt graph."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import neo4j.time
+import pytest
+from neo4j import AsyncDriver
+from psycopg_pool import AsyncConnectionPool
+
+from notifier import config, cycles, db, services, units
+from notifier.graph import Graph
+from tests.conftest import _new_database
+from tests.router.conftest import events, q, watch, write
+
+ARTISTS = [str(i) for i in range(1, 13)]
+
+
+async def _cycle(
+    pool: AsyncConnectionPool, graph: Graph, settings: config.Settings, version: str
+) -> list[dict[str, Any]]:
+    """Fire `version` and run its units one by one; the artist units' stats."""
+    async with pool.connection() as conn:
+        for service in settings.required_services:
+            await cycles.record_signal(
+                conn, version=version, service=service, completed_at=None, message={},
+                required=settings.required_services, unit_size=5,
+            )  # fmt: skip
+    runner = units.UnitRunner(pool, graph, "me", email=False, batch=100)
+    stats: list[dict[str, Any]] = []
+    async with pool.connection() as conn:
+        while (unit := await cycles.claim(conn, "me", 60)) is not None:
+            got = await runner.run(unit)
+            assert got is not None
+            if unit.entity_type == "artist":
+                stats.append(got)
+        assert [f.version for f in await cycles.finish_cycles(conn)] == [version]
+    return stats
+
+
+def _total(stats: list[dict[str, Any]], key: str) -> int:
+    return sum(int(s.get(key, 0)) for s in stats)
+
+
+def _snapshots(pg_url: str) -> list[tuple[Any, ...]]:
+    return q(
+        pg_url,
+        "SELECT entity_id, version, entity_name, release_ids, alias_ids, member_ids,"
+        " release_count FROM notifier.entity_snapshots ORDER BY entity_id",
+    )
+
+
+def _digests(pg_url: str) -> dict[str, bytes | None]:
+    rows = q(pg_url, "SELECT entity_id, graph_digest FROM notifier.entity_snapshots")
+    return {r[0]: r[1] for r in rows}
+
+
+async def _watched(pg_url: str, graph_driver: AsyncDriver, graph_db: str) -> None:
+    """One user watches ARTISTS; each has two releases, 3 an alias, 4 a member."""
+    user = uuid.uuid4()
+    for a in ARTISTS:
+        watch(pg_url, user, "artist", a)
+
+    def build(g: Any) -> None:
+        for a in ARTISTS:
+            g.artist(a, f"Artist {a}")
+            g.release(f"{a}00", artists=[a]).release(f"{a}01", artists=[a])
+        g.artist("30", "Alias").alias("30", "3").artist("40", "Member").member("40", "4")
+
+    await write(graph_driver, graph_db, build)
+
+
+async def test_unchanged_artists_are_stamped_in_the_database(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    await _watched(pg_url, graph_driver, graph_db)
+    graph = Graph(graph_driver, graph_db)
+    async with db.pool(router_settings.postgres_conninfo) as pool:
+        first = await _cycle(pool, graph, router_settings, "v1")
+        assert _total(first, "baseline") == 12 and _total(first, "unchanged_in_db") == 0
+        stored = _digests(pg_url)
+        assert all(isinstance(d, bytes) and len(d) == 32 for d in stored.values())
+
+        await write(graph_driver, graph_db, lambda g: g.release("102", artists=["1"]))
+        second = await _cycle(pool, graph, router_settings, "v2")
+    assert _total(second, "unchanged_in_db") == 11
+    assert [(e[0], e[2]) for e in events(pg_url, "v2")] == [("new_releases", "1")]
+    assert {s[1] for s in _snapshots(pg_url)} == {"v2"}
+    after = _digests(pg_url)
+    assert after["1"] != stored["1"] and {k: v for k, v in after.items() if k != "1"} == {
+        k: v for k, v in stored.items() if k != "1"
+    }
+
+
+async def test_odd_rows_keep_no_digest_and_are_diffed_in_python_every_cycle(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    await _watched(pg_url, graph_driver, graph_db)
+
+    def odd(g: Any) -> None:
+        g.artist("5", None)  # missing name
+        g.release("x6", artists=["6"])  # a release id that is not a number
+
+    await write(graph_driver, graph_db, odd)
+    graph = Graph(graph_driver, graph_db)
+    async with db.pool(router_settings.postgres_conninfo) as pool:
+        await _cycle(pool, graph, router_settings, "v1")
+        assert [k for k, d in _digests(pg_url).items() if d is None] in (["5", "6"], ["6", "5"])
+        second = await _cycle(pool, graph, router_settings, "v2")
+    assert _total(second, "unchanged_in_db") == 10
+    assert _total(second, "missing_name") == 1 and _total(second, "non_numeric_release_ids") == 1
+    assert events(pg_url, "v2") == []
+
+
+async def test_a_nul_in_a_name_sends_the_unit_to_the_python_diff(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    await _watched(pg_url, graph_driver, graph_db)
+    await write(graph_driver, graph_db, lambda g: g.artist("2", "Nul\x00Name"))
+    graph = Graph(graph_driver, graph_db)
+    async with db.pool(router_settings.postgres_conninfo) as pool:
+        await _cycle(pool, graph, router_settings, "v1")
+        await write(graph_driver, graph_db, lambda g: g.release("302", artists=["3"]))
+        second = await _cycle(pool, graph, router_settings, "v2")
+    # Units of 5 ids in text order: 1, 10, 11, 12 and 2 (the NUL: all diffed in
+    # Python); 3 (changed), 4, 5, 6, 7; then 8, 9.
+    assert [s.get("unchanged_in_db", 0) for s in second] == [0, 4, 2]
+    assert [(e[0], e[2]) for e in events(pg_url, "v2")] == [("new_releases", "3")]
+    assert q(pg_url, "SELECT entity_name FROM notifier.entity_snapshots WHERE entity_id = '2'") == [
+        ("NulName",)
+    ]
+
+
+def test_compare_payload_refuses_what_jsonb_cannot_hold() -> None:
+    assert units.compare_payload([["1", "A", ["10"], [], []]]) == '{"1":["1","A",["10"],[],[]]}'
+    assert units.compare_payload([["1", "A\x00", [], [], []]]) is None
+    assert units.compare_payload([["1", neo4j.time.Date(2020, 1, 1), [], [], []]]) is None
+    assert units.compare_payload([["1", object(), [], [], []]]) is None
+    assert units.compare_payload([[7, "not a string id", [], [], []]]) == "{}"
+
+
+@contextlib.contextmanager
+def _second_database(pg_server: services.PostgresService, template: str) -> Iterator[str]:
+    gen = _new_database(pg_server, template)
+    try:
+        yield next(gen)
+    finally:
+        gen.close()
+
+
+async def test_the_database_compare_finds_what_the_python_diff_finds(
+    router_env: dict[str, str],
+    router_settings: config.Settings,
+    pg_url: str,
+    pg_server: services.PostgresService,
+    pg_template: str,
+    graph_driver: AsyncDriver,
+    graph_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same cycles over the same graph: compared in PostgreSQL, and all in Python."""
+    graph = Graph(graph_driver, graph_db)
+    changes: list[Any] = [
+        lambda g: g.release("103", artists=["1"]).artist("2", "Renamed"),
+        lambda g: g.artist("31", "Second alias").alias("31", "3").alias("3", "3"),
+        lambda g: g.artist("41", "Second member").member("41", "4").artist("5", None),
+        lambda g: g.release("x7", artists=["7"]).release("0800", artists=["8"]),
+        lambda g: g.artist("5", "Named again").release("905", artists=["9", "10"]),
+    ]
+    drop = "MATCH (r:Release {id: $id}) DETACH DELETE r"
+    with _second_database(pg_server, pg_template) as python_url:
+        await _watched(pg_url, graph_driver, graph_db)
+        for a in ARTISTS:
+            watch(python_url, uuid.uuid4(), "artist", a)
+        python_env = dict(router_env, POSTGRES_DATABASE=python_url.rsplit("/", 1)[1])
+        python_settings = config.load(python_env, "router")
+        async with (
+            db.pool(router_settings.postgres_conninfo) as ours,
+            db.pool(python_settings.postgres_conninfo) as python,
+        ):
+            for n, change in enumerate([None, *changes]):
+                if change is not None:
+                    await write(graph_driver, graph_db, change)
+                if n == 3:
+                    async with graph_driver.session(database=graph_db) as s:
+                        await (await s.run(drop, id="1100")).consume()
+                version = f"v{n}"
+                stats = await _cycle(ours, graph, router_settings, version)
+                with monkeypatch.context() as m:
+                    m.setattr(units, "compare_payload", lambda rows: None)
+                    await _cycle(python, graph, python_settings, version)
+                assert events(pg_url, version) == events(python_url, version), version
+                assert _snapshots(pg_url) == _snapshots(python_url), version
+                if n:
+                    assert _total(stats, "unchanged_in_db") > 0
+        assert events(pg_url, "v1") and events(pg_url, "v5")
