@@ -58,13 +58,14 @@ from bench.core import SCALES, Context, Figure, cpu_seconds, peak_rss_mb, table,
 from bench.delivery_rate import receiver
 from bench.diff_rate import index_keys
 from notifier import services
+from notifier.config import Settings
 from notifier.graphbuilder import GraphBuilder
 from notifier.router import queue_names
 
 JWT_KEY = "bench-cycle-jwt-key-bench-cycle-jwt-key"
 REQUIRED = ("graphinator", "tableinator")
-# Two units at a time per router: one core waits on the graph while the other works.
-ROUTER_WORKERS = 2
+# The router's default (two units at a time per process), said explicitly.
+ROUTER_WORKERS = Settings.__dataclass_fields__["router_workers"].default
 NEW_RELEASE = 10**9  # ids of v2's releases start here (v1's are below)
 TAG_RELEASE = 10**8  # ids of the tags' own releases
 CHUNK = 20_000  # graph nodes built and written per GraphBuilder

@@ -4,16 +4,17 @@
 
 A graph of `--artists` artists with three releases each (every 7th artist
 has an alias, every 11th two members), one watcher per artist. Cycle 1 (the
-baseline, untimed) stores the snapshots; then, in each of ROUNDS rounds, 10%
-of the artists get a new release and the next cycle is diffed by the
-router's own code: `units.Pipeline`
-claiming units and `units.UnitRunner` running them (graph read, diff,
-snapshots, events and fan-out, one transaction per unit of
-`router_unit_size` artists; the next unit's graph read overlaps the current
-unit's transaction, as in `notifier router`). Ours: artists per second of
-wall time from the end of the 'releases' unit (not an artist figure) to the
-end of the last artist unit, claims included. Each round measures ours, then
-the peer; each side's figure is its best round.
+baseline, untimed) stores the snapshots; then, before each measured cycle,
+10% of the artists get a new release and the cycle is diffed by the
+router's own code: `units.Pipeline`s claiming units and a `units.UnitRunner`
+running them (graph read, compare, diff, snapshots, events and fan-out, one
+transaction per unit of `router_unit_size` artists; graph reads run up to
+two units ahead of the writes), with as many pipelines at once as a router
+has workers by default (`router_workers`), as in `notifier router`. Ours:
+artists per second of wall time from the end of the 'releases' unit (not an
+artist figure) to the end of the last artist unit, claims included. Each of
+ROUNDS rounds measures ours, ours with one worker (in the notes), then the
+peer; each figure is its best round.
 
 The peer: the bare read of exactly what the diff needs from the graph (each
 artist's name, release ids, aliases and members) for the same ids in batches
@@ -47,6 +48,7 @@ from notifier.graphbuilder import GraphBuilder
 from notifier.units import Pipeline, UnitRunner
 
 UNIT_SIZE = Settings.__dataclass_fields__["router_unit_size"].default
+WORKERS = Settings.__dataclass_fields__["router_workers"].default
 SERVICE = "graphinator"
 ROUNDS = 3
 # The earlier peer (one record per artist, no aliases or members), in the notes.
@@ -117,35 +119,52 @@ def _extra(n: int, r: int) -> GraphBuilder:
 
 
 async def _cycle(
-    pool: AsyncConnectionPool, conn: AsyncConnection[Any], graph: Graph, version: str
+    pool: AsyncConnectionPool,
+    claims: list[AsyncConnection[Any]],
+    graph: Graph,
+    version: str,
+    workers: int,
 ) -> float:
     """Fire `version` and run all its units; seconds from the releases unit's end to the last.
 
-    `pool` (the units' transactions) and `conn` (autocommit: signal, claims)
-    live across cycles, as a router's do: psycopg prepares a statement at its
-    5th run on a connection, which a fresh pool per 10-unit cycle mostly missed.
+    `workers` pipelines run the artist units at once, as a router's workers do
+    (the first also runs the releases unit, alone). `pool` (the units'
+    transactions) and `claims` (autocommit: signal, one per worker for its
+    claims) live across cycles, as a router's do: psycopg prepares a
+    statement at its 5th run on a connection, which a fresh pool per 10-unit
+    cycle mostly missed.
     """
     await cycles.record_signal(
-        conn, version=version, service=SERVICE, completed_at=None, message={},
+        claims[0], version=version, service=SERVICE, completed_at=None, message={},
         required=(SERVICE,), unit_size=UNIT_SIZE,
     )  # fmt: skip
     runner = UnitRunner(pool, graph, "bench", email=False, batch=1000)
-    pipeline = Pipeline(runner, lambda: cycles.claim(conn, "bench", 600), stop=asyncio.Event())
-    start = end = 0.0
-    units = 0
-    while (ahead := await pipeline.next()) is not None:
-        stats = await ahead.write(runner)
-        ahead.close()
-        if stats is None:
-            raise RuntimeError(f"unit {ahead.unit.id} was lost")
-        if ahead.unit.entity_type == cycles.RELEASES_UNIT:
-            start = time.perf_counter()  # artist units are claimed only from now on
-        elif ahead.unit.entity_type == "artist":
-            end = time.perf_counter()
+
+    def pipeline(conn: AsyncConnection[Any]) -> Pipeline:
+        return Pipeline(runner, lambda: cycles.claim(conn, "bench", 600), stop=asyncio.Event())
+
+    first = pipeline(claims[0])
+    releases = await first.next()
+    if releases is None or releases.unit.entity_type != cycles.RELEASES_UNIT:
+        raise RuntimeError("the releases unit was not claimed first")
+    if await releases.write(runner) is None:
+        raise RuntimeError("the releases unit was lost")
+    start = time.perf_counter()  # artist units are claimed only from now on
+
+    async def work(line: Pipeline) -> int:
+        units = 0
+        while (ahead := await line.next()) is not None:
+            stats = await ahead.write(runner)
+            ahead.close()
+            if stats is None or ahead.unit.entity_type != "artist":
+                raise RuntimeError(f"unit {ahead.unit.id} ({ahead.unit.entity_type}) was lost")
             units += 1
-        else:
-            raise RuntimeError(f"unexpected unit type {ahead.unit.entity_type}")
-    if [f.version for f in await cycles.finish_cycles(conn)] != [version] or units == 0:
+        return units
+
+    lines = [first, *(pipeline(c) for c in claims[1:workers])]
+    units = sum(await asyncio.gather(*(work(line) for line in lines)))
+    end = time.perf_counter()
+    if [f.version for f in await cycles.finish_cycles(claims[0])] != [version] or units == 0:
         raise RuntimeError(f"cycle {version} did not run its artist units")
     return end - start
 
@@ -182,23 +201,29 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
             conn.execute("VACUUM ANALYZE notifier.watchlists")
         graph = Graph(driver, database)
         async with (
-            AsyncConnectionPool(url, min_size=1, max_size=1, open=False) as pool,
-            await AsyncConnection.connect(url, autocommit=True) as claims,
+            AsyncConnectionPool(url, min_size=WORKERS, max_size=WORKERS, open=False) as pool,
+            contextlib.AsyncExitStack() as stack,
         ):
-            await _cycle(pool, claims, graph, "20260101")
+            claims = [
+                await stack.enter_async_context(await AsyncConnection.connect(url, autocommit=True))
+                for _ in range(WORKERS)
+            ]
+            await _cycle(pool, claims, graph, "20260101", WORKERS)
             # Alternated rounds, best of each side: a load spike on the shared
-            # machine then hits neither figure alone. Each round, 10% of the
-            # artists get a new release and the next cycle diffs them.
+            # machine then hits neither figure alone. Before each cycle, 10% of
+            # the artists get a new release and the cycle diffs them.
             ours_runs: list[float] = []
+            one_runs: list[float] = []
             peer_runs: list[float] = []
             earlier_runs: list[float] = []
             for r in range(ROUNDS):
-                await _extra(n, r).write(driver, database)
-                version = f"2026{r + 2:02d}01"
-                ours_runs.append(n / await _cycle(pool, claims, graph, version))
+                for k, (runs, workers) in enumerate(((ours_runs, WORKERS), (one_runs, 1))):
+                    await _extra(n, 2 * r + k).write(driver, database)
+                    version = f"2026{2 * r + k + 2:02d}01"
+                    runs.append(n / await _cycle(pool, claims, graph, version, workers))
                 peer_runs.append(await _bare(driver, database, n, ARTIST_STATES))
                 earlier_runs.append(await _bare(driver, database, n, BARE_READ))
-        best = f"2026{ours_runs.index(max(ours_runs)) + 2:02d}01"
+        best = f"2026{2 * ours_runs.index(max(ours_runs)) + 2:02d}01"
         with psycopg.connect(url) as conn:
             row = conn.execute(SPLIT, (best,)).fetchone()
         assert row is not None
@@ -206,11 +231,14 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
     finally:
         await driver.close()
         svc.drop_database(database)
-    ours, peer, earlier = max(ours_runs), max(peer_runs), max(earlier_runs)
-    notes: dict[str, Any] = {"artists": n, "unit_size": UNIT_SIZE, **split,
+    ours, peer, earlier, one = max(ours_runs), max(peer_runs), max(earlier_runs), max(one_runs)
+    notes: dict[str, Any] = {"artists": n, "unit_size": UNIT_SIZE, "workers": WORKERS, **split,
                              "graph_build_s": round(built(), 1), "graph": svc.origin,
                              "rounds_ours": [round(x) for x in ours_runs],
                              "rounds_peer": [round(x) for x in peer_runs],
+                             "rounds_one_worker": [round(x) for x in one_runs],
+                             "one_worker_per_s": round(one, 1),
+                             "ratio_one_worker": round(one / peer, 2),
                              "earlier_peer_per_s": round(earlier, 1),
                              "ratio_to_earlier_peer": round(ours / earlier, 2)}  # fmt: skip
     return Figure(

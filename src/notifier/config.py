@@ -73,7 +73,9 @@ class Settings:
     router_lease_seconds: float = 120.0
     router_prefetch: int = 16
     router_poll_seconds: float = 1.0
-    router_workers: int = 1
+    # Two units at a time per process: one worker's Python runs while the
+    # other waits on PostgreSQL or the graph (bench/RESULTS.md, diff).
+    router_workers: int = 2
     # Delivery (issue 4): sender limits, claim batch and lease, timeouts, retries.
     delivery_concurrency: int = 256
     delivery_per_endpoint: int = 8
@@ -228,7 +230,7 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         router_lease_seconds=_router_number(r, "NOTIFIER_ROUTER_LEASE_SECONDS", 120.0, 1, 86_400),
         router_prefetch=int(_router_number(r, "NOTIFIER_ROUTER_PREFETCH", 16, 1, 10_000, int)),
         router_poll_seconds=_router_number(r, "NOTIFIER_ROUTER_POLL_SECONDS", 1.0, 0.01, 3_600),
-        router_workers=int(_router_number(r, "NOTIFIER_ROUTER_WORKERS", 1, 1, 64, int)),
+        router_workers=int(_router_number(r, "NOTIFIER_ROUTER_WORKERS", 2, 1, 64, int)),
         # Delivery (issue 4).
         **_delivery_settings(r),
         # API (issue 5).

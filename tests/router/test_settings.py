@@ -13,7 +13,7 @@ def test_router_defaults() -> None:
     s = config.load(BASE, "router")
     assert (s.router_unit_size, s.router_lease_seconds) == (500, 120.0)
     assert (s.router_prefetch, s.router_poll_seconds) == (16, 1.0)
-    assert s.router_workers == 1
+    assert s.router_workers == 2
 
 
 def test_router_values_are_read() -> None:
