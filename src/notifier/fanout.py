@@ -115,9 +115,15 @@ _RECIPIENTS = """
 recipients AS (
     SELECT w.user_id, ev.id AS event_id, ev.event, ev.deliver_at
     FROM ev
-    JOIN notifier.watchlists w
-      ON w.entity_type = ev.entity_type AND w.entity_id = ev.entity_id
-     AND w.created_at < %(before)s
+    CROSS JOIN LATERAL (
+        -- OFFSET 0 keeps this an index range scan per event: joined freely,
+        -- a small watchlists table and a guessed 100 events made the planner
+        -- hash the whole table (4.6 ms for 50 events over 10,000 watches).
+        SELECT w.user_id, w.options FROM notifier.watchlists w
+        WHERE w.entity_type = ev.entity_type AND w.entity_id = ev.entity_id
+          AND w.created_at < %(before)s
+        OFFSET 0
+    ) AS w
     WHERE ev.event <> 'release_count_threshold'
        OR (w.options ? 'threshold' AND w.options -> 'threshold' = ev.detail -> 'threshold')
        OR (NOT w.options ? 'threshold' AND %(milestones)s::jsonb @> (ev.detail -> 'threshold'))
