@@ -50,7 +50,7 @@ from notifier.units import Pipeline, UnitRunner
 UNIT_SIZE = Settings.__dataclass_fields__["router_unit_size"].default
 WORKERS = Settings.__dataclass_fields__["router_workers"].default
 SERVICE = "graphinator"
-ROUNDS = 3
+ROUNDS = 5
 # The earlier peer (one record per artist, no aliases or members), in the notes.
 BARE_READ = (
     "UNWIND $ids AS id MATCH (a:Artist {id: id}) OPTIONAL MATCH (a)<-[:BY]-(r:Release) "
