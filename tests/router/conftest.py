@@ -15,8 +15,9 @@ import aio_pika
 import psycopg
 import pytest
 from neo4j import AsyncDriver
+from psycopg_pool import AsyncConnectionPool
 
-from notifier import config, services
+from notifier import config, cycles, services
 from notifier.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.conftest import env_for
@@ -104,6 +105,18 @@ async def signal_all(publish: Publish, version: str) -> None:
     """Both default required services signal `version`."""
     await publish(completion("graphinator", version))
     await publish(completion("tableinator", version))
+
+
+async def fire(
+    pool: AsyncConnectionPool, settings: config.Settings, version: str, unit_size: int
+) -> None:
+    """Record every required service's signal of `version` (the cycle fires), in-process."""
+    async with pool.connection() as conn:
+        for service in settings.required_services:
+            await cycles.record_signal(
+                conn, version=version, service=service, completed_at=None, message={},
+                required=settings.required_services, unit_size=unit_size,
+            )  # fmt: skip
 
 
 def q(pg_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from notifier import config, cycles, db, services, units
 from notifier.graph import Graph
 from tests.conftest import _new_database
-from tests.router.conftest import events, q, watch, write
+from tests.router.conftest import events, fire, q, watch, write
 
 ARTISTS = [str(i) for i in range(1, 13)]
 
@@ -26,12 +26,7 @@ async def _cycle(
     pool: AsyncConnectionPool, graph: Graph, settings: config.Settings, version: str
 ) -> list[dict[str, Any]]:
     """Fire `version` and run its units one by one; the artist units' stats."""
-    async with pool.connection() as conn:
-        for service in settings.required_services:
-            await cycles.record_signal(
-                conn, version=version, service=service, completed_at=None, message={},
-                required=settings.required_services, unit_size=5,
-            )  # fmt: skip
+    await fire(pool, settings, version, unit_size=5)
     runner = units.UnitRunner(pool, graph, "me", email=False, batch=100)
     stats: list[dict[str, Any]] = []
     async with pool.connection() as conn:

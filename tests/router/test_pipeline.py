@@ -13,7 +13,7 @@ from notifier import config, cycles, db, diff
 from notifier.graph import Graph
 from notifier.graphbuilder import GraphBuilder
 from notifier.units import Claim, Pipeline, UnitRunner, unchanged
-from tests.router.conftest import events, q, watch, write
+from tests.router.conftest import events, fire, q, watch, write
 
 ARTISTS = [str(i) for i in range(1, 7)]
 
@@ -39,12 +39,7 @@ def _claimer(pool: AsyncConnectionPool) -> Claim:
 
 
 async def _fire(pool: AsyncConnectionPool, settings: config.Settings, version: str) -> None:
-    async with pool.connection() as conn:
-        for service in settings.required_services:
-            await cycles.record_signal(
-                conn, version=version, service=service, completed_at=None, message={},
-                required=settings.required_services, unit_size=2,
-            )  # fmt: skip
+    await fire(pool, settings, version, unit_size=2)
 
 
 async def _run_cycle(
