@@ -195,3 +195,20 @@ async def test_the_database_compare_finds_what_the_python_diff_finds(
                 if n:
                     assert _total(stats, "unchanged_in_db") > 0
         assert events(pg_url, "v1") and events(pg_url, "v5")
+
+
+async def test_snapshots_without_a_digest_get_one_at_their_next_cycle(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    """As after migration 007: no digest yet, so one cycle in Python, then compared in SQL."""
+    await _watched(pg_url, graph_driver, graph_db)
+    graph = Graph(graph_driver, graph_db)
+    async with db.pool(router_settings.postgres_conninfo) as pool:
+        await _cycle(pool, graph, router_settings, "v1")
+        q(pg_url, "UPDATE notifier.entity_snapshots SET graph_digest = NULL")
+        second = await _cycle(pool, graph, router_settings, "v2")
+        assert _total(second, "unchanged_in_db") == 0 and events(pg_url, "v2") == []
+        assert None not in _digests(pg_url).values()
+        third = await _cycle(pool, graph, router_settings, "v3")
+    assert _total(third, "unchanged_in_db") == 12 and events(pg_url, "v3") == []
+    assert {s[1] for s in _snapshots(pg_url)} == {"v3"}
