@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import ssl
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -173,8 +173,8 @@ async def test_the_default_context_does_not_trust_a_private_ca(certs: Certs) -> 
         default = WebhookSender(options(None))  # production: no context given
         trusting = WebhookSender(options(client_tls(certs)))
         try:
-            refused = await default.send(dataclasses.replace(job, url=r.url))
-            accepted = await trusting.send(dataclasses.replace(job, url=r.url))
+            refused = await default.send(msgspec.structs.replace(job, url=r.url))
+            accepted = await trusting.send(msgspec.structs.replace(job, url=r.url))
         finally:
             await default.aclose()
             await trusting.aclose()
