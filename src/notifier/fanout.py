@@ -31,12 +31,15 @@ Rules:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection
+
+from notifier.diff import EventDraft
 
 FEED_CHANNEL = "notifier_feed"
 
@@ -244,22 +247,27 @@ async def fan_out_events(
 
 async def insert_and_fan_out(
     conn: AsyncConnection[Any],
-    events: str,
+    events: Sequence[EventDraft],
     *,
     version: str,
     watches_before: datetime,
     email: bool = False,
 ) -> tuple[int, FanoutResult]:
-    """Insert a router unit's `events` (INSERT_AND_FAN_OUT's JSON) and fan out the new ones.
+    """Insert a router unit's `events` of cycle `version` and fan out the new ones.
 
     Returns how many were new, and what their fan-out wrote. Run it inside the
     unit's transaction.
     """
-    if events == "[]":
+    if not events:
         return 0, FanoutResult()
     await conn.execute(LOCK_SHARED, (FEED_LOCK_KEY,))
+    rows = [
+        {"k": e.key(version), "e": e.event, "t": e.entity_type, "i": e.entity_id,
+         "n": e.entity_name, "d": e.detail}
+        for e in events
+    ]  # fmt: skip
     params = {
-        "events": events,
+        "events": msgspec.json.encode(rows).decode(),
         "version": version,
         "before": watches_before,
         "milestones": _MILESTONES_JSON,

@@ -111,10 +111,6 @@ class Graph:
         """ARTIST_STATES' raw rows ([id, name, release ids, aliases, members]) for `ids`."""
         return await self._one(ARTIST_STATES, ids=list(ids))
 
-    async def artists(self, ids: Sequence[str]) -> dict[str, ArtistState]:
-        """The artists among `ids` that exist, with releases, aliases and members."""
-        return artist_states(await self.artist_rows(ids))
-
     async def labels(self, ids: Sequence[str]) -> dict[str, LabelState]:
         """The labels among `ids` that exist, with their and their sublabels' releases."""
         return {

@@ -420,7 +420,7 @@ class UnitRunner:
             )
             inserted, out = await fanout.insert_and_fan_out(
                 conn,
-                events_json(unit.version, events),
+                events,
                 version=unit.version,
                 watches_before=unit.started_at,
                 email=self.email,
@@ -720,23 +720,6 @@ def _ints(values: Sequence[int] | None) -> list[int] | None:
     return None if values is None else list(values)
 
 
-def events_json(version: str, events: Sequence[diff.EventDraft]) -> str:
-    """The events as fanout.INSERT_AND_FAN_OUT's JSON rows (`[]` when there are none)."""
-    return msgspec.json.encode(
-        [
-            {
-                "k": e.key(version),
-                "e": e.event,
-                "t": e.entity_type,
-                "i": e.entity_id,
-                "n": e.entity_name,
-                "d": e.detail,
-            }
-            for e in events
-        ]
-    ).decode()
-
-
 # Renews a claimed unit's lease until cancelled (router.Router._keep_lease).
 Keeper = Callable[[cycles.Unit], Coroutine[Any, Any, None]]
 
@@ -852,9 +835,9 @@ class Pipeline:
         """At shutdown: the units claimed ahead and not written (closed; give them back)."""
         self.closed = True
         for ahead in self.waiting:
-            ahead.close()
+            ahead.close()  # ends the read the fill may be waiting on
         if self.filling is not None:
-            await asyncio.wait([self.filling])  # it stops at its next claim or read
+            await asyncio.wait([self.filling])  # a claim in flight may still add a unit
         left = list(self.waiting)
         self.waiting.clear()
         for ahead in left:

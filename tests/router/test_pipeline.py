@@ -10,7 +10,7 @@ from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 
 from notifier import config, cycles, db, diff
-from notifier.graph import Graph
+from notifier.graph import Graph, artist_states
 from notifier.graphbuilder import GraphBuilder
 from notifier.units import Claim, Pipeline, UnitRunner, unchanged
 from tests.router.conftest import events, fire, q, watch, write
@@ -145,13 +145,14 @@ async def test_artist_read_tolerates_odd_graph_data(
         g.node("Artist", {"id": 3, "name": "numeric id"})  # never matched by a string id
 
     await write(graph_driver, graph_db, build)
-    got = await Graph(graph_driver, graph_db).artists(["1", "2", "3", "nope"])
+    graph = Graph(graph_driver, graph_db)
+    got = artist_states(await graph.artist_rows(["1", "2", "3", "nope"]))
     assert set(got) == {"1", "2"}
     one = got["1"]
     assert one.name is None and list(one.release_ids) == [7]
     assert list(one.aliases) == [("2", 42)] and list(one.members) == [("2", 42)]
     assert list(got["2"].aliases) == [("1", None)] and list(got["2"].release_ids) == []
-    assert await Graph(graph_driver, graph_db).artists([]) == {}
+    assert artist_states(await graph.artist_rows([])) == {}
 
 
 def test_unchanged_compares_everything_but_the_version() -> None:
