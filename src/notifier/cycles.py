@@ -55,7 +55,7 @@ WHERE c.version = %(version)s AND c.status = 'collecting'
       SELECT 1 FROM unnest(c.required_services) AS s (service)
       WHERE NOT EXISTS (SELECT 1 FROM notifier.cycle_signals g
                         WHERE g.version = c.version AND g.service = s.service))
-RETURNING started_at
+RETURNING started_at, previous_version
 """
 # The 'releases' unit first (lowest id), then chunks of distinct watched
 # entities per type (watchlists_entity_idx gives them in (type, id) order).
@@ -64,15 +64,28 @@ INSERT INTO notifier.diff_units (version, entity_type, seq, entity_ids)
 VALUES (%(version)s, 'releases', 0, '{}')
 ON CONFLICT (version, entity_type, seq) DO NOTHING
 """
-# diff_units_version_type_seq_key makes unit creation idempotent.
+# diff_units_version_type_seq_key makes unit creation idempotent. fresh_ids
+# (sql/008_unit_continuity.sql): the ids in no unit of the previous cycle (its
+# units by diff_units_version_type_seq_key prefix, hashed once); NULL without
+# a previous cycle. Whatever those units' status: the previous cycle may still
+# be running (its units are all finished before any of this one is claimed),
+# and an entity of a unit that failed for good is diffed against its older
+# snapshot, its changes reported late rather than taken as a new baseline.
 INSERT_UNITS = """
-INSERT INTO notifier.diff_units (version, entity_type, seq, entity_ids)
-SELECT %(version)s, entity_type, (rn / %(size)s)::int + 1, array_agg(entity_id ORDER BY entity_id)
+INSERT INTO notifier.diff_units (version, entity_type, seq, entity_ids, fresh_ids)
+SELECT %(version)s, entity_type, (rn / %(size)s)::int + 1,
+       array_agg(entity_id ORDER BY entity_id),
+       CASE WHEN %(previous)s::text IS NOT NULL
+            THEN coalesce(array_agg(entity_id ORDER BY entity_id) FILTER (WHERE fresh), '{}')
+       END
 FROM (
-    SELECT entity_type, entity_id,
-           row_number() OVER (PARTITION BY entity_type ORDER BY entity_id) - 1 AS rn
+    SELECT d.entity_type, d.entity_id, p.id IS NULL AS fresh,
+           row_number() OVER (PARTITION BY d.entity_type ORDER BY d.entity_id) - 1 AS rn
     FROM (SELECT DISTINCT entity_type, entity_id FROM notifier.watchlists
           WHERE created_at < %(started)s) AS d
+    LEFT JOIN (SELECT u.entity_type, x.id FROM notifier.diff_units u, unnest(u.entity_ids) AS x (id)
+               WHERE u.version = %(previous)s) AS p
+           ON p.entity_type = d.entity_type AND p.id = d.entity_id
 ) AS x
 GROUP BY entity_type, rn / %(size)s
 ON CONFLICT (version, entity_type, seq) DO NOTHING
@@ -188,9 +201,8 @@ async def record_signal(
             return False
         started: datetime = row[0]
         await conn.execute(INSERT_RELEASES_UNIT, {"version": version})
-        await conn.execute(
-            INSERT_UNITS, {"version": version, "started": started, "size": unit_size}
-        )
+        params = {"version": version, "started": started, "size": unit_size, "previous": row[1]}
+        await conn.execute(INSERT_UNITS, params)
         return True
 
 

@@ -2,8 +2,9 @@
 
 The graph is read first (one query, `UnitRunner.read`). The transaction
 (`UnitRunner.write`) then locks the unit row (a router whose lease was taken
-over commits nothing) and reads the unit's snapshots in one round trip,
-stamps the unchanged snapshots, upserts the others and inserts the events
+over commits nothing) and reads the unit's snapshots in one round trip
+(artists: only those whose graph row changed), upserts the changed
+snapshots (unchanged ones are left as they are) and inserts the events
 (unique dedup keys) in one statement each, fans the new events out and
 marks the unit done: all or nothing, so a crash anywhere leaves the unit to
 be redone from scratch with the same result. `Pipeline` reads the next
@@ -13,7 +14,7 @@ unit's graph while the current unit's transaction runs.
 from __future__ import annotations
 
 import asyncio
-import json
+import hashlib
 import logging
 import time
 from collections import defaultdict, deque
@@ -41,62 +42,57 @@ log = logging.getLogger(__name__)
 # lock and its claim (a concurrent lease-expired run waits on that lock, then
 # finds the unit done or not its own), and a cycle's units are claimable only
 # once the previous cycle is done. Locking 500 rows here cost a WAL record each.
+# A snapshot's version as the diff sees it (sql/008_unit_continuity.sql): the
+# previous cycle's when the entity was in one of its units (not in the unit's
+# fresh_ids) and the snapshot was not written since, else the cycle
+# that wrote it (COMPARE_ARTISTS computes it the same way).
 LOAD_UNIT_SNAPSHOTS = """
-SELECT s.entity_id, s.version, s.entity_name, s.release_ids, s.alias_ids, s.member_ids,
-       s.release_count
-FROM notifier.diff_units u
-CROSS JOIN LATERAL unnest(u.entity_ids) AS x (id)
-JOIN notifier.entity_snapshots s ON s.entity_type = u.entity_type AND s.entity_id = x.id
-WHERE u.id = %(unit)s
+SELECT s.entity_id,
+       CASE WHEN d.fresh_ids IS NULL OR s.version = %(version)s OR x.id = ANY (d.fresh_ids)
+            THEN s.version ELSE %(previous)s END,
+       s.entity_name, s.release_ids, s.alias_ids, s.member_ids, s.release_count
+FROM notifier.diff_units d
+CROSS JOIN LATERAL unnest(d.entity_ids) AS x (id)
+JOIN notifier.entity_snapshots s ON s.entity_type = d.entity_type AND s.entity_id = x.id
+WHERE d.id = %(unit)s
 """
 # An artist unit's compare, in the database (sql/007_snapshot_digest.sql):
-# an artist whose graph row hashes to the digest its previous-cycle snapshot
-# was derived from would find nothing new, so it is stamped with this cycle
-# there and then, and its arrays never travel to the router. The statement
-# returns the unit's other ids, in unit order, with their snapshots
-# (LOAD_UNIT_SNAPSHOTS' columns, NULL when there is none), the stored digest
-# and their row's digest (NULL: not read), for the Python diff. `rows` is one
-# JSON object of the graph's ARTIST_STATES rows by artist id (the last row of
-# an id read twice, as graph.artist_states keeps). Only a unit
-# still pending and claimed by `me` is touched (its row lock is taken first,
-# as for LOAD_UNIT_SNAPSHOTS, which also keeps the rows' ctids stable until
-# the stamp). Indexes: diff_units primary key; entity_snapshots primary key,
-# probed per id; the stamp is a TID scan.
+# an artist whose graph row hashes to the digest its snapshot of the
+# previous cycle was derived from would find nothing new, so it is left as
+# it is and its arrays never travel to the router. `digests` holds the
+# unit's row digests (row_digests: DIGEST_SIZE bytes per id, in unit order).
+# The statement returns the unit's other ids, in unit order, with their
+# snapshots (LOAD_UNIT_SNAPSHOTS' columns, NULL when there is none), the
+# stored digest and their row's, for the Python diff. Only a unit still
+# pending and claimed by `me` is read (its row lock is taken first, as for
+# LOAD_UNIT_SNAPSHOTS). Indexes: diff_units primary key; entity_snapshots
+# primary key, probed once per id (OFFSET 0 keeps it a probe: joined freely,
+# the planner may hash every artist snapshot).
 COMPARE_ARTISTS = """
-WITH p AS MATERIALIZED (SELECT %(rows)s::jsonb AS rows),
-u AS (
-    SELECT x.id, x.n, sha256(convert_to((p.rows -> x.id)::text, 'UTF8')) AS h
-    FROM p, notifier.diff_units d
+SELECT id, version, entity_name, release_ids, alias_ids, member_ids, release_count,
+       graph_digest, h
+FROM (
+    SELECT x.id, x.n, substring(%(digests)s::bytea FROM x.n::int * 32 - 31 FOR 32) AS h,
+           CASE WHEN d.fresh_ids IS NULL OR s.version = %(version)s OR x.id = ANY (d.fresh_ids)
+                THEN s.version ELSE %(previous)s END AS version,
+           s.entity_name, s.release_ids, s.alias_ids,
+           s.member_ids, s.release_count, s.graph_digest
+    FROM notifier.diff_units d
     CROSS JOIN LATERAL unnest(d.entity_ids) WITH ORDINALITY AS x (id, n)
+    LEFT JOIN LATERAL (
+        SELECT * FROM notifier.entity_snapshots s
+        WHERE s.entity_type = 'artist' AND s.entity_id = x.id
+        OFFSET 0
+    ) AS s ON true
     WHERE d.id = %(unit)s AND d.status = 'pending' AND d.claimed_by = %(me)s
-),
-same AS (
-    -- LIMIT keeps this a probe per id: joined freely, the planner took a
-    -- rare version for a reason to scan every artist snapshot.
-    SELECT s.t
-    FROM u CROSS JOIN LATERAL (
-        SELECT s.ctid AS t FROM notifier.entity_snapshots s
-        WHERE s.entity_type = 'artist' AND s.entity_id = u.id
-          AND s.version = %(previous)s AND s.graph_digest = u.h
-        LIMIT 1
-    ) AS s
-),
-stamped AS (
-    UPDATE notifier.entity_snapshots s SET version = %(version)s, updated_at = now()
-    WHERE s.ctid = ANY (ARRAY(SELECT t FROM same))
-    RETURNING s.entity_id
-)
-SELECT u.id, s.version, s.entity_name, s.release_ids, s.alias_ids, s.member_ids,
-       s.release_count, s.graph_digest, u.h
-FROM u
-LEFT JOIN notifier.entity_snapshots s ON s.entity_type = 'artist' AND s.entity_id = u.id
-WHERE u.id NOT IN (SELECT entity_id FROM stamped)
-ORDER BY u.n
+) AS j
+WHERE (version = %(previous)s AND graph_digest = h) IS NOT TRUE
+ORDER BY n
 """
 # entity_snapshots primary key: insert or replace the states of a unit's
 # entities in one statement. The rows travel as one JSON array (ids are
 # distinct in a unit): psycopg's text[] dumper escapes each element in Python,
-# which cost ~4x the Python CPU of json.dumps for a 500-entity unit.
+# which cost ~4x the Python CPU of encoding JSON for a 500-entity unit.
 UPSERT_SNAPSHOTS = """
 INSERT INTO notifier.entity_snapshots
     (entity_type, entity_id, entity_name, version, release_ids, alias_ids, member_ids,
@@ -109,17 +105,6 @@ ON CONFLICT (entity_type, entity_id) DO UPDATE SET
     release_ids = excluded.release_ids, alias_ids = excluded.alias_ids,
     member_ids = excluded.member_ids, release_count = excluded.release_count,
     graph_digest = excluded.graph_digest, updated_at = now()
-"""
-# entity_snapshots primary key, probed per id of the unit (diff_units primary
-# key), as LOAD_UNIT_SNAPSHOTS: an unchanged entity's snapshot (most of them)
-# only gets this cycle's stamp, cheaper than rewriting it through the upsert.
-# `skip` (few) lists the unit's entities that must not be stamped (rewritten,
-# or left as they are).
-STAMP_SNAPSHOTS = """
-UPDATE notifier.entity_snapshots s SET version = %(version)s, updated_at = now()
-FROM notifier.diff_units u, unnest(u.entity_ids) AS x (id)
-WHERE u.id = %(unit)s AND s.entity_type = u.entity_type AND s.entity_id = x.id
-  AND s.version <> %(version)s AND NOT %(skip)s::jsonb ? x.id
 """
 # Genre/style watchers' thresholds (watchlists_entity_idx). A usable threshold
 # is a positive integer JSON number; other values match no event (fan-out
@@ -306,12 +291,12 @@ class UnitRunner:
         ids = unit.entity_ids
         if unit.entity_type == "artist":
             rows: list[Any] = reading.data
-            payload = compare_payload(rows)
+            digests = row_digests(ids, rows)
             states: dict[str, diff.ArtistState] = {}
 
             def artists(ids: Sequence[str], s: dict[str, diff.Snapshot]) -> list[diff.DiffResult]:
-                # With the compare done in PostgreSQL only the ids it left are built.
-                states.update(artist_states(rows, None if payload is None else set(ids)))
+                # The compare done in PostgreSQL, only the ids it left are built.
+                states.update(artist_states(rows, set(ids)))
                 return diff_artists(unit, ids, states, s)
 
             def clean(i: str, result: diff.DiffResult) -> bool:
@@ -325,7 +310,7 @@ class UnitRunner:
                     and result.counters.values.keys() <= {"baseline"}
                 )
 
-            return await self._commit(unit, reading, artists, compare=payload, clean=clean)
+            return await self._commit(unit, reading, artists, compare=digests, clean=clean)
         if unit.entity_type == "label":
             labels: dict[str, diff.LabelState] = reading.data
             return await self._commit(
@@ -361,14 +346,14 @@ class UnitRunner:
         counters: diff.Counters | None = None,
         conn_work: Any = None,
         *,
-        compare: str | None = None,
+        compare: bytes | None = None,
         clean: Callable[[str, diff.DiffResult], bool] | None = None,
     ) -> dict[str, Any] | None:
         """The unit's transaction: lock, snapshots, events, fan-out, done.
 
         `compute(ids, snapshots[, extra])` diffs `ids` (the unit's, or with
-        `compare`, the artists' JSON for COMPARE_ARTISTS, those it did not
-        find unchanged) in unit order. `clean(id, result)` says whether the
+        `compare`, the artists' row digests for COMPARE_ARTISTS, those it did
+        not find unchanged) in unit order. `clean(id, result)` says whether the
         graph digest of an artist so diffed may be stored.
         """
         counters = counters or diff.Counters()
@@ -380,9 +365,11 @@ class UnitRunner:
         async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             locked = await conn.execute(cycles.LOCK_UNIT, {"id": unit.id})
             if compare is None:
-                loaded = await conn.execute(LOAD_UNIT_SNAPSHOTS, {"unit": unit.id}, binary=True)
+                params: dict[str, Any] = {"unit": unit.id, "version": unit.version,
+                                          "previous": unit.previous_version}  # fmt: skip
+                loaded = await conn.execute(LOAD_UNIT_SNAPSHOTS, params, binary=True)
             else:
-                params = {"unit": unit.id, "me": self.me, "rows": compare,
+                params = {"unit": unit.id, "me": self.me, "digests": compare,
                           "version": unit.version, "previous": unit.previous_version}  # fmt: skip
                 loaded = await conn.execute(COMPARE_ARTISTS, params, binary=True)
             if not cycles.owned(await locked.fetchone(), self.me):
@@ -412,11 +399,11 @@ class UnitRunner:
             digests = None
             if compare is not None and clean is not None:
                 digests = {
-                    r[0]: (r[7], r[8] if clean(r[0], result) else None)
+                    r[0]: (r[7], r[8] if r[8] != NO_DIGEST and clean(r[0], result) else None)
                     for r, result in zip(rows, results, strict=True)
                 }
             await save_snapshots(
-                conn, unit.id, unit.entity_type, ids, results, snapshots, unit.version, digests
+                conn, unit.entity_type, ids, results, snapshots, unit.version, digests
             )
             inserted, out = await fanout.insert_and_fan_out(
                 conn,
@@ -608,30 +595,36 @@ def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
     return {r[0]: make(r[1:7]) for r in rows if r[1] is not None}
 
 
-# Graph rows as JSON for COMPARE_ARTISTS. A value JSON has no form for (the
-# driver's temporal and spatial values, nodes) fails the encoding: that unit
-# is diffed in Python. Bolt bytes become base64 text, which only a row that
-# held bytes where a clean row held that very text could be mistaken for.
+# Graph rows are hashed as JSON. A row JSON has no form for (the driver's
+# temporal and spatial values, nodes) gets NO_DIGEST, which no snapshot
+# stores: it is diffed in Python. Bolt bytes become base64 text, which only a
+# row that held bytes where a clean row held that very text could be
+# mistaken for.
 _ROWS_ENCODER = msgspec.json.Encoder()
+DIGEST_SIZE = 32  # SHA-256; COMPARE_ARTISTS slices `digests` by it
+NO_DIGEST = bytes(DIGEST_SIZE)
 
 
-def compare_payload(rows: Sequence[Any]) -> str | None:
-    """ARTIST_STATES rows by id as JSON for COMPARE_ARTISTS, or None if PostgreSQL cannot take them.
+def row_digests(ids: Sequence[str], rows: Sequence[Any]) -> bytes:
+    """The SHA-256 of each of `ids`' ARTIST_STATES row as JSON, concatenated in `ids` order.
 
-    jsonb refuses the NUL character (the whole unit then takes the Python
-    diff); a string that merely contains a backslash before "u0000" is
-    refused too, which is only slower.
+    An id without a row (or with one JSON cannot hold) gets NO_DIGEST; an id
+    read twice, its last row (as graph.artist_states keeps).
     """
-    try:
-        payload = _ROWS_ENCODER.encode({r[0]: r for r in rows if type(r[0]) is str})
-    except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
-        return None
-    return None if b"\\u0000" in payload else payload.decode()
+    by_id = {r[0]: r for r in rows if type(r[0]) is str}
+    encode, sha256 = _ROWS_ENCODER.encode, hashlib.sha256
+    out: list[bytes] = []
+    for i in ids:
+        row = by_id.get(i)
+        try:
+            out.append(NO_DIGEST if row is None else sha256(encode(row)).digest())
+        except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
+            out.append(NO_DIGEST)
+    return b"".join(out)
 
 
 async def save_snapshots(
     conn: AsyncConnection[Any],
-    unit_id: int,
     entity_type: str,
     ids: Sequence[str],
     results: Sequence[diff.DiffResult],
@@ -639,42 +632,29 @@ async def save_snapshots(
     version: str,
     digests: Mapping[str, tuple[bytes | None, bytes | None]] | None = None,
 ) -> None:
-    """Write the new snapshots of unit `unit_id` (`ids`, skipping those already at `version`).
+    """Write the snapshots of `ids` that changed (one upsert), skipping those already at `version`.
 
-    Two statements at most: a stamp of the unchanged ones, an upsert of the
-    rest. `digests` (artists compared by COMPARE_ARTISTS) gives, per id, the
-    stored graph digest and the one to store (None: the row was not clean);
-    an unchanged snapshot whose digest must change is rewritten, not stamped.
+    An unchanged snapshot is left as it is (sql/008_unit_continuity.sql).
+    `digests` (artists compared by COMPARE_ARTISTS) gives, per id, the stored
+    graph digest and the one to store (None: the row was not clean); an
+    unchanged snapshot whose digest must change is rewritten.
     """
-    stamp = 0
-    skip: list[str] = []  # with a snapshot, not stamped
     rows: list[tuple[str, diff.Snapshot, bytes | None]] = []
     for i, r in zip(ids, results, strict=True):
         before = old.get(i)
         stored, digest = digests.get(i, (None, None)) if digests else (None, None)
         if r is diff.UNCHANGED:
             if digest is not None and digest != stored and before is not None:
-                skip.append(i)
                 rows.append((i, before._replace(version=version), digest))
-            else:
-                stamp += 1
             continue
         if (new := r.snapshot) is None:
-            if before is not None:
-                skip.append(i)
             continue
         if before is None:
             rows.append((i, new, digest))
         elif before.version == version:
             continue  # already written by this cycle (see "already_diffed")
-        elif unchanged(before, new) and (digest is None or digest == stored):
-            stamp += 1
-        else:
-            skip.append(i)
+        elif not unchanged(before, new) or (digest is not None and digest != stored):
             rows.append((i, new, digest))
-    if stamp:
-        params = {"version": version, "unit": unit_id, "skip": json.dumps(skip)}
-        await conn.execute(STAMP_SNAPSHOTS, params)
     if rows:
         await conn.execute(UPSERT_SNAPSHOTS, snapshot_params(entity_type, rows))
 
@@ -705,19 +685,15 @@ def snapshot_params(
             "i": i,
             "n": s.entity_name,
             "v": s.version,
-            "r": _ints(s.release_ids),
-            "a": _ints(s.alias_ids),
-            "m": _ints(s.member_ids),
+            "r": s.release_ids,
+            "a": s.alias_ids,
+            "m": s.member_ids,
             "c": s.release_count,
             "h": None if h is None else h.hex(),
         }
         for i, s, h in rows
     ]
-    return {"type": entity_type, "rows": json.dumps(doc)}
-
-
-def _ints(values: Sequence[int] | None) -> list[int] | None:
-    return None if values is None else list(values)
+    return {"type": entity_type, "rows": _ROWS_ENCODER.encode(doc).decode()}
 
 
 # Renews a claimed unit's lease until cancelled (router.Router._keep_lease).

@@ -345,11 +345,11 @@ async def test_bad_graph_data_is_counted_not_fatal(
         ("new_releases", "1", {"new_release_count": 2, "release_ids": ["101", "102"]}),
         ("new_releases", "x-9", {"new_release_count": 1, "release_ids": ["101"]}),
     ]
-    # The vanished artist keeps its last known snapshot.
+    # The vanished artist keeps its last known snapshot (not rewritten).
     assert q(
         pg_url,
         "SELECT version, entity_name FROM notifier.entity_snapshots WHERE entity_id = 'gone'",
-    ) == [("v2", "Will vanish")]
+    ) == [("v1", "Will vanish")]
 
 
 def _recorded() -> float:

@@ -94,7 +94,7 @@ def test_artist_unchanged_is_the_diff_finding_nothing(state: diff.ArtistState, s
     if same:
         assert full.events == [] and full.counters.values == {}
         assert full.snapshot == diff.Snapshot("v2", "A", [1, 2], [], [], 2)
-    # A snapshot without alias/member sets (NULL) is rewritten, never only stamped.
+    # A snapshot without alias/member sets (NULL) is rewritten, never left as it is.
     assert not diff.artist_unchanged(state, diff.Snapshot("v1", "A", [1, 2], None, [], 2))
 
 
@@ -104,7 +104,7 @@ def test_removed_items_are_not_events() -> None:
     assert result.events == []
 
 
-def test_vanished_keeps_snapshot_stamped_with_cycle() -> None:
+def test_vanished_keeps_its_last_known_snapshot() -> None:
     snap = diff.Snapshot("v1", "A", [1], [], [], 1)
     result = diff.diff_artist("v2", "v1", "1", None, snap)
     assert result.events == [] and result.counters.values == {"vanished": 1}
@@ -132,6 +132,10 @@ def test_fit_detail_halves_lists_until_small() -> None:
     fitted = diff.fit_detail(detail, max_bytes=10_000)
     assert fitted["n"] == 3 and 0 < len(fitted["items"]) < 10
     assert len(json.dumps(fitted).encode()) < 10_000
+    # Between half the limit and the limit (compact): measured as json.dumps does.
+    spaced = {"ids": list(range(1500))}  # 6,399 bytes compact, 7,899 with spaces
+    assert diff.fit_detail(spaced, max_bytes=7_800)["ids"] == list(range(750))
+    assert diff.fit_detail(spaced, max_bytes=7_900) == spaced
 
 
 def test_thresholds_one_event_per_crossed_value() -> None:

@@ -1,5 +1,5 @@
 """The unit pipeline (next unit's graph read during the current write), the one-query
-graph read, and the snapshot stamp/upsert split, on real PostgreSQL and Bolt graph."""
+graph read, and which snapshots are rewritten, on real PostgreSQL and Bolt graph."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ async def test_pipeline_reads_ahead_and_gives_the_same_events(
         ("new_members", "4", {"members": [{"id": "40", "name": None}], "member_count": 1}),
         ("new_releases", "5", {"new_release_count": 1, "release_ids": ["501"]}),
     ]
-    # Unchanged snapshots were only stamped; changed ones rewritten.
+    # Changed snapshots were rewritten; the unchanged one was left as it was.
     snaps = q(
         pg_url,
         "SELECT entity_id, version, release_ids, alias_ids, member_ids FROM"
@@ -104,7 +104,7 @@ async def test_pipeline_reads_ahead_and_gives_the_same_events(
         ("3", "v2", [300, 301], [], []),
         ("4", "v2", [400], [], [40]),
         ("5", "v2", [500, 501], [], []),
-        ("6", "v2", [600], [], []),
+        ("6", "v1", [600], [], []),
     ]
 
 

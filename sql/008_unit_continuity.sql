@@ -1,0 +1,13 @@
+-- 008_unit_continuity: an unchanged snapshot is no longer rewritten each cycle.
+--
+-- Until now every cycle stamped each watched entity's snapshot with its
+-- version: the sign that the entity was diffed in that cycle (a snapshot of an
+-- older cycle is a baseline after a gap). The previous cycle's units say the
+-- same: fresh_ids lists the ids of a unit that were in none of them, and the
+-- other ids' snapshots count as of the previous cycle. NULL (units made
+-- before this migration, or in a cycle without a previous one): the
+-- snapshot's own version says, as before. A snapshot's version is now the
+-- cycle that last wrote it. Measured on 450 unchanged artists of a unit, the
+-- stamp was about 1.2 ms of PostgreSQL and a new row version each (a dead one
+-- for vacuum), for every watched entity, every cycle.
+ALTER TABLE notifier.diff_units ADD COLUMN fresh_ids text[];
