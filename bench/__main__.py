@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"measuring {name} at scale {args.scale}…", file=sys.stderr, flush=True)
             with timer() as took:
                 got = asyncio.run(FIGURES[name](ctx))
+            ctx.drop_databases()
             print(f"  {name}: {took():.1f} s", file=sys.stderr, flush=True)
             figures.extend(got if isinstance(got, list) else [got])
     print(table(figures))

@@ -13,8 +13,8 @@ two units ahead of the writes), with as many pipelines at once as a router
 has workers by default (`router_workers`), as in `notifier router`. Ours:
 artists per second of wall time from the end of the 'releases' unit (not an
 artist figure) to the end of the last artist unit, claims included. Each of
-ROUNDS rounds measures ours, ours with one worker (in the notes), then the
-peer; each figure is its best round.
+ROUNDS rounds measures ours and the peer (in alternating order), then ours
+with one worker (in the notes); each figure is its best round.
 
 The peer: the bare read of exactly what the diff needs from the graph (each
 artist's name, release ids, aliases and members) for the same ids in batches
@@ -50,7 +50,7 @@ from notifier.units import Pipeline, UnitRunner
 UNIT_SIZE = Settings.__dataclass_fields__["router_unit_size"].default
 WORKERS = Settings.__dataclass_fields__["router_workers"].default
 SERVICE = "graphinator"
-ROUNDS = 5
+ROUNDS = 6
 # The earlier peer (one record per artist, no aliases or members), in the notes.
 BARE_READ = (
     "UNWIND $ids AS id MATCH (a:Artist {id: id}) OPTIONAL MATCH (a)<-[:BY]-(r:Release) "
@@ -211,19 +211,33 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
             await _cycle(pool, claims, graph, "20260101", WORKERS)
             # Alternated rounds, best of each side: a load spike on the shared
             # machine then hits neither figure alone. Before each cycle, 10% of
-            # the artists get a new release and the cycle diffs them.
+            # the artists get a new release and the cycle diffs them. Which
+            # side reads first after that write alternates: the graph server
+            # (a JVM) was still compiling during the first reads after it
+            # (its compiler threads took 3-17 ms of CPU per unit during our
+            # cycle, under 1 ms during the peer read right after), so a fixed
+            # order gave the side running second a warmer server every round.
             ours_runs: list[float] = []
             one_runs: list[float] = []
             peer_runs: list[float] = []
             earlier_runs: list[float] = []
+            versions: list[str] = []
             for r in range(ROUNDS):
-                for k, (runs, workers) in enumerate(((ours_runs, WORKERS), (one_runs, 1))):
-                    await _extra(n, 2 * r + k).write(driver, database)
-                    version = f"2026{2 * r + k + 2:02d}01"
-                    runs.append(n / await _cycle(pool, claims, graph, version, workers))
-                peer_runs.append(await _bare(driver, database, n, ARTIST_STATES))
+                await _extra(n, 2 * r).write(driver, database)
+                versions.append(f"2026{2 * r + 2:02d}01")
+
+                async def ours_round() -> None:
+                    ours_runs.append(n / await _cycle(pool, claims, graph, versions[-1], WORKERS))
+
+                async def peer_round() -> None:
+                    peer_runs.append(await _bare(driver, database, n, ARTIST_STATES))
+
+                for run in (ours_round, peer_round) if r % 2 == 0 else (peer_round, ours_round):
+                    await run()
+                await _extra(n, 2 * r + 1).write(driver, database)
+                one_runs.append(n / await _cycle(pool, claims, graph, f"2026{2 * r + 3:02d}01", 1))
                 earlier_runs.append(await _bare(driver, database, n, BARE_READ))
-        best = f"2026{2 * ours_runs.index(max(ours_runs)) + 2:02d}01"
+        best = versions[ours_runs.index(max(ours_runs))]
         with psycopg.connect(url) as conn:
             row = conn.execute(SPLIT, (best,)).fetchone()
         assert row is not None
