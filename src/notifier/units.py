@@ -600,7 +600,7 @@ def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
 # stores: it is diffed in Python. Bolt bytes become base64 text, which only a
 # row that held bytes where a clean row held that very text could be
 # mistaken for.
-_ROWS_ENCODER = msgspec.json.Encoder()
+_JSON = msgspec.json.Encoder()
 DIGEST_SIZE = 32  # SHA-256; COMPARE_ARTISTS slices `digests` by it
 NO_DIGEST = bytes(DIGEST_SIZE)
 
@@ -612,7 +612,7 @@ def row_digests(ids: Sequence[str], rows: Sequence[Any]) -> bytes:
     read twice, its last row (as graph.artist_states keeps).
     """
     by_id = {r[0]: r for r in rows if type(r[0]) is str}
-    encode, sha256 = _ROWS_ENCODER.encode, hashlib.sha256
+    encode, sha256 = _JSON.encode, hashlib.sha256
     out: list[bytes] = []
     for i in ids:
         row = by_id.get(i)
@@ -693,7 +693,7 @@ def snapshot_params(
         }
         for i, s, h in rows
     ]
-    return {"type": entity_type, "rows": _ROWS_ENCODER.encode(doc).decode()}
+    return {"type": entity_type, "rows": _JSON.encode(doc).decode()}
 
 
 # Renews a claimed unit's lease until cancelled (router.Router._keep_lease).

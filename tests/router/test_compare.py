@@ -29,15 +29,24 @@ async def _cycle(
 ) -> list[dict[str, Any]]:
     """Fire `version` and run its units one by one; the artist units' stats."""
     await fire(pool, settings, version, unit_size=5)
+    return await _run(pool, graph, [version])
+
+
+async def _run(
+    pool: AsyncConnectionPool, graph: Graph, versions: list[str]
+) -> list[dict[str, Any]]:
+    """Run the fired cycles `versions` to their end, in turn; the artist units' stats."""
     runner = units.UnitRunner(pool, graph, "me", email=False, batch=100)
     stats: list[dict[str, Any]] = []
     async with pool.connection() as conn:
-        while (unit := await cycles.claim(conn, "me", 60)) is not None:
-            got = await runner.run(unit)
-            assert got is not None
-            if unit.entity_type == "artist":
-                stats.append(got)
-        assert [f.version for f in await cycles.finish_cycles(conn)] == [version]
+        for version in versions:
+            while (unit := await cycles.claim(conn, "me", 60)) is not None:
+                assert unit.version == version
+                got = await runner.run(unit)
+                assert got is not None
+                if unit.entity_type == "artist":
+                    stats.append(got)
+            assert [f.version for f in await cycles.finish_cycles(conn)] == [version]
     return stats
 
 
@@ -273,12 +282,7 @@ async def test_a_cycle_fired_while_the_previous_one_runs_continues_it(
         await fire(pool, router_settings, "v1", unit_size=5)
         await write(graph_driver, graph_db, lambda g: g.release("102", artists=["1"]))
         await fire(pool, router_settings, "v2", unit_size=5)
-        runner = units.UnitRunner(pool, graph, "me", email=False, batch=100)
-        async with pool.connection() as conn:
-            for version in ("v1", "v2"):
-                while (unit := await cycles.claim(conn, "me", 60)) is not None:
-                    assert unit.version == version and await runner.run(unit) is not None
-                assert [f.version for f in await cycles.finish_cycles(conn)] == [version]
+        await _run(pool, graph, ["v1", "v2"])
     assert _fresh(pg_url, "v1") == [None] * 3 and _fresh(pg_url, "v2") == [[], [], []]
     # v1 (the baseline) read the graph with release 102 already there.
     assert events(pg_url, "v1") == [] and events(pg_url, "v2") == []
