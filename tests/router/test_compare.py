@@ -286,3 +286,22 @@ async def test_a_cycle_fired_while_the_previous_one_runs_continues_it(
     assert _fresh(pg_url, "v1") == [None] * 3 and _fresh(pg_url, "v2") == [[], [], []]
     # v1 (the baseline) read the graph with release 102 already there.
     assert events(pg_url, "v1") == [] and events(pg_url, "v2") == []
+
+
+async def test_units_made_before_migration_008_use_the_snapshot_versions(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    """fresh_ids NULL (a cycle fired before the migration): the snapshot's version alone says."""
+    await _watched(pg_url, graph_driver, graph_db)
+    graph = Graph(graph_driver, graph_db)
+    async with db.pool(router_settings.postgres_conninfo) as pool:
+        await _cycle(pool, graph, router_settings, "v1")
+        await write(graph_driver, graph_db, lambda g: g.release("102", artists=["1"]))
+        await fire(pool, router_settings, "v2", unit_size=5)
+        q(pg_url, "UPDATE notifier.diff_units SET fresh_ids = NULL WHERE version = 'v2'")
+        # As the stamping code left it: every snapshot at v1, but artist 2's at an older cycle.
+        q(pg_url, "UPDATE notifier.entity_snapshots SET version = 'v0' WHERE entity_id = '2'")
+        await write(graph_driver, graph_db, lambda g: g.release("202", artists=["2"]))
+        second = await _run(pool, graph, ["v2"])
+    assert [(e[0], e[2]) for e in events(pg_url, "v2")] == [("new_releases", "1")]
+    assert _total(second, "baseline") == 1  # artist 2: not diffed in v1 by that rule
