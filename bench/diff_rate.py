@@ -222,16 +222,16 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
             peer_runs: list[float] = []
             earlier_runs: list[float] = []
             versions: list[str] = []
+
+            async def ours_round() -> None:
+                ours_runs.append(n / await _cycle(pool, claims, graph, versions[-1], WORKERS))
+
+            async def peer_round() -> None:
+                peer_runs.append(await _bare(driver, database, n, ARTIST_STATES))
+
             for r in range(ROUNDS):
                 await _extra(n, 2 * r).write(driver, database)
                 versions.append(f"2026{2 * r + 2:02d}01")
-
-                async def ours_round() -> None:
-                    ours_runs.append(n / await _cycle(pool, claims, graph, versions[-1], WORKERS))
-
-                async def peer_round() -> None:
-                    peer_runs.append(await _bare(driver, database, n, ARTIST_STATES))
-
                 for run in (ours_round, peer_round) if r % 2 == 0 else (peer_round, ours_round):
                     await run()
                 await _extra(n, 2 * r + 1).write(driver, database)

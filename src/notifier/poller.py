@@ -163,8 +163,8 @@ WHERE webhook_id = ANY(%s::uuid[]) AND status = 'pending'
 # msgspec Structs, built in C: as frozen dataclasses (each field set through
 # object.__setattr__), building a batch's jobs and completions was about a
 # fifth of our Python in bench/claim_rate.py (py-spy), and still the largest
-# line as plain slotted ones. Nothing mutates either.
-class Job(msgspec.Struct, gc=False):
+# line as plain slotted ones. Frozen, as they were.
+class Job(msgspec.Struct, frozen=True, gc=False):
     """One claimed outbox row with what sending it needs."""
 
     outbox_id: int
@@ -203,7 +203,7 @@ class Job(msgspec.Struct, gc=False):
         )
 
 
-class Completion(msgspec.Struct, gc=False):
+class Completion(msgspec.Struct, frozen=True, gc=False):
     """The outcome of one claimed row, to be written back."""
 
     job: Job

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import neo4j.time
@@ -88,12 +88,20 @@ async def _watched(pg_url: str, graph_driver: AsyncDriver, graph_db: str) -> Non
     await write(graph_driver, graph_db, build)
 
 
+@contextlib.asynccontextmanager
+async def _watching(
+    settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> AsyncIterator[tuple[Graph, AsyncConnectionPool]]:
+    """`_watched`, then the graph and a pool on the test database."""
+    await _watched(pg_url, graph_driver, graph_db)
+    async with db.pool(settings.postgres_conninfo) as pool:
+        yield Graph(graph_driver, graph_db), pool
+
+
 async def test_unchanged_artists_are_recognised_in_the_database_and_left_as_they_are(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
-    await _watched(pg_url, graph_driver, graph_db)
-    graph = Graph(graph_driver, graph_db)
-    async with db.pool(router_settings.postgres_conninfo) as pool:
+    async with _watching(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
         first = await _cycle(pool, graph, router_settings, "v1")
         assert _total(first, "baseline") == 12 and _total(first, "unchanged_in_db") == 0
         stored = _digests(pg_url)
@@ -114,15 +122,13 @@ async def test_unchanged_artists_are_recognised_in_the_database_and_left_as_they
 async def test_odd_rows_keep_no_digest_and_are_diffed_in_python_every_cycle(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
-    await _watched(pg_url, graph_driver, graph_db)
 
     def odd(g: Any) -> None:
         g.artist("5", None)  # missing name
         g.release("x6", artists=["6"])  # a release id that is not a number
 
-    await write(graph_driver, graph_db, odd)
-    graph = Graph(graph_driver, graph_db)
-    async with db.pool(router_settings.postgres_conninfo) as pool:
+    async with _watching(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
+        await write(graph_driver, graph_db, odd)
         await _cycle(pool, graph, router_settings, "v1")
         assert [k for k, d in _digests(pg_url).items() if d is None] in (["5", "6"], ["6", "5"])
         second = await _cycle(pool, graph, router_settings, "v2")
@@ -134,10 +140,8 @@ async def test_odd_rows_keep_no_digest_and_are_diffed_in_python_every_cycle(
 async def test_a_nul_in_a_name_is_compared_like_any_other(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
-    await _watched(pg_url, graph_driver, graph_db)
-    await write(graph_driver, graph_db, lambda g: g.artist("2", "Nul\x00Name"))
-    graph = Graph(graph_driver, graph_db)
-    async with db.pool(router_settings.postgres_conninfo) as pool:
+    async with _watching(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
+        await write(graph_driver, graph_db, lambda g: g.artist("2", "Nul\x00Name"))
         await _cycle(pool, graph, router_settings, "v1")
         await write(graph_driver, graph_db, lambda g: g.release("302", artists=["3"]))
         second = await _cycle(pool, graph, router_settings, "v2")
@@ -232,9 +236,7 @@ async def test_snapshots_without_a_digest_get_one_at_their_next_cycle(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
     """As after migration 007: no digest yet, so one cycle in Python, then compared in SQL."""
-    await _watched(pg_url, graph_driver, graph_db)
-    graph = Graph(graph_driver, graph_db)
-    async with db.pool(router_settings.postgres_conninfo) as pool:
+    async with _watching(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
         await _cycle(pool, graph, router_settings, "v1")
         q(pg_url, "UPDATE notifier.entity_snapshots SET graph_digest = NULL")
         second = await _cycle(pool, graph, router_settings, "v2")
@@ -249,9 +251,7 @@ async def test_an_artist_not_diffed_in_the_previous_cycle_is_a_baseline_again(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
     """Unwatched for one cycle: what changed meanwhile is not news when it is watched again."""
-    await _watched(pg_url, graph_driver, graph_db)
-    graph = Graph(graph_driver, graph_db)
-    async with db.pool(router_settings.postgres_conninfo) as pool:
+    async with _watching(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
         await _cycle(pool, graph, router_settings, "v1")
         q(pg_url, "DELETE FROM notifier.watchlists WHERE entity_id = '1'")
         await write(graph_driver, graph_db, lambda g: g.release("102", artists=["1", "2"]))
@@ -276,9 +276,7 @@ async def test_a_cycle_fired_while_the_previous_one_runs_continues_it(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
     """v2's units are made while v1's are still pending: v1's artists are not fresh in v2."""
-    await _watched(pg_url, graph_driver, graph_db)
-    graph = Graph(graph_driver, graph_db)
-    async with db.pool(router_settings.postgres_conninfo) as pool:
+    async with _watching(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
         await fire(pool, router_settings, "v1", unit_size=5)
         await write(graph_driver, graph_db, lambda g: g.release("102", artists=["1"]))
         await fire(pool, router_settings, "v2", unit_size=5)
@@ -292,9 +290,7 @@ async def test_units_made_before_migration_008_use_the_snapshot_versions(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
     """fresh_ids NULL (a cycle fired before the migration): the snapshot's version alone says."""
-    await _watched(pg_url, graph_driver, graph_db)
-    graph = Graph(graph_driver, graph_db)
-    async with db.pool(router_settings.postgres_conninfo) as pool:
+    async with _watching(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
         await _cycle(pool, graph, router_settings, "v1")
         await write(graph_driver, graph_db, lambda g: g.release("102", artists=["1"]))
         await fire(pool, router_settings, "v2", unit_size=5)

@@ -38,10 +38,6 @@ def _claimer(pool: AsyncConnectionPool) -> Claim:
     return claim
 
 
-async def _fire(pool: AsyncConnectionPool, settings: config.Settings, version: str) -> None:
-    await fire(pool, settings, version, unit_size=2)
-
-
 async def _run_cycle(
     pool: AsyncConnectionPool, graph: Graph, pg_url: str, version: str
 ) -> list[tuple[str, bool]]:
@@ -70,7 +66,7 @@ async def test_pipeline_reads_ahead_and_gives_the_same_events(
     await _six_watched_artists(pg_url, graph_driver, graph_db)
     graph = Graph(graph_driver, graph_db)
     async with db.pool(router_settings.postgres_conninfo) as pool:
-        await _fire(pool, router_settings, "v1")
+        await fire(pool, router_settings, "v1", unit_size=2)
         seen = await _run_cycle(pool, graph, pg_url, "v1")
         # Never read ahead of the release scan; then one unit ahead until the last.
         assert seen == [("releases", False), ("artist", True), ("artist", True), ("artist", False)]
@@ -82,7 +78,7 @@ async def test_pipeline_reads_ahead_and_gives_the_same_events(
             g.artist("40", None).member("40", "4")
 
         await write(graph_driver, graph_db, second)
-        await _fire(pool, router_settings, "v2")
+        await fire(pool, router_settings, "v2", unit_size=2)
         await _run_cycle(pool, graph, pg_url, "v2")
     got = [(e[0], e[2], e[3]) for e in events(pg_url, "v2")]
     assert got == [
@@ -113,7 +109,7 @@ async def test_unit_read_ahead_is_left_over_at_shutdown_and_claimable_again(
 ) -> None:
     await _six_watched_artists(pg_url, graph_driver, graph_db)
     async with db.pool(router_settings.postgres_conninfo) as pool:
-        await _fire(pool, router_settings, "v1")
+        await fire(pool, router_settings, "v1", unit_size=2)
         runner = UnitRunner(pool, Graph(graph_driver, graph_db), "me", email=False, batch=100)
         stop = asyncio.Event()
         pipeline = Pipeline(runner, _claimer(pool), stop=stop)
