@@ -136,22 +136,41 @@ UPDATE notifier.diff_units SET lease_until = now() + %(delay)s * interval '1 sec
 WHERE id = %(id)s AND claimed_by = %(me)s AND status = 'pending'
 """
 # diff_units_pending_idx for the NOT EXISTS; the stats sum reads the cycle's
-# units by version (diff_units_version_type_seq_key prefix).
+# units by version (diff_units_version_type_seq_key prefix). In the same
+# statement, so in the same transaction (no unit of the next cycle runs before
+# it commits): the snapshots of entities in none of the finished cycle's units
+# are deleted. The next cycle diffs only entities of those units against
+# their snapshots (an entity absent from them is a baseline: fresh_ids), so
+# the others are never read again; deleting them keeps the table to the
+# watched entities and COMPARE_ARTISTS' range scans free of them. A hash
+# anti-join of the snapshots with the cycle's unit ids, once a cycle; when no
+# cycle finishes, the one-time filter skips it.
 FINISH_CYCLE = """
-UPDATE notifier.cycles c
-SET status = 'done', finished_at = now(),
-    stats = c.stats || coalesce((
-        SELECT jsonb_object_agg(key, total) FROM (
-            SELECT s.key, sum(s.value::numeric) AS total
-            FROM notifier.diff_units u, jsonb_each_text(u.stats) AS s
-            WHERE u.version = c.version AND s.value ~ '^-?[0-9]+$'
-            GROUP BY s.key) AS t), '{}'::jsonb)
-         || jsonb_build_object('units', (SELECT count(*) FROM notifier.diff_units u
-                                          WHERE u.version = c.version))
-WHERE c.status = 'running'
-  AND NOT EXISTS (SELECT 1 FROM notifier.diff_units u
-                  WHERE u.version = c.version AND u.status = 'pending')
-RETURNING c.version, extract(epoch FROM c.finished_at - coalesce(c.fired_at, c.created_at))
+WITH done AS (
+    UPDATE notifier.cycles c
+    SET status = 'done', finished_at = now(),
+        stats = c.stats || coalesce((
+            SELECT jsonb_object_agg(key, total) FROM (
+                SELECT s.key, sum(s.value::numeric) AS total
+                FROM notifier.diff_units u, jsonb_each_text(u.stats) AS s
+                WHERE u.version = c.version AND s.value ~ '^-?[0-9]+$'
+                GROUP BY s.key) AS t), '{}'::jsonb)
+             || jsonb_build_object('units', (SELECT count(*) FROM notifier.diff_units u
+                                              WHERE u.version = c.version))
+    WHERE c.status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM notifier.diff_units u
+                      WHERE u.version = c.version AND u.status = 'pending')
+    RETURNING c.version, c.fired_at,
+              extract(epoch FROM c.finished_at - coalesce(c.fired_at, c.created_at)) AS seconds
+), pruned AS (
+    DELETE FROM notifier.entity_snapshots s
+    WHERE EXISTS (SELECT 1 FROM done)
+      AND NOT EXISTS (
+          SELECT 1 FROM notifier.diff_units u CROSS JOIN LATERAL unnest(u.entity_ids) AS x (id)
+          WHERE u.version = (SELECT version FROM done ORDER BY fired_at DESC LIMIT 1)
+            AND u.entity_type = s.entity_type AND x.id = s.entity_id)
+)
+SELECT version, seconds FROM done
 """
 
 

@@ -301,3 +301,31 @@ async def test_units_made_before_migration_008_use_the_snapshot_versions(
         second = await _run(pool, graph, ["v2"])
     assert [(e[0], e[2]) for e in events(pg_url, "v2")] == [("new_releases", "1")]
     assert _total(second, "baseline") == 1  # artist 2: not diffed in v1 by that rule
+
+
+async def test_snapshots_no_unit_of_a_finished_cycle_holds_are_deleted(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    """Unwatched artists' snapshots go when a cycle finishes; until then, the range compare
+    (a unit's smallest to largest id) passes over a snapshot among its ids that is not one."""
+    async with _watching(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
+        await _cycle(pool, graph, router_settings, "v1")
+        q(pg_url, "DELETE FROM notifier.watchlists WHERE entity_id = '12'")
+        # As if 105 had been watched before: between 10 and 11, in the first unit's range.
+        q(
+            pg_url,
+            "INSERT INTO notifier.entity_snapshots (entity_type, entity_id, entity_name, version,"
+            " release_ids, alias_ids, member_ids, release_count, graph_digest)"
+            " SELECT entity_type, '105', entity_name, version, release_ids, alias_ids,"
+            " member_ids, release_count, graph_digest FROM notifier.entity_snapshots"
+            " WHERE entity_id = '11'",
+        )
+        await write(graph_driver, graph_db, lambda g: g.release("1102", artists=["11", "105"]))
+        await fire(pool, router_settings, "v2", unit_size=5)
+        async with pool.connection() as conn:
+            assert await cycles.finish_cycles(conn) == []  # v2 runs: nothing is deleted yet
+        assert len(_snapshots(pg_url)) == 13
+        second = await _run(pool, graph, ["v2"])
+    assert [(e[0], e[2]) for e in events(pg_url, "v2")] == [("new_releases", "11")]
+    assert [s.get("unchanged_in_db", 0) for s in second] == [4, 5, 1]  # 1, 10, 11, 2, 3 | 4-8 | 9
+    assert [s[0] for s in _snapshots(pg_url)] == sorted(a for a in ARTISTS if a != "12")
