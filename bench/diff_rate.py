@@ -12,8 +12,9 @@ transaction per unit of `router_unit_size` artists; graph reads run up to
 two units ahead of the writes), with as many pipelines at once as a router
 has workers by default (`router_workers`), as in `notifier router`. Ours:
 artists per second of wall time from the end of the 'releases' unit (not an
-artist figure) to the end of the last artist unit, claims included. Each of
-ROUNDS rounds measures ours and the peer (in alternating order), then ours
+artist figure) to the end of the last artist unit, claims included. The
+process first settles its heap as `notifier router` does (`heap.settle`).
+Each of ROUNDS rounds measures ours and the peer (in alternating order), then ours
 with one worker (in the notes); each figure is its best round.
 
 The peer: the bare read of exactly what the diff needs from the graph (each
@@ -41,7 +42,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from bench.core import Context, Figure, timer
-from notifier import cycles, services
+from notifier import cycles, heap, services
 from notifier.config import Settings
 from notifier.graph import ARTIST_STATES, Graph
 from notifier.graphbuilder import GraphBuilder
@@ -188,6 +189,7 @@ async def _bare(driver: AsyncDriver, database: str, n: int, cypher: str) -> floa
 async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
     """The figure: artists diffed per second (10% changed per cycle) vs the bare read."""
     n = artists or ctx.sizes["diff_artists"]
+    heap.settle()  # as `notifier router` does at start (the peer reads in this process too)
     svc = ctx.graph()
     database = svc.new_database()
     driver = AsyncGraphDatabase.driver(svc.uri, auth=(svc.user, svc.password))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
-from notifier import client, config, db, logs
+from notifier import client, config, db, heap, logs
 
 log = logging.getLogger("notifier.cli")
 
@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"notifier: migrate failed: {exc}", file=sys.stderr)
             return 1
     assert run is not None
+    heap.settle()
     return run(settings)
 
 
