@@ -131,7 +131,7 @@ FROM notifier.outbox
 # diff_units_version_type_seq_key prefix (version).
 SPLIT = """
 SELECT u.entity_type, count(*), sum((u.stats ->> 'graph_ms')::int)::bigint,
-       sum((u.stats ->> 'save_ms')::int)::bigint, sum((u.stats ->> 'unit_ms')::int)::bigint,
+       sum((u.stats ->> 'diff_ms')::int)::bigint, sum((u.stats ->> 'unit_ms')::int)::bigint,
        round(extract(epoch FROM max(u.finished_at) - c.fired_at)::numeric, 1),
        round(extract(epoch FROM c.fired_at - %(start)s)::numeric, 2)
 FROM notifier.diff_units u JOIN notifier.cycles c ON c.version = u.version
@@ -462,7 +462,7 @@ async def _cycles(
         out["cycle_stats"] = {k: stats.get(k) for k in keep}
         split = await (await conn.execute(SPLIT, {"version": "v2", "start": start})).fetchall()
         out["fired_after_s"] = float(split[0][6]) if split else None
-        # per unit type: units, graph ms, save ms (snapshots, events, fan-out), unit ms (summed),
+        # per unit type: units, graph ms, diff ms, unit ms up to the write (summed),
         # s from firing to the last
         out["units_v2"] = {r[0]: [r[1], r[2], r[3], r[4], float(r[5])] for r in split}
         _progress(f"feed complete after {out['feed_s']:.1f} s")

@@ -59,11 +59,10 @@ BARE_READ = (
 )
 # Where the best round's artist units spent their time (the runner's own
 # per-unit stats), in SPLIT_KEYS' order.
-SPLIT_KEYS = ("events", "graph_ms", "load_ms", "diff_ms", "save_ms", "unit_ms")
+SPLIT_KEYS = ("events", "graph_ms", "load_ms", "diff_ms", "unit_ms")
 SPLIT = """
 SELECT coalesce(sum((stats->>'events')::int), 0), coalesce(sum((stats->>'graph_ms')::int), 0),
        coalesce(sum((stats->>'load_ms')::int), 0), coalesce(sum((stats->>'diff_ms')::int), 0),
-       coalesce(sum((stats->>'save_ms')::int), 0),
        coalesce(sum((stats->>'unit_ms')::int), 0)
 FROM notifier.diff_units WHERE version = %s AND entity_type = 'artist'
 """

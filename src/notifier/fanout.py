@@ -145,33 +145,35 @@ recipients AS (
 FAN_OUT_TO_USERS = _USERS_HEAD + _TAIL + _COUNTS  # constants only, no input
 
 # A router unit's new events, inserted already fanned out and fanned out in
-# the same statement (one round trip; the events are new, so inserting them
-# is their claim, and a re-run's rows hit events_dedup_key and insert nothing).
-# `events` is one JSON array of {k: dedup key, e: event, t: entity type,
-# i: entity id, n: entity name, d: detail}. Each event is announced when the
-# statement wrote any feed row (as `fan_out_events` does). Indexes:
-# events_dedup_key, then those of FAN_OUT_EVENTS' recipients.
-_INSERTED_HEAD = """
-WITH ev AS (
+# the same statement (the events are new, so inserting them is their claim,
+# and a re-run's rows hit events_dedup_key and insert nothing). The caller's
+# statement defines `drafts`, one row per event of DRAFT_COLUMNS (k: dedup
+# key, e: event, t: entity type, i: entity id, n: entity name, d: detail),
+# usually from one JSON array (`draft_params`), and must hold FEED_LOCK_KEY
+# shared before the first feed row is written (units.FINISH_UNIT takes it in
+# the CTE the drafts come from). Each event is announced when the statement
+# wrote any feed row (as `fan_out_events` does). DRAFT_COUNTS: events, feed
+# rows, outbox rows, announcements. Indexes: events_dedup_key, then those of
+# FAN_OUT_EVENTS' recipients.
+DRAFT_COLUMNS = "x (k text, e text, t text, i text, n text, d jsonb)"
+_INSERTED = """
+ev AS (
     INSERT INTO notifier.events
         (dedup_key, source, version, event, entity_type, entity_id, entity_name, detail,
          fanned_out_at)
-    SELECT k, 'router', %(version)s, e, t, i, n, coalesce(d, '{}'), now()
-    FROM jsonb_to_recordset(%(events)s::jsonb)
-         AS x (k text, e text, t text, i text, n text, d jsonb)
+    SELECT k, 'router', %(version)s, e, t, i, n, coalesce(d, '{}'), now() FROM drafts
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING id, event, entity_type, entity_id, detail, deliver_at
 ),"""
-_ANNOUNCED_COUNTS = """,
+_ANNOUNCED = """,
 announced AS (
     SELECT pg_notify(%(channel)s, jsonb_build_object('event_id', id)::text) FROM ev
     WHERE EXISTS (SELECT 1 FROM targets WHERE feed)
-)
-SELECT (SELECT count(*) FROM ev), (SELECT count(*) FROM targets WHERE feed),
+)"""
+FAN_OUT_DRAFTS = _INSERTED + _RECIPIENTS + _TAIL + _ANNOUNCED  # constants only, no input
+DRAFT_COUNTS = """(SELECT count(*) FROM ev), (SELECT count(*) FROM targets WHERE feed),
        (SELECT count(*) FROM hooks) + (SELECT count(*) FROM mails),
-       (SELECT count(*) FROM announced)
-"""
-INSERT_AND_FAN_OUT = _INSERTED_HEAD + _RECIPIENTS + _TAIL + _ANNOUNCED_COUNTS  # constants only
+       (SELECT count(*) FROM announced)"""
 
 # The claim of the events to fan out, before any row is written. Uses events_pkey.
 MARK_FANNED_OUT = """
@@ -245,28 +247,20 @@ async def fan_out_events(
     return result
 
 
-async def insert_and_fan_out(
-    conn: AsyncConnection[Any],
-    events: Sequence[EventDraft],
-    *,
-    version: str,
-    watches_before: datetime,
-    email: bool = False,
-) -> tuple[int, FanoutResult]:
-    """Insert a router unit's `events` of cycle `version` and fan out the new ones.
+def draft_params(
+    events: Sequence[EventDraft], *, version: str, watches_before: datetime, email: bool = False
+) -> dict[str, object]:
+    """FAN_OUT_DRAFTS' parameters for a router unit's `events` of cycle `version`.
 
-    Returns how many were new, and what their fan-out wrote. Run it inside the
-    unit's transaction.
+    `events` is the JSON array the caller's `drafts` reads; only watches
+    created before `watches_before` (the cycle's start) count.
     """
-    if not events:
-        return 0, FanoutResult()
-    await conn.execute(LOCK_SHARED, (FEED_LOCK_KEY,))
     rows = [
         {"k": e.key(version), "e": e.event, "t": e.entity_type, "i": e.entity_id,
          "n": e.entity_name, "d": e.detail}
         for e in events
     ]  # fmt: skip
-    params = {
+    return {
         "events": msgspec.json.encode(rows).decode(),
         "version": version,
         "before": watches_before,
@@ -274,11 +268,6 @@ async def insert_and_fan_out(
         "email": email,
         "channel": FEED_CHANNEL,
     }
-    cur = await conn.execute(INSERT_AND_FAN_OUT, params)
-    row = await cur.fetchone()
-    if row is None:  # pragma: no cover - an aggregate query always returns its row
-        return 0, FanoutResult()
-    return int(row[0]), FanoutResult(int(row[1]), int(row[2]))
 
 
 async def fan_out_to_users(

@@ -1,14 +1,15 @@
-"""Processing one claimed diff unit: graph read, diff, then one transaction.
+"""Processing one claimed diff unit: graph read, diff, then one write statement.
 
-The graph is read first (one query, `UnitRunner.read`). The transaction
-(`UnitRunner.write`) then locks the unit row (a router whose lease was taken
-over commits nothing) and reads the unit's snapshots in one round trip
-(artists: only those whose graph row changed), upserts the changed
-snapshots (unchanged ones are left as they are) and inserts the events
-(unique dedup keys) in one statement each, fans the new events out and
-marks the unit done: all or nothing, so a crash anywhere leaves the unit to
-be redone from scratch with the same result. `Pipeline` reads the next
-unit's graph while the current unit's transaction runs.
+The graph is read first (one query, `UnitRunner.read`). Then, on one
+PostgreSQL connection (`UnitRunner.write`): the unit's snapshots are read
+(artists: only those whose graph row changed) with whatever else its type
+needs, the diff runs in Python, and one statement (FINISH_UNIT) checks the
+unit is still pending and ours, upserts the changed snapshots (unchanged
+ones are left as they are), inserts the events (unique dedup keys), fans
+them out and marks the unit done: all or nothing, so a crash anywhere leaves
+the unit to be redone from scratch with the same result, and a router whose
+lease was taken over writes nothing. `Pipeline` reads the next unit's graph
+while the current unit is written.
 """
 
 from __future__ import annotations
@@ -36,12 +37,11 @@ log = logging.getLogger(__name__)
 # entity_snapshots primary key (entity_type, entity_id), probed once per id
 # (a nested loop over the unnested ids; `entity_id = ANY(...)` was planned as a
 # scan of the type's rows, each checked against the whole array).
-# No row locks: the unit's row lock (cycles.LOCK_UNIT, taken first in the same
-# transaction) already serialises every write of these rows. An entity is in
-# one unit per cycle, a unit is written only by the router that holds its row
-# lock and its claim (a concurrent lease-expired run waits on that lock, then
-# finds the unit done or not its own), and a cycle's units are claimable only
-# once the previous cycle is done. Locking 500 rows here cost a WAL record each.
+# Read without locks, before the unit's write: only the router that holds a
+# unit's claim writes its entities' snapshots (an entity is in one unit per
+# cycle, and a cycle's units are claimable only once the previous cycle is
+# done), and FINISH_UNIT writes nothing unless the claim is still its own, so
+# what a router read can only be stale if its write is refused.
 # A snapshot's version as the diff sees it (sql/008_unit_continuity.sql): the
 # previous cycle's when the entity was in one of its units (not in the unit's
 # fresh_ids) and the snapshot was not written since, else the cycle
@@ -64,8 +64,8 @@ WHERE d.id = %(unit)s
 # The statement returns the unit's other ids, in unit order, with their
 # snapshots (LOAD_UNIT_SNAPSHOTS' columns, NULL when there is none), the
 # stored digest and their row's, for the Python diff. Only a unit still
-# pending and claimed by `me` is read (its row lock is taken first, as for
-# LOAD_UNIT_SNAPSHOTS). Indexes: diff_units primary key; entity_snapshots
+# pending and claimed by `me` is read (without locks, as LOAD_UNIT_SNAPSHOTS).
+# Indexes: diff_units primary key; entity_snapshots
 # primary key, one range scan from the unit's smallest id to its largest,
 # hashed against the unit's ids (half the time of a probe per id). A cycle's
 # units of one type hold consecutive runs of the sorted watched ids, so the
@@ -99,23 +99,59 @@ FROM (
 WHERE (version = %(previous)s AND graph_digest = h) IS NOT TRUE
 ORDER BY n
 """
-# entity_snapshots primary key: insert or replace the states of a unit's
-# entities in one statement. The rows travel as one JSON array (ids are
-# distinct in a unit): psycopg's text[] dumper escapes each element in Python,
-# which cost ~4x the Python CPU of encoding JSON for a 500-entity unit.
-UPSERT_SNAPSHOTS = """
-INSERT INTO notifier.entity_snapshots
-    (entity_type, entity_id, entity_name, version, release_ids, alias_ids, member_ids,
-     release_count, graph_digest, updated_at)
-SELECT %(type)s, i, n, v, r, a, m, c, decode(h, 'hex'), now()
-FROM jsonb_to_recordset(%(rows)s::jsonb)
-     AS x (i text, n text, v text, r bigint[], a bigint[], m bigint[], c bigint, h text)
-ON CONFLICT (entity_type, entity_id) DO UPDATE SET
-    entity_name = excluded.entity_name, version = excluded.version,
-    release_ids = excluded.release_ids, alias_ids = excluded.alias_ids,
-    member_ids = excluded.member_ids, release_count = excluded.release_count,
-    graph_digest = excluded.graph_digest, updated_at = now()
-"""
+# The unit's write, one statement (one implicit transaction): `owned` locks
+# the unit's row if it is still pending and claimed by `me` (diff_units
+# primary key; a concurrent run of the same unit waits on that lock, then
+# finds it done or not its own) and takes fanout.FEED_LOCK_KEY shared; every
+# write reads its rows through `owned`, so nothing is written when the unit
+# is no longer ours, and no feed row is written before the lock is held (a
+# feed row's id is drawn when the row is inserted, after `owned` gave the
+# row it is made from). Then: the changed snapshots, inserted or replaced
+# (entity_snapshots primary key; the rows travel as one JSON array, as
+# psycopg's text[] dumper escapes each element in Python, ~4x the CPU of
+# encoding JSON for a 500-entity unit), the events with their fan-out
+# (fanout.FAN_OUT_DRAFTS), and the unit marked done with its stats and
+# counts. Returns whether the unit was ours, then fanout.DRAFT_COUNTS.
+_FINISH_HEAD = """
+WITH owned AS (
+    SELECT id FROM notifier.diff_units
+    WHERE id = %(unit)s AND status = 'pending' AND claimed_by = %(me)s
+      AND pg_advisory_xact_lock_shared(%(feed_lock)s) IS NOT NULL
+    FOR UPDATE
+), snaps AS (
+    INSERT INTO notifier.entity_snapshots
+        (entity_type, entity_id, entity_name, version, release_ids, alias_ids, member_ids,
+         release_count, graph_digest, updated_at)
+    SELECT %(type)s, i, n, v, r, a, m, c, decode(h, 'hex'), now()
+    FROM owned, jsonb_to_recordset(%(rows)s::jsonb)
+         AS x (i text, n text, v text, r bigint[], a bigint[], m bigint[], c bigint, h text)
+    ON CONFLICT (entity_type, entity_id) DO UPDATE SET
+        entity_name = excluded.entity_name, version = excluded.version,
+        release_ids = excluded.release_ids, alias_ids = excluded.alias_ids,
+        member_ids = excluded.member_ids, release_count = excluded.release_count,
+        graph_digest = excluded.graph_digest, updated_at = now()
+), drafts AS (
+    SELECT x.* FROM owned, jsonb_to_recordset(%(events)s::jsonb) AS """
+_DRAFTS_END = "\n),"
+_FINISH_TAIL = """,
+done AS (
+    UPDATE notifier.diff_units u
+    SET status = 'done', finished_at = now(), lease_until = NULL,
+        stats = %(stats)s::jsonb || jsonb_build_object(
+            'events', (SELECT count(*) FROM ev),
+            'feed_rows', (SELECT count(*) FROM targets WHERE feed),
+            'outbox_rows', (SELECT count(*) FROM hooks) + (SELECT count(*) FROM mails))
+    FROM owned WHERE u.id = owned.id
+)
+SELECT (SELECT count(*) FROM owned) > 0, """
+FINISH_UNIT = (
+    _FINISH_HEAD
+    + fanout.DRAFT_COLUMNS
+    + _DRAFTS_END
+    + fanout.FAN_OUT_DRAFTS
+    + _FINISH_TAIL
+    + fanout.DRAFT_COUNTS
+)  # constants only, no input
 # Genre/style watchers' thresholds (watchlists_entity_idx). A usable threshold
 # is a positive integer JSON number; other values match no event (fan-out
 # compares the JSON values) and are counted.
@@ -359,7 +395,7 @@ class UnitRunner:
         compare: bytes | None = None,
         clean: Callable[[str, diff.DiffResult], bool] | None = None,
     ) -> dict[str, Any] | None:
-        """The unit's transaction: lock, snapshots, events, fan-out, done.
+        """The unit's reads, its diff, then its write (FINISH_UNIT).
 
         `compute(ids, snapshots[, extra])` diffs `ids` (the unit's, or with
         `compare`, the artists' row digests for COMPARE_ARTISTS, those it did
@@ -368,12 +404,7 @@ class UnitRunner:
         """
         counters = counters or diff.Counters()
         started = time.monotonic()
-        # The whole transaction in pipeline mode: statements whose results are
-        # not needed yet are sent without waiting (BEGIN with the lock and the
-        # load; the snapshot writes with the events and their fan-out; mark_done
-        # with COMMIT); reading a result syncs.
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-            locked = await conn.execute(cycles.LOCK_UNIT, {"id": unit.id})
+        async with self.pool.connection() as conn:  # autocommit: a statement, a transaction
             if compare is None:
                 params: dict[str, Any] = {"unit": unit.id, "version": unit.version,
                                           "previous": unit.previous_version}  # fmt: skip
@@ -382,8 +413,6 @@ class UnitRunner:
                 params = {"unit": unit.id, "me": self.me, "digests": compare,
                           "version": unit.version, "previous": unit.previous_version}  # fmt: skip
                 loaded = await conn.execute(COMPARE_ARTISTS, params, binary=True)
-            if not cycles.owned(await locked.fetchone(), self.me):
-                return None
             rows = await loaded.fetchall()
             ids = unit.entity_ids
             if compare is not None:
@@ -402,44 +431,42 @@ class UnitRunner:
                 counters.merge(result.counters)
                 old = snapshots.get(entity_id)
                 if old is not None and old.version == unit.version:
-                    counters.add("already_diffed")  # not expected: the unit lock guards it
+                    counters.add("already_diffed")  # not expected: a unit is written once
                     continue
                 events.extend(result.events)
-            diffed_at = time.monotonic()
             digests = None
             if compare is not None and clean is not None:
                 digests = {
                     r[0]: (r[7], r[8] if r[8] != NO_DIGEST and clean(r[0], result) else None)
                     for r, result in zip(rows, results, strict=True)
                 }
-            await save_snapshots(
-                conn, unit.entity_type, ids, results, snapshots, unit.version, digests
-            )
-            inserted, out = await fanout.insert_and_fan_out(
-                conn,
-                events,
-                version=unit.version,
-                watches_before=unit.started_at,
-                email=self.email,
-            )
+            changed = changed_snapshots(ids, results, snapshots, unit.version, digests)
             stats: dict[str, Any] = dict(counters.values)
             stats.update(
                 entities=len(unit.entity_ids),
-                events=inserted,
-                feed_rows=out.feed_rows,
-                outbox_rows=out.outbox_rows,
                 # Milliseconds spent reading the graph, loading (and, for
-                # artists, comparing) the snapshots, diffing, writing snapshots
-                # and events with their fan-out, and in the whole unit (graph
-                # read + transaction; a pipelined read overlaps the previous
-                # unit's transaction).
+                # artists, comparing) the snapshots, diffing, and in the whole
+                # unit up to its write (graph read included; a pipelined read
+                # overlaps the previous unit's write).
                 graph_ms=round(reading.seconds * 1000),
                 load_ms=round((loaded_at - started) * 1000),
-                diff_ms=round((diffed_at - loaded_at) * 1000),
-                save_ms=round((time.monotonic() - diffed_at) * 1000),
+                diff_ms=round((time.monotonic() - loaded_at) * 1000),
                 unit_ms=round((reading.seconds + time.monotonic() - started) * 1000),
             )
-            await cycles.mark_done(conn, unit.id, stats)
+            written = fanout.draft_params(
+                events, version=unit.version, watches_before=unit.started_at, email=self.email
+            )
+            written.update(
+                snapshot_params(unit.entity_type, changed),
+                unit=unit.id,
+                me=self.me,
+                feed_lock=fanout.FEED_LOCK_KEY,
+                stats=_JSON.encode(stats).decode(),
+            )
+            row = await (await conn.execute(FINISH_UNIT, written)).fetchone()
+        if row is None or not row[0]:
+            return None
+        stats.update(events=int(row[1]), feed_rows=int(row[2]), outbox_rows=int(row[3]))
         return stats
 
     async def _tags(self, unit: cycles.Unit, reading: Reading) -> dict[str, Any] | None:
@@ -633,21 +660,20 @@ def row_digests(ids: Sequence[str], rows: Sequence[Any]) -> bytes:
     return b"".join(out)
 
 
-async def save_snapshots(
-    conn: AsyncConnection[Any],
-    entity_type: str,
+def changed_snapshots(
     ids: Sequence[str],
     results: Sequence[diff.DiffResult],
     old: dict[str, diff.Snapshot],
     version: str,
     digests: Mapping[str, tuple[bytes | None, bytes | None]] | None = None,
-) -> None:
-    """Write the snapshots of `ids` that changed (one upsert), skipping those already at `version`.
+) -> list[tuple[str, diff.Snapshot, bytes | None]]:
+    """The snapshots of `ids` to write, with their digests: those that changed.
 
-    An unchanged snapshot is left as it is (sql/008_unit_continuity.sql).
-    `digests` (artists compared by COMPARE_ARTISTS) gives, per id, the stored
-    graph digest and the one to store (None: the row was not clean); an
-    unchanged snapshot whose digest must change is rewritten.
+    An unchanged snapshot is left as it is (sql/008_unit_continuity.sql), and
+    one already at `version` too. `digests` (artists compared by
+    COMPARE_ARTISTS) gives, per id, the stored graph digest and the one to
+    store (None: the row was not clean); an unchanged snapshot whose digest
+    must change is rewritten.
     """
     rows: list[tuple[str, diff.Snapshot, bytes | None]] = []
     for i, r in zip(ids, results, strict=True):
@@ -665,8 +691,7 @@ async def save_snapshots(
             continue  # already written by this cycle (see "already_diffed")
         elif not unchanged(before, new) or (digest is not None and digest != stored):
             rows.append((i, new, digest))
-    if rows:
-        await conn.execute(UPSERT_SNAPSHOTS, snapshot_params(entity_type, rows))
+    return rows
 
 
 def unchanged(before: diff.Snapshot, after: diff.Snapshot) -> bool:
@@ -689,7 +714,7 @@ def _same(a: Sequence[int] | None, b: Sequence[int] | None) -> bool:
 def snapshot_params(
     entity_type: str, rows: Sequence[tuple[str, diff.Snapshot, bytes | None]]
 ) -> dict[str, object]:
-    """The parameters of UPSERT_SNAPSHOTS for (entity id, snapshot, graph digest) rows."""
+    """FINISH_UNIT's snapshot parameters for (entity id, snapshot, graph digest) rows."""
     doc = [
         {
             "i": i,

@@ -5,6 +5,7 @@ cycle's units which entities it diffed), on real PostgreSQL and Bolt graph."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import uuid
@@ -12,14 +13,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import neo4j.time
+import psycopg
 import pytest
 from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import config, cycles, db, services, units
+from notifier import config, cycles, db, fanout, services, units
 from notifier.graph import Graph
 from tests.conftest import _new_database
-from tests.router.conftest import events, fire, q, watch, write
+from tests.router.conftest import events, fire, q, wait_until, watch, write
 
 ARTISTS = [str(i) for i in range(1, 13)]
 
@@ -96,6 +98,18 @@ async def _watching(
     await _watched(pg_url, graph_driver, graph_db)
     async with db.pool(settings.postgres_conninfo) as pool:
         yield Graph(graph_driver, graph_db), pool
+
+
+@contextlib.asynccontextmanager
+async def _v2_fired(
+    settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> AsyncIterator[tuple[Graph, AsyncConnectionPool]]:
+    """`_watching`, cycle v1 run, artist 1 given release 102, then v2 fired (units of 5)."""
+    async with _watching(settings, pg_url, graph_driver, graph_db) as (graph, pool):
+        await _cycle(pool, graph, settings, "v1")
+        await write(graph_driver, graph_db, lambda g: g.release("102", artists=["1"]))
+        await fire(pool, settings, "v2", unit_size=5)
+        yield graph, pool
 
 
 async def test_unchanged_artists_are_recognised_in_the_database_and_left_as_they_are(
@@ -290,10 +304,7 @@ async def test_units_made_before_migration_008_use_the_snapshot_versions(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
     """fresh_ids NULL (a cycle fired before the migration): the snapshot's version alone says."""
-    async with _watching(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
-        await _cycle(pool, graph, router_settings, "v1")
-        await write(graph_driver, graph_db, lambda g: g.release("102", artists=["1"]))
-        await fire(pool, router_settings, "v2", unit_size=5)
+    async with _v2_fired(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
         q(pg_url, "UPDATE notifier.diff_units SET fresh_ids = NULL WHERE version = 'v2'")
         # As the stamping code left it: every snapshot at v1, but artist 2's at an older cycle.
         q(pg_url, "UPDATE notifier.entity_snapshots SET version = 'v0' WHERE entity_id = '2'")
@@ -329,3 +340,46 @@ async def test_snapshots_no_unit_of_a_finished_cycle_holds_are_deleted(
     assert [(e[0], e[2]) for e in events(pg_url, "v2")] == [("new_releases", "11")]
     assert [s.get("unchanged_in_db", 0) for s in second] == [4, 5, 1]  # 1, 10, 11, 2, 3 | 4-8 | 9
     assert [s[0] for s in _snapshots(pg_url)] == sorted(a for a in ARTISTS if a != "12")
+
+
+async def test_a_unit_taken_over_after_its_reads_writes_nothing(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    """Its lease expired and another router claimed it: the write statement refuses it."""
+    async with _v2_fired(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
+        before = _snapshots(pg_url)
+        runner = units.UnitRunner(pool, graph, "me", email=False, batch=100)
+        async with pool.connection() as conn:
+            releases = await cycles.claim(conn, "me", 60)
+            assert releases is not None and await runner.run(releases) is not None
+            unit = await cycles.claim(conn, "me", 60)
+        assert unit is not None and unit.entity_ids[0] == "1"
+        reading = await runner.read(unit)
+        q(pg_url, "UPDATE notifier.diff_units SET claimed_by = 'other' WHERE id = %s", unit.id)
+        assert await runner.write(unit, reading) is None
+        assert events(pg_url, "v2") == [] and _snapshots(pg_url) == before
+        assert q(pg_url, "SELECT status FROM notifier.diff_units WHERE id = %s", unit.id) == [
+            ("pending",)
+        ]
+        q(pg_url, "UPDATE notifier.diff_units SET claimed_by = 'me' WHERE id = %s", unit.id)
+        assert await runner.write(unit, reading) is not None  # ours again: written once
+        assert await runner.write(unit, reading) is None  # done: not again
+    assert [(e[0], e[2]) for e in events(pg_url, "v2")] == [("new_releases", "1")]
+
+
+async def test_a_unit_write_waits_for_an_unread_counter_fold(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    """While a fold holds the feed lock exclusively, no unit writes feed rows (sql/005)."""
+    async with _v2_fired(router_settings, pg_url, graph_driver, graph_db) as (graph, pool):
+        with psycopg.connect(pg_url) as fold:  # a transaction, as api.feed.fold's
+            fold.execute("SELECT pg_advisory_xact_lock(%s)", (fanout.FEED_LOCK_KEY,))
+            running = asyncio.create_task(_run(pool, graph, ["v2"]))
+            sql = (
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )
+            await wait_until(lambda: q(pg_url, sql) == [(1,)], 30, "a unit waiting")
+            assert not running.done() and events(pg_url, "v2") == []
+        await running
+    assert [(e[0], e[2]) for e in events(pg_url, "v2")] == [("new_releases", "1")]
