@@ -42,7 +42,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from bench.core import Context, Figure, timer
-from notifier import cycles, heap, services
+from notifier import cycles, db, heap, services
 from notifier.config import Settings
 from notifier.graph import ARTIST_STATES, Graph
 from notifier.graphbuilder import GraphBuilder
@@ -202,7 +202,7 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
             conn.execute("VACUUM ANALYZE notifier.watchlists")
         graph = Graph(driver, database)
         async with (
-            AsyncConnectionPool(url, min_size=WORKERS, max_size=WORKERS, open=False) as pool,
+            db.pool(url, min_size=WORKERS, max_size=WORKERS) as pool,  # the router's (autocommit)
             contextlib.AsyncExitStack() as stack,
         ):
             claims = [
