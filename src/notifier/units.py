@@ -83,7 +83,9 @@ WITH x AS (
 SELECT id, version, entity_name, release_ids, alias_ids, member_ids, release_count,
        graph_digest, h
 FROM (
-    SELECT x.id, x.n, substring(%(digests)s::bytea FROM x.n::int * 32 - 31 FOR 32) AS h,
+    SELECT x.id, x.n,
+           substring(%(digests)s::bytea
+                     FROM (x.n::int - 1) * %(size)s::int + 1 FOR %(size)s::int) AS h,
            CASE WHEN x.fresh_ids IS NULL OR s.version = %(version)s OR x.id = ANY (x.fresh_ids)
                 THEN s.version ELSE %(previous)s END AS version,
            s.entity_name, s.release_ids, s.alias_ids,
@@ -411,7 +413,8 @@ class UnitRunner:
                 loaded = await conn.execute(LOAD_UNIT_SNAPSHOTS, params, binary=True)
             else:
                 params = {"unit": unit.id, "me": self.me, "digests": compare,
-                          "version": unit.version, "previous": unit.previous_version}  # fmt: skip
+                          "size": DIGEST_SIZE, "version": unit.version,
+                          "previous": unit.previous_version}  # fmt: skip
                 loaded = await conn.execute(COMPARE_ARTISTS, params, binary=True)
             rows = await loaded.fetchall()
             ids = unit.entity_ids
@@ -638,7 +641,7 @@ def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
 # row that held bytes where a clean row held that very text could be
 # mistaken for.
 _JSON = msgspec.json.Encoder()
-DIGEST_SIZE = 32  # SHA-256; COMPARE_ARTISTS slices `digests` by it
+DIGEST_SIZE = 32  # SHA-256
 NO_DIGEST = bytes(DIGEST_SIZE)
 
 
