@@ -44,18 +44,22 @@ log = logging.getLogger(__name__)
 # what a router read can only be stale if its write is refused.
 # A snapshot's version as the diff sees it (sql/008_unit_continuity.sql): the
 # previous cycle's when the entity was in one of its units (not in the unit's
-# fresh_ids) and the snapshot was not written since, else the cycle
-# that wrote it (COMPARE_ARTISTS computes it the same way).
-LOAD_UNIT_SNAPSHOTS = """
-SELECT s.entity_id,
-       CASE WHEN d.fresh_ids IS NULL OR s.version = %(version)s OR x.id = ANY (d.fresh_ids)
-            THEN s.version ELSE %(previous)s END,
+# fresh_ids) and the snapshot was not written since, else the cycle that
+# wrote it. Used by LOAD_UNIT_SNAPSHOTS and COMPARE_ARTISTS, where `x.id` is
+# the unit's id, `s` its snapshot and `fresh_ids` the unit's.
+_SEEN_VERSION = """
+       CASE WHEN fresh_ids IS NULL OR s.version = %(version)s OR x.id = ANY (fresh_ids)
+            THEN s.version ELSE %(previous)s END"""
+_LOAD_HEAD = """
+SELECT s.entity_id,"""
+_LOAD_TAIL = """,
        s.entity_name, s.release_ids, s.alias_ids, s.member_ids, s.release_count
 FROM notifier.diff_units d
 CROSS JOIN LATERAL unnest(d.entity_ids) AS x (id)
 JOIN notifier.entity_snapshots s ON s.entity_type = d.entity_type AND s.entity_id = x.id
 WHERE d.id = %(unit)s
 """
+LOAD_UNIT_SNAPSHOTS = _LOAD_HEAD + _SEEN_VERSION + _LOAD_TAIL  # constants only, no input
 # An artist unit's compare, in the database (sql/007_snapshot_digest.sql):
 # an artist whose graph row hashes to the digest its snapshot of the
 # previous cycle was derived from would find nothing new, so it is left as
@@ -73,7 +77,7 @@ WHERE d.id = %(unit)s
 # watched are deleted when a cycle finishes (cycles.FINISH_CYCLE), so few
 # others either. OFFSET 0 keeps the scan whole: joined freely, the planner
 # probes per id.
-COMPARE_ARTISTS = """
+_COMPARE_HEAD = """
 WITH x AS (
     SELECT x.id, x.n, d.fresh_ids
     FROM notifier.diff_units d
@@ -85,9 +89,8 @@ SELECT id, version, entity_name, release_ids, alias_ids, member_ids, release_cou
 FROM (
     SELECT x.id, x.n,
            substring(%(digests)s::bytea
-                     FROM (x.n::int - 1) * %(size)s::int + 1 FOR %(size)s::int) AS h,
-           CASE WHEN x.fresh_ids IS NULL OR s.version = %(version)s OR x.id = ANY (x.fresh_ids)
-                THEN s.version ELSE %(previous)s END AS version,
+                     FROM (x.n::int - 1) * %(size)s::int + 1 FOR %(size)s::int) AS h,"""
+_COMPARE_TAIL = """ AS version,
            s.entity_name, s.release_ids, s.alias_ids,
            s.member_ids, s.release_count, s.graph_digest
     FROM x
@@ -101,6 +104,7 @@ FROM (
 WHERE (version = %(previous)s AND graph_digest = h) IS NOT TRUE
 ORDER BY n
 """
+COMPARE_ARTISTS = _COMPARE_HEAD + _SEEN_VERSION + _COMPARE_TAIL  # constants only, no input
 # The unit's write, one statement (one implicit transaction): `owned` locks
 # the unit's row if it is still pending and claimed by `me` (diff_units
 # primary key; a concurrent run of the same unit waits on that lock, then
