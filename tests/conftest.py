@@ -44,10 +44,20 @@ def rabbit_server(request: pytest.FixtureRequest) -> services.RabbitService:
     return _start(request, "RabbitMQ", services.rabbitmq())
 
 
+_GRAPH_USED: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def graph_server(request: pytest.FixtureRequest) -> services.GraphService:
-    """The session's Bolt graph server."""
-    return _start(request, "the Bolt graph server", services.graph())
+    """The session's Bolt graph server (its name and version go in the terminal summary)."""
+    svc = _start(request, "the Bolt graph server", services.graph())
+    _GRAPH_USED.append(services.describe_graph(svc))
+    return svc
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say which graph server the run used, e.g. `graph: Neo4j 2026.08.1 community`."""
+    terminalreporter.write_line(f"graph: {_GRAPH_USED[0] if _GRAPH_USED else 'not started'}")
 
 
 @pytest.fixture(scope="session")

@@ -64,9 +64,10 @@ async def test_cypher_write_read(graph_driver: AsyncDriver, graph_db: str) -> No
 async def test_graph_databases_are_isolated(
     graph_server: services.GraphService, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
+    # ArcadeDB: a second database; Neo4j Community (one database): the next test's, wiped.
+    await GraphBuilder().artist("1", "A").write(graph_driver, graph_db)
     other = graph_server.new_database()
     try:
-        await GraphBuilder().artist("1", "A").write(graph_driver, graph_db)
         async with graph_driver.session(database=other) as session:
             result = await session.run("MATCH (a:Artist) RETURN count(a) AS n")
             record = await result.single()

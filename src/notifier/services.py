@@ -83,6 +83,7 @@ class GraphService:
     password: str
     origin: str
     admin_url: str | None = None  # ArcadeDB HTTP API, when we can create databases
+    server: str | None = None  # e.g. "Neo4j 2026.08.1", when known without asking it
     _created: list[str] = field(default_factory=list)
 
     @property
@@ -412,7 +413,7 @@ def graph() -> Iterator[GraphService]:
     if docker_available():  # pragma: no cover - no Docker daemon on the CI machine
         from testcontainers.neo4j import Neo4jContainer
 
-        with Neo4jContainer("neo4j:5-community", password=GRAPH_PASSWORD) as c:
+        with Neo4jContainer("neo4j:2026-community", password=GRAPH_PASSWORD) as c:
             yield GraphService(
                 host=c.get_container_host_ip(),
                 port=int(c.get_exposed_port(7687)),
@@ -421,8 +422,144 @@ def graph() -> Iterator[GraphService]:
                 origin="testcontainers",
             )
         return
+    try:
+        neo4j_server = local_neo4j()
+        svc = neo4j_server.__enter__()
+    except Neo4jNotInstallable as exc:
+        print(f"notifier: no local Neo4j ({exc}); using ArcadeDB's Bolt server", file=sys.stderr)
+    else:
+        try:
+            yield svc
+        finally:
+            neo4j_server.__exit__(None, None, None)
+        return
     with _local_arcadedb() as svc:
         yield svc
+
+
+# ----------------------------------------------------------------- Neo4j from Maven Central
+
+# The platform runs `neo4j:2026-community`; its line needs Java 21 or later.
+# On a machine whose newest JDK is 17, the 5.26 LTS line (Java 17) is used.
+NEO4J_CURRENT = "2026.08.1"
+NEO4J_LTS = "5.26.30"
+_JAVA_SOURCE = Path(__file__).with_name("javaserver") / "Neo4jServer.java"
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>notifier</groupId><artifactId>neo4j-server</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.neo4j</groupId><artifactId>neo4j</artifactId><version>{version}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+
+class Neo4jNotInstallable(ServiceUnavailable):
+    """No JDK or no Maven here: Neo4j cannot be had (the caller may fall back)."""
+
+
+@dataclass(frozen=True)
+class Java:
+    """A JDK: its home and major version."""
+
+    home: Path
+    major: int
+
+
+def _java_major(home: Path) -> int | None:
+    release = home / "release"
+    if not (home / "bin" / "java").exists() or not release.exists():
+        return None
+    for line in release.read_text(errors="replace").splitlines():
+        if line.startswith("JAVA_VERSION="):
+            version = line.split("=", 1)[1].strip().strip('"')
+            head = version.split(".")[0]
+            return int(head) if head.isdigit() else None
+    return None
+
+
+def newest_java() -> Java | None:
+    """The newest JDK among $JAVA_HOME and /usr/lib/jvm/* (None: no JDK with a `release` file)."""
+    homes = [Path(os.environ["JAVA_HOME"])] if os.environ.get("JAVA_HOME") else []
+    homes += sorted(Path("/usr/lib/jvm").glob("*")) if Path("/usr/lib/jvm").is_dir() else []
+    found = [Java(h.resolve(), m) for h in homes if (m := _java_major(h)) is not None]
+    return max(found, key=lambda j: j.major, default=None)
+
+
+def neo4j_cache() -> Path:
+    """Where the Neo4j jars are kept between runs (`NOTIFIER_CACHE_DIR` or ~/.cache/notifier)."""
+    root = os.environ.get("NOTIFIER_CACHE_DIR") or str(Path.home() / ".cache" / "notifier")
+    return Path(root)
+
+
+def neo4j_jars(java: Java) -> tuple[str, Path]:
+    """The Neo4j version this JDK runs and the folder of its jars, fetched once with Maven."""
+    if java.major < 17:
+        raise Neo4jNotInstallable(f"Neo4j needs Java 17 or later; the newest JDK is {java.major}")
+    version = NEO4J_CURRENT if java.major >= 21 else NEO4J_LTS
+    top = neo4j_cache() / f"neo4j-{version}"
+    lib = top / "lib"
+    if (top / "complete").exists():
+        return version, lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise Neo4jNotInstallable("Maven (`mvn`) is not installed to fetch Neo4j")
+    top.mkdir(parents=True, exist_ok=True)
+    (top / "pom.xml").write_text(_POM.format(version=version))
+    done = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(top / "pom.xml"), "dependency:copy-dependencies",
+         f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
+        capture_output=True, text=True, check=False, timeout=900,
+        env={**os.environ, "JAVA_HOME": str(java.home)},
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise ServiceUnavailable(
+            f"fetching Neo4j {version} from Maven Central failed:\n{done.stdout[-2000:]}"
+        )
+    (top / "complete").write_text(version + "\n")
+    return version, lib
+
+
+def fetch_neo4j() -> str:
+    """Fetch the Neo4j jars for the newest JDK here (CI does this before the tests)."""
+    java = newest_java()
+    if java is None:
+        raise Neo4jNotInstallable("no JDK found (JAVA_HOME or /usr/lib/jvm)")
+    version, lib = neo4j_jars(java)
+    return f"Neo4j {version} on Java {java.major} ({lib})"
+
+
+@contextlib.contextmanager
+def local_neo4j(heap_mb: int = 1024, pagecache_mb: int = 512) -> Iterator[GraphService]:
+    """Neo4j Community (embedded DBMS, Bolt on loopback) started from Maven Central's jars."""
+    java = newest_java()
+    if java is None:
+        raise Neo4jNotInstallable("no JDK found (JAVA_HOME or /usr/lib/jvm)")
+    version, lib = neo4j_jars(java)
+    top = Path(tempfile.mkdtemp(prefix="notifier-neo4j-"))
+    port = free_port()
+    log = top / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(java.home / "bin" / "java"), f"-Xmx{heap_mb}m", "-XX:+UseParallelGC",
+             "--enable-native-access=ALL-UNNAMED", "-cp", f"{lib}/*", str(_JAVA_SOURCE),
+             str(top / "home"), str(port), str(pagecache_mb)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=top,
+        )  # fmt: skip
+    try:
+        _wait(
+            f"Neo4j {version} (Java {java.major})",
+            lambda: proc.poll() is None and "NOTIFIER-GRAPH-READY" in log.read_text(),
+            180,
+            log,
+        )
+        yield GraphService(
+            "127.0.0.1", port, "neo4j", GRAPH_PASSWORD, origin="local-neo4j",
+            server=f"Neo4j {version}",
+        )  # fmt: skip
+    finally:
+        _kill_group(proc)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 # Runs in its own process so the JVM never lives inside the caller (pytest, the dev command).
@@ -479,10 +616,20 @@ def _local_arcadedb() -> Iterator[GraphService]:
             GRAPH_PASSWORD,
             origin="local",
             admin_url=f"http://127.0.0.1:{http_port}",
+            server=f"ArcadeDB {_arcadedb_version()}",
         )
     finally:
         _kill_group(proc)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def _arcadedb_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("arcadedb-embedded")
+    except PackageNotFoundError:  # pragma: no cover - it was just imported
+        return "?"
 
 
 def _arcade_command(svc: GraphService, command: str) -> None:
@@ -497,8 +644,26 @@ def _arcade_command(svc: GraphService, command: str) -> None:
         raise ServiceUnavailable(f"ArcadeDB refused {command!r}: {r.status_code} {r.text[:300]}")
 
 
-def _wipe_neo4j(svc: GraphService) -> None:  # pragma: no cover - needs a real Neo4j
+def _wipe_neo4j(svc: GraphService) -> None:
     from neo4j import GraphDatabase
 
     with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as driver:
         driver.execute_query("MATCH (n) DETACH DELETE n", database_="neo4j")
+
+
+def describe_graph(svc: GraphService) -> str:
+    """What the server says it is, e.g. "Neo4j 2026.08.1 community" (or what we started)."""
+    from neo4j import GraphDatabase
+
+    try:
+        with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as driver:
+            records, _, _ = driver.execute_query(
+                "CALL dbms.components() YIELD name, versions, edition "
+                "RETURN name, versions, edition"
+            )
+    except Exception:  # ArcadeDB has no dbms.components()
+        return svc.server or f"unknown Bolt server ({svc.origin})"
+    for r in records:
+        if r["name"] == "Neo4j Kernel":
+            return f"Neo4j {r['versions'][0]} {r['edition']} ({svc.origin})"
+    return svc.server or f"unknown Bolt server ({svc.origin})"
