@@ -30,6 +30,9 @@ RABBITMQ_URL_ENV = "NOTIFIER_TEST_RABBITMQ_URL"
 NEO4J_URL_ENV = "NOTIFIER_TEST_NEO4J_URL"
 # ArcadeDB only: its HTTP admin URL, which lets each test get a database of its own.
 NEO4J_ADMIN_URL_ENV = "NOTIFIER_TEST_NEO4J_ADMIN_URL"
+# Which local graph server to start when no URL or Docker is there: neo4j (default) or arcadedb.
+GRAPH_CHOICE_ENV = "NOTIFIER_TEST_GRAPH"
+GRAPH_CHOICES = ("neo4j", "arcadedb")
 
 GRAPH_PASSWORD = "notifier-graph-pw"  # a throwaway local server
 
@@ -422,19 +425,32 @@ def graph() -> Iterator[GraphService]:
                 origin="testcontainers",
             )
         return
-    try:
-        neo4j_server = local_neo4j()
-        svc = neo4j_server.__enter__()
-    except Neo4jNotInstallable as exc:
-        print(f"notifier: no local Neo4j ({exc}); using ArcadeDB's Bolt server", file=sys.stderr)
-    else:
+    if local_graph_choice() == "neo4j":
         try:
-            yield svc
-        finally:
-            neo4j_server.__exit__(None, None, None)
-        return
+            neo4j_server = local_neo4j()
+            svc = neo4j_server.__enter__()
+        except Neo4jNotInstallable as exc:
+            print(f"notifier: no local Neo4j ({exc}); using ArcadeDB's Bolt server",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            try:
+                yield svc
+            finally:
+                neo4j_server.__exit__(None, None, None)
+            return
     with _local_arcadedb() as svc:
         yield svc
+
+
+def local_graph_choice() -> str:
+    """`NOTIFIER_TEST_GRAPH`: the local graph server to start, `neo4j` (default) or `arcadedb`."""
+    choice = os.environ.get(GRAPH_CHOICE_ENV, "").strip().lower() or "neo4j"
+    if choice not in GRAPH_CHOICES:
+        # A typo must not silently test against the other server.
+        raise ServiceUnavailable(
+            f"{GRAPH_CHOICE_ENV}={choice!r}: expected one of {', '.join(GRAPH_CHOICES)}"
+        )
+    return choice
 
 
 # ----------------------------------------------------------------- Neo4j from Maven Central
