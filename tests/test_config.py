@@ -187,3 +187,32 @@ def test_cli_stops_with_one_line_naming_the_variable(env: dict[str, str], variab
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"notifier: configuration error: {variable}:")
     assert "Traceback" not in done.stderr
+
+
+def test_trigger_settings_default_and_parse() -> None:
+    s = config.load(BASE, role="router")
+    assert (s.trigger, s.graph_poll_seconds) == (("amqp",), 60.0)
+    assert s.graph_signals == ("artists", "labels", "masters", "releases")
+    s = config.load(
+        {**BASE, "NOTIFIER_TRIGGER": " graph , amqp,graph", "NOTIFIER_GRAPH_SIGNALS": "releases",
+         "NOTIFIER_GRAPH_POLL_SECONDS": "2.5"},
+        role="router",
+    )  # fmt: skip
+    assert (s.trigger, s.graph_signals, s.graph_poll_seconds) == (
+        ("graph", "amqp"), ("releases",), 2.5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("NOTIFIER_TRIGGER", "kafka"),
+        ("NOTIFIER_TRIGGER", "amqp,,graph"),
+        ("NOTIFIER_GRAPH_SIGNALS", "artists,"),
+        ("NOTIFIER_GRAPH_POLL_SECONDS", "0"),
+        ("NOTIFIER_GRAPH_POLL_SECONDS", "soon"),
+    ],
+)
+def test_bad_trigger_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(config.ConfigError, match=f"^{name}: "):
+        config.load({**BASE, name: value}, role="router")

@@ -19,6 +19,7 @@ from notifier import backoff
 
 Role = Literal["migrate", "api", "router", "delivery", "all", "dev"]
 
+TRIGGERS = ("amqp", "graph")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -68,6 +69,10 @@ class Settings:
     smtp_from: str | None
     log_level: str
     replica: str
+    # Where cycles come from (contract §3, §3a): "amqp", "graph" or both.
+    trigger: tuple[str, ...] = ("amqp",)
+    graph_signals: tuple[str, ...] = ("artists", "labels", "masters", "releases")
+    graph_poll_seconds: float = 60.0
     # Router (issue 3): diff unit size, unit lease, broker prefetch, idle poll, workers.
     router_unit_size: int = 500
     router_lease_seconds: float = 120.0
@@ -194,6 +199,9 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         raise ConfigError(
             "NOTIFIER_REQUIRED_SERVICES: expected a comma-separated list of service names"
         )
+    trigger = _names(r, "NOTIFIER_TRIGGER", "amqp")
+    if not set(trigger) <= set(TRIGGERS):
+        raise ConfigError(f"NOTIFIER_TRIGGER: expected amqp, graph or amqp,graph, got {trigger!r}")
     log_level = r.text("LOG_LEVEL", "INFO").upper()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
@@ -225,6 +233,9 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         smtp_from=r.optional("NOTIFIER_SMTP_FROM"),
         log_level=log_level,
         replica=r.text("NOTIFIER_REPLICA", socket.gethostname()),
+        trigger=trigger,
+        graph_signals=_names(r, "NOTIFIER_GRAPH_SIGNALS", "artists,labels,masters,releases"),
+        graph_poll_seconds=_router_number(r, "NOTIFIER_GRAPH_POLL_SECONDS", 60.0, 0.01, 86_400),
         # Router (issue 3).
         router_unit_size=int(_router_number(r, "NOTIFIER_ROUTER_UNIT_SIZE", 500, 1, 100_000, int)),
         router_lease_seconds=_router_number(r, "NOTIFIER_ROUTER_LEASE_SECONDS", 120.0, 1, 86_400),
@@ -238,6 +249,14 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
     )
     _require(settings, role)
     return settings
+
+
+def _names(r: _Reader, name: str, default: str) -> tuple[str, ...]:
+    """A comma-separated list of names, without blanks or repeats, in the given order."""
+    names = tuple(dict.fromkeys(x.strip() for x in r.text(name, default).split(",")))
+    if not names or any(not x for x in names):
+        raise ConfigError(f"{name}: expected a comma-separated list of names")
+    return names
 
 
 def _require(s: Settings, role: str) -> None:

@@ -23,6 +23,12 @@ from psycopg import AsyncConnection
 # pg_advisory_xact_lock key for signal recording: "n-cycles" in ASCII.
 SIGNAL_LOCK_KEY = 0x6E2D6379636C6573
 
+# A version names a monthly dump ("20260301"); messages and latches alike.
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+
+# The service name a complete graph latch is recorded under (source 'graph').
+LATCH_SERVICE = "ExtractionCompletion"
+
 # The diff of genre, style and search units needs the cycle's new releases,
 # written by the single 'releases' unit (seq 0) first.
 RELEASES_UNIT = "releases"
@@ -37,25 +43,33 @@ INSERT_CYCLE = """
 INSERT INTO notifier.cycles (version, required_services) VALUES (%(version)s, %(required)s)
 ON CONFLICT (version) DO NOTHING
 """
-# Primary key (version, service) absorbs duplicates and redeliveries.
+# Primary key (version, source, service) absorbs duplicates and redeliveries.
 INSERT_SIGNAL = """
-INSERT INTO notifier.cycle_signals (version, service, completed_at, message)
-VALUES (%(version)s, %(service)s, %(completed_at)s, %(message)s::jsonb)
-ON CONFLICT (version, service) DO NOTHING
+INSERT INTO notifier.cycle_signals (version, source, service, completed_at, message)
+VALUES (%(version)s, %(source)s, %(service)s, %(completed_at)s, %(message)s::jsonb)
+ON CONFLICT (version, source, service) DO NOTHING
 """
 # cycles primary key, cycle_signals primary key for each required service;
 # the previous cycle is the last one fired (cycles is one row a month: a scan).
+# A message fires its version once every required service has sent one; a
+# latch signal is recorded only when complete, so it fires at once.
 FIRE = """
 UPDATE notifier.cycles c
-SET status = 'running', fired_at = now(), started_at = now(),
+SET status = 'running', fired_at = now(), started_at = now(), fired_by = %(source)s,
     previous_version = (SELECT p.version FROM notifier.cycles p
                         WHERE p.fired_at IS NOT NULL ORDER BY p.fired_at DESC LIMIT 1)
 WHERE c.version = %(version)s AND c.status = 'collecting'
-  AND NOT EXISTS (
+  AND (%(source)s = 'graph' OR NOT EXISTS (
       SELECT 1 FROM unnest(c.required_services) AS s (service)
       WHERE NOT EXISTS (SELECT 1 FROM notifier.cycle_signals g
-                        WHERE g.version = c.version AND g.service = s.service))
+                        WHERE g.version = c.version AND g.source = 'amqp'
+                          AND g.service = s.service)))
 RETURNING started_at, previous_version
+"""
+# The newest version fired so far, in byte order ("20260301" > "20260201");
+# cycles is one row a month: a scan.
+NEWEST_FIRED = """
+SELECT max(version COLLATE "C") FROM notifier.cycles WHERE fired_at IS NOT NULL
 """
 # The 'releases' unit first (lowest id), then chunks of distinct watched
 # entities per type (watchlists_entity_idx gives them in (type, id) order).
@@ -204,25 +218,52 @@ async def record_signal(
     """
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SIGNAL_LOCK_KEY,))
-        await conn.execute(INSERT_CYCLE, {"version": version, "required": list(required)})
-        await conn.execute(
-            INSERT_SIGNAL,
-            {
-                "version": version,
-                "service": service,
-                "completed_at": completed_at,
-                "message": json.dumps(message),
-            },
-        )
-        cur = await conn.execute(FIRE, {"version": version})
-        row = await cur.fetchone()
-        if row is None:
+        signal = {"version": version, "service": service, "source": "amqp",
+                  "completed_at": completed_at, "message": json.dumps(message)}  # fmt: skip
+        return await _record_and_fire(conn, signal, required, unit_size)
+
+
+async def record_latch(
+    conn: AsyncConnection[Any],
+    *,
+    version: str,
+    completed_at: datetime | None,
+    latch: dict[str, Any],
+    required: tuple[str, ...],
+    unit_size: int,
+) -> bool:
+    """Record a complete graph latch (contract §3a); fire its cycle unless already fired.
+
+    A version sorting before (or equal to) the newest fired one is not even
+    recorded. Returns True when this call fired the cycle. Routers polling at
+    once serialize on the signal lock: one fires, the others find it running.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SIGNAL_LOCK_KEY,))
+        newest = (await (await conn.execute(NEWEST_FIRED)).fetchone() or (None,))[0]
+        if newest is not None and version.encode() <= newest.encode():
             return False
-        started: datetime = row[0]
-        await conn.execute(INSERT_RELEASES_UNIT, {"version": version})
-        params = {"version": version, "started": started, "size": unit_size, "previous": row[1]}
-        await conn.execute(INSERT_UNITS, params)
-        return True
+        signal = {"version": version, "service": LATCH_SERVICE, "source": "graph",
+                  "completed_at": completed_at, "message": json.dumps(latch)}  # fmt: skip
+        return await _record_and_fire(conn, signal, required, unit_size)
+
+
+async def _record_and_fire(
+    conn: AsyncConnection[Any], signal: dict[str, Any], required: tuple[str, ...], unit_size: int
+) -> bool:
+    """Inside the signal lock: insert the cycle and the signal, fire, create the units."""
+    version = signal["version"]
+    await conn.execute(INSERT_CYCLE, {"version": version, "required": list(required)})
+    await conn.execute(INSERT_SIGNAL, signal)
+    cur = await conn.execute(FIRE, {"version": version, "source": signal["source"]})
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    started: datetime = row[0]
+    await conn.execute(INSERT_RELEASES_UNIT, {"version": version})
+    params = {"version": version, "started": started, "size": unit_size, "previous": row[1]}
+    await conn.execute(INSERT_UNITS, params)
+    return True
 
 
 async def claim(conn: AsyncConnection[Any], me: str, lease_seconds: float) -> Unit | None:

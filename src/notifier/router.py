@@ -1,11 +1,15 @@
-"""`notifier router`: completion messages in, cycles out (contract §3, design "The flow" 1-3).
+"""`notifier router`: completion signals in, cycles out (contract §3, §3a; design "The flow" 1-3).
 
-Two loops in one process:
-- the consumer: a durable queue `notifier.<exchange>` bound to the fanout
-  completion exchange; each message is validated (msgspec), recorded in
-  PostgreSQL, and acked only after that commit. A malformed message is
-  rejected without requeue, which the queue's dead-letter exchange routes to
-  `notifier.<exchange>.dead`; the router keeps running.
+Up to three loops in one process:
+- the consumer (`amqp` in NOTIFIER_TRIGGER): a durable queue
+  `notifier.<exchange>` bound to the fanout completion exchange; each message
+  is validated (msgspec), recorded in PostgreSQL, and acked only after that
+  commit. A malformed message is rejected without requeue, which the queue's
+  dead-letter exchange routes to `notifier.<exchange>.dead`; the router keeps
+  running.
+- the latch poller (`graph` in NOTIFIER_TRIGGER): reads the graph's
+  ExtractionCompletion nodes every NOTIFIER_GRAPH_POLL_SECONDS and records the
+  newest complete version (notifier.latch, cycles.record_latch).
 - the worker: claims diff units of the oldest running cycle
   (notifier.cycles), runs them (notifier.units), and marks a cycle done when
   its last unit is. Every replica runs both loops.
@@ -43,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from notifier import cycles, db
+from notifier import cycles, db, latch
 from notifier.config import Settings
 from notifier.graph import Graph
 from notifier.serving import QuietServer
@@ -53,7 +57,7 @@ log = logging.getLogger(__name__)
 
 # A completion message is a few hundred bytes; anything this big is not one.
 MAX_MESSAGE_BYTES = 64 * 1024
-VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+VERSION_PATTERN = cycles.VERSION_PATTERN
 
 # The process-wide registry: under `notifier all` the API's /metrics shows it.
 MESSAGES = Counter(
@@ -69,6 +73,9 @@ CYCLE_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=REGISTRY,
 )  # fmt: skip
 BUSY = Gauge("notifier_router_busy", "Units being processed now", registry=REGISTRY)
+LATCH_READS = Counter(
+    "notifier_router_latch_reads", "Graph latch reads by outcome", ["outcome"], registry=REGISTRY
+)
 
 
 Service = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
@@ -126,6 +133,8 @@ class Router:
         self.pool: AsyncConnectionPool | None = None
         self.driver: AsyncDriver | None = None
         self.amqp: AbstractRobustConnection | None = None
+        # The last latch read's failure (None: it worked, or no graph trigger).
+        self.latch_error: str | None = None
 
     async def run(self, *, serve_http: bool = True) -> int:
         """Run until `stop` is set (SIGTERM); return the exit code."""
@@ -138,9 +147,12 @@ class Router:
         server: QuietServer | None = None
         http: asyncio.Task[None] | None = None
         try:
-            self.amqp = await aio_pika.connect_robust(amqp_url(s))
-            queue = await self._declare(self.amqp)
-            tag = await queue.consume(self._on_message)
+            queue: aio_pika.abc.AbstractQueue | None = None
+            tag = ""
+            if "amqp" in s.trigger:
+                self.amqp = await aio_pika.connect_robust(amqp_url(s))
+                queue = await self._declare(self.amqp)
+                tag = await queue.consume(self._on_message)
             if serve_http:
                 server = QuietServer(
                     uvicorn.Config(
@@ -149,12 +161,20 @@ class Router:
                     )
                 )  # fmt: skip
                 http = asyncio.create_task(server.serve(), name="router-http")
-            log.info("router started", extra={"queue": queue.name, "claim": self.me})
+            log.info(
+                "router started",
+                extra={"trigger": ",".join(s.trigger), "claim": self.me,
+                       "queue": queue.name if queue is not None else None},
+            )  # fmt: skip
             self.ready.set()
             # Several workers per process overlap graph and database waits; each
             # has its own claim token, as if it were a replica of its own.
-            await asyncio.gather(*(self._work(f"{self.me}.{n}") for n in range(s.router_workers)))
-            await queue.cancel(tag)
+            loops = [self._work(f"{self.me}.{n}") for n in range(s.router_workers)]
+            if "graph" in s.trigger:
+                loops.append(self._poll_latch())
+            await asyncio.gather(*loops)
+            if queue is not None:
+                await queue.cancel(tag)
             return 0
         finally:
             if server is not None and http is not None:
@@ -222,6 +242,50 @@ class Router:
             extra={"version": msg.version, "service": msg.service, "fired": fired},
         )
         if fired:
+            self.wake.set()
+
+    async def _poll_latch(self) -> None:
+        """Read the graph latch now and every NOTIFIER_GRAPH_POLL_SECONDS until stopped."""
+        s = self.settings
+        # A read slower than this is abandoned and retried at the next poll.
+        timeout = min(max(s.graph_poll_seconds, 5.0), 30.0)
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self._check_latch(), timeout)
+            except Exception as exc:
+                error = "TimeoutError" if isinstance(exc, TimeoutError) else type(exc).__name__
+                if self.latch_error is None:  # once per outage, not once per poll
+                    log.warning(
+                        "could not read the graph latch; retrying every %ss",
+                        s.graph_poll_seconds, extra={"error": f"{error}: {exc}"[:300]},
+                    )  # fmt: skip
+                self.latch_error = error
+                LATCH_READS.labels("failed").inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), s.graph_poll_seconds)
+
+    async def _check_latch(self) -> None:
+        """One latch read: record (and fire) the newest complete version, if any."""
+        assert self.pool is not None and self.driver is not None
+        s = self.settings
+        latches, bad = await latch.read(self.driver, s.neo4j_database)
+        if self.latch_error is not None:
+            log.info("graph latch readable again")
+            self.latch_error = None
+        LATCH_READS.labels("ok").inc()
+        if bad:
+            log.warning("unusable ExtractionCompletion nodes ignored", extra={"count": bad})
+        newest = latch.newest_complete(latches, s.graph_signals)
+        if newest is None:
+            return
+        async with self.pool.connection() as conn:
+            fired = await cycles.record_latch(
+                conn, version=newest.version, completed_at=newest.updated_at,
+                latch={"version": newest.version, "signals": sorted(newest.signals)},
+                required=s.required_services, unit_size=s.router_unit_size,
+            )  # fmt: skip
+        if fired:
+            log.info("graph latch complete: cycle fired", extra={"version": newest.version})
             self.wake.set()
 
     async def _work(self, me: str) -> None:
@@ -377,8 +441,11 @@ class Router:
             checks["postgres"] = type(exc).__name__
         # A robust connection is not `is_closed` while it reconnects (that is only
         # the final close); `connected` is cleared as soon as the broker goes away.
-        amqp_ok = self.amqp is not None and self.amqp.connected.is_set()
-        checks["rabbitmq"] = "ok" if amqp_ok else "disconnected"
+        if "amqp" in self.settings.trigger:
+            amqp_ok = self.amqp is not None and self.amqp.connected.is_set()
+            checks["rabbitmq"] = "ok" if amqp_ok else "disconnected"
+        if "graph" in self.settings.trigger:
+            checks["graph"] = self.latch_error or "ok"
         healthy = all(v == "ok" for v in checks.values())
         body = {"status": "healthy" if healthy else "unhealthy", "role": "router", "checks": checks}
         return (200 if healthy else 503), body
