@@ -9,10 +9,12 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import aio_pika
 import httpx
@@ -155,11 +157,17 @@ def _lines(proc: subprocess.Popen[str]) -> Iterator[str]:
 
 
 def test_dev_demo_end_to_end_and_ctrl_c_leaves_nothing_running() -> None:
-    patterns = ("notifier-pg-", "notifier-rmq-", "notifier-graph-")
-    before = {p: _pids(p) for p in patterns}
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("POSTGRES_", "RABBITMQ_", "NEO4J_", "NOTIFIER_"))}  # fmt: skip
+    # The demo's servers live in a temporary directory of its own, so servers
+    # that other test runs on this machine start and stop meanwhile are not
+    # taken for its leftovers. World-readable: PostgreSQL runs as `postgres`.
+    top = Path(tempfile.mkdtemp(prefix="notifier-devtest-"))
+    top.chmod(0o755)
+    patterns = [f"{top}/notifier-{kind}-" for kind in ("pg", "rmq", "neo4j", "graph")]
+    keep = ("NOTIFIER_TEST_GRAPH", "NOTIFIER_CACHE_DIR")  # which graph server, where its jars are
+    drop = ("POSTGRES_", "RABBITMQ_", "NEO4J_", "NOTIFIER_")
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(drop)}
     env["NOTIFIER_PORT"] = str(services.free_port())
+    env["TMPDIR"] = str(top)
     proc = subprocess.Popen([*NOTIFIER, "dev"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     seen: list[str] = []
@@ -186,4 +194,6 @@ def test_dev_demo_end_to_end_and_ctrl_c_leaves_nothing_running() -> None:
     assert "cycle 20260201 done" in text
     # Everything it started is gone.
     for p in patterns:
-        assert _pids(p) <= before[p], f"{p} processes left running"
+        assert not _pids(p), f"{p} processes left running"
+    assert not list(top.iterdir()), f"left in {top}: {sorted(top.iterdir())}"
+    top.rmdir()
