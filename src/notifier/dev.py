@@ -1,13 +1,15 @@
 """`notifier dev`: the whole pipeline on a laptop, with nothing to configure.
 
-1. Starts throwaway PostgreSQL, RabbitMQ and a Bolt graph through
-   `notifier.services` (the module the tests use), unless `POSTGRES_HOST`,
-   `RABBITMQ_HOST` or `NEO4J_HOST` point at running ones.
+1. Starts throwaway PostgreSQL and a Bolt graph (Neo4j where Java and Maven
+   are there, ArcadeDB otherwise) through `notifier.services` (the module the
+   tests use), unless `POSTGRES_HOST` or `NEO4J_HOST` point at running ones.
+   RabbitMQ only with `NOTIFIER_TRIGGER=amqp`: the default here is the graph
+   latch, as Discogsography writes it today.
 2. Migrates, seeds a small Discogsography-shaped graph, two demo users with
    watches, and a local webhook receiver that verifies every signature.
-3. Runs every role in this process (`notifier all`), publishes an import
-   completion (the baseline cycle), adds releases, aliases and members to the
-   graph, and publishes the next version.
+3. Runs every role in this process (`notifier all`), completes the import's
+   latch in the graph as graphinator does (the baseline cycle), adds
+   releases, aliases and members to the graph, and completes the next version.
 4. Prints, live, the notifications appearing in the demo users' feeds and the
    signed webhooks arriving, and a `curl` line with a valid demo token.
 
@@ -33,7 +35,7 @@ import aio_pika
 import jwt
 import psycopg
 import uvicorn
-from neo4j import AsyncGraphDatabase
+from neo4j import AsyncDriver, AsyncGraphDatabase
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -168,7 +170,8 @@ def backing_services(env: dict[str, str]) -> Iterator[dict[str, str]]:
                 POSTGRES_PASSWORD=pg.password or "dev",
                 POSTGRES_DATABASE=database,
             )
-        if not os.environ.get("RABBITMQ_HOST"):
+        amqp = "amqp" in env.get("NOTIFIER_TRIGGER", "amqp")
+        if amqp and not os.environ.get("RABBITMQ_HOST"):
             say("starting RabbitMQ …")
             mq = stack.enter_context(services.rabbitmq())
             env.update(
@@ -179,9 +182,10 @@ def backing_services(env: dict[str, str]) -> Iterator[dict[str, str]]:
                 RABBITMQ_VHOST=mq.vhost,
             )
         if not os.environ.get("NEO4J_HOST"):
-            say("starting the graph (ArcadeDB with its Bolt plugin) …")
+            say("starting the graph (Neo4j from Maven Central, else ArcadeDB) …")
             graph = stack.enter_context(services.graph())
             database = graph.new_database()
+            say(f"graph: {services.describe_graph(graph)}")
             env.update(
                 NEO4J_HOST=graph.host,
                 NEO4J_PORT=str(graph.port),
@@ -200,6 +204,9 @@ def dev_environment() -> dict[str, str]:
     env.setdefault("NOTIFIER_WEBHOOK_ALLOW_PRIVATE", "true")
     env.setdefault("NOTIFIER_REPLICA", "dev")
     env.setdefault("LOG_LEVEL", "WARNING")
+    # The platform's own completion signal today (contract §3a), polled each second.
+    env.setdefault("NOTIFIER_TRIGGER", "graph")
+    env.setdefault("NOTIFIER_GRAPH_POLL_SECONDS", "1")
     if "NOTIFIER_PORT" not in env and not _port_free(8010):
         env["NOTIFIER_PORT"] = str(services.free_port())
     return env
@@ -268,6 +275,31 @@ async def _seed_postgres(settings: config.Settings, hook_url: str, secret: str) 
             (ALICE, hook_url, secret),
         )
         await conn.commit()
+
+
+# graphinator.py, _persist_extraction_signals: the latch as the platform writes it.
+GRAPHINATOR_LATCH = """
+MERGE (m:ExtractionCompletion {version: $version})
+ON CREATE SET m.created_at = datetime()
+SET m.signals = $signals, m.updated_at = datetime()
+"""
+
+
+async def _complete(
+    settings: config.Settings, graph: AsyncDriver, version: str, stop: asyncio.Event, out: Say
+) -> None:
+    """Tell the router `version` is complete the way the trigger listens for."""
+    if "graph" in settings.trigger:
+        # One signal per data type, as graphinator records them after each flush.
+        signals: list[str] = []
+        for data_type in settings.graph_signals:
+            signals.append(data_type)
+            async with graph.session(database=settings.neo4j_database) as session:
+                result = await session.run(GRAPHINATOR_LATCH, version=version, signals=signals)
+                await result.consume()
+        out(f"  latch   → (:ExtractionCompletion {{version: {version!r}, signals: {signals}}})")
+    else:
+        await _publish(settings, version, stop)
 
 
 async def _publish(settings: config.Settings, version: str, stop: asyncio.Event) -> None:
@@ -372,11 +404,11 @@ async def demo(settings: config.Settings, stop: asyncio.Event, out: Say = say) -
         tasks.append(asyncio.create_task(_print_feed(settings, out, stop), name="feed"))
 
         out(f"\nimport {FIRST_VERSION} completed: the baseline (no notifications expected)")
-        await _publish(settings, FIRST_VERSION, stop)
+        await _complete(settings, graph, FIRST_VERSION, stop, out)
         if await _cycle_done(settings, FIRST_VERSION, stop):
             out(f"import {SECOND_VERSION}: adding releases, an alias and a member …")
             await second_import().write(graph, settings.neo4j_database)
-            await _publish(settings, SECOND_VERSION, stop)
+            await _complete(settings, graph, SECOND_VERSION, stop, out)
             if await _cycle_done(settings, SECOND_VERSION, stop):
                 out(f"cycle {SECOND_VERSION} done")
         base = f"http://127.0.0.1:{settings.port}"

@@ -47,3 +47,6 @@ def setup(level: str, role: str, replica: str) -> None:
     # Libraries are chatty at INFO; their warnings still get through.
     for name in ("aio_pika", "aiormq", "neo4j", "httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # Neo4j's query notices ("label does not exist" on a graph not yet imported)
+    # come at WARNING for every read; they are hints, not faults.
+    logging.getLogger("neo4j.notifications").setLevel(max(logging.ERROR, root.level))
