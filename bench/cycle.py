@@ -56,7 +56,7 @@ from neo4j import AsyncGraphDatabase
 
 from bench.core import SCALES, Context, Figure, cpu_seconds, peak_rss_mb, table, timer
 from bench.delivery_rate import receiver
-from bench.diff_rate import index_keys
+from bench.diff_rate import drop_constraints, index_keys
 from notifier import services
 from notifier.config import Settings
 from notifier.graphbuilder import GraphBuilder
@@ -366,8 +366,9 @@ async def measure(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {"load_average_start": os.getloadavg()[0]}
     driver = AsyncGraphDatabase.driver(svc.uri, auth=(svc.user, svc.password))
     procs: Processes | None = None
+    created: list[str] = []
     try:
-        index_keys(svc, database)
+        created = index_keys(svc, database)
         with timer() as took:
             for chunk in graph_v1(plan):
                 await chunk.write(driver, database)
@@ -400,6 +401,7 @@ async def measure(ctx: Context) -> dict[str, Any]:
         if procs is not None:
             procs.stop()
         await driver.close()
+        drop_constraints(svc, database, created)
         svc.drop_database(database)
         with contextlib.suppress(Exception):
             await _cleanup_broker(rabbit, exchange)

@@ -87,13 +87,15 @@ RETURN name
 """
 
 
-def index_keys(svc: services.GraphService, database: str) -> None:
+def index_keys(svc: services.GraphService, database: str) -> list[str]:
     """Index the node keys the reads match on, as Discogsography's graph does.
 
-    Neo4j: the platform's unique constraints (each backed by a range index).
-    ArcadeDB: plain indexes through its HTTP API; without them its MERGE and
-    MATCH scan the type, and building the graph grows quadratically (4,000
-    artists took 4.5 minutes).
+    Neo4j: the platform's unique constraints (each backed by a range index);
+    returns the names of those it created (`drop_constraints` removes them:
+    Neo4j's per-test wipe keeps the schema of a shared server). ArcadeDB:
+    plain indexes through its HTTP API (in a database of the bench's own);
+    without them its MERGE and MATCH scan the type, and building the graph
+    grows quadratically (4,000 artists took 4.5 minutes).
     """
     if svc.admin_url is None:  # Neo4j: Cypher DDL; names, labels and keys are fixed above
         with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as d:
@@ -101,10 +103,12 @@ def index_keys(svc: services.GraphService, database: str) -> None:
             plain, _, _ = d.execute_query(PLAIN_KEY_INDEXES, keys=keys, database_=database)
             for record in plain:
                 d.execute_query(f"DROP INDEX `{record['name']}` IF EXISTS", database_=database)
+            had, _, _ = d.execute_query("SHOW CONSTRAINTS YIELD name", database_=database)
+            created = [n for n, _, _ in CONSTRAINTS if n not in {r["name"] for r in had}]
             for name, label, key in CONSTRAINTS:
                 cypher = f"CREATE CONSTRAINT {name} IF NOT EXISTS FOR (n:{label}) REQUIRE n.{key}"
                 d.execute_query(cypher + " IS UNIQUE", database_=database)
-        return
+        return created
     for _, label, key in CONSTRAINTS:
         for command in (f"CREATE VERTEX TYPE {label} IF NOT EXISTS",
                         f"CREATE PROPERTY {label}.{key} IF NOT EXISTS STRING",
@@ -116,6 +120,14 @@ def index_keys(svc: services.GraphService, database: str) -> None:
                 timeout=60,
             )
             r.raise_for_status()
+    return []
+
+
+def drop_constraints(svc: services.GraphService, database: str, names: list[str]) -> None:
+    """Drop the constraints `index_keys` created on a Neo4j server (names from CONSTRAINTS)."""
+    with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as d:
+        for name in names:
+            d.execute_query(f"DROP CONSTRAINT {name} IF EXISTS", database_=database)
 
 
 def _artists(n: int) -> GraphBuilder:
@@ -212,9 +224,10 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
     svc = ctx.graph()
     database = svc.new_database()
     driver = AsyncGraphDatabase.driver(svc.uri, auth=(svc.user, svc.password))
+    created: list[str] = []
     try:
         url = ctx.fresh_database()
-        index_keys(svc, database)
+        created = index_keys(svc, database)
         with timer() as built:
             await _artists(n).write(driver, database)
         with psycopg.connect(url, autocommit=True) as conn:
@@ -265,6 +278,7 @@ async def diff_rate(ctx: Context, artists: int | None = None) -> Figure:
         split = dict(zip(SPLIT_KEYS, row, strict=True))
     finally:
         await driver.close()
+        drop_constraints(svc, database, created)
         svc.drop_database(database)
     ours, peer, earlier, one = max(ours_runs), max(peer_runs), max(earlier_runs), max(one_runs)
     notes: dict[str, Any] = {"artists": n, "unit_size": UNIT_SIZE, "workers": WORKERS, **split,
