@@ -787,3 +787,39 @@ def test_replayed_image_imports_every_module(built: Built) -> None:
         "print(len(names))\n"
     )
     assert int(_run(built, ["python", "-c", code])) >= len(cli.ROLES)
+
+
+# --- deploy/discogsography: the fragment added to the platform's compose file -------
+
+# The platform's published and health ports (its docker-compose.yml and Dockerfiles).
+PLATFORM_PORTS = {5433, 5672, 6379, 7474, 7687, 15672, *range(8000, 8012)}
+
+
+def test_platform_fragment_fits_the_platforms_compose_file() -> None:
+    doc: dict[str, Any] = yaml.safe_load(
+        (ROOT / "deploy" / "discogsography" / "compose.notifier.yaml").read_text()
+    )
+    assert _compose_errors(doc) == []
+    services_ = doc["services"]
+    roles = {"notifier-router": "router", "notifier-delivery": "delivery", "notifier-api": "api"}
+    for name, role in roles.items():
+        svc = services_[name]
+        assert svc["command"] == [role] and svc["networks"] == ["discogsography"]
+        env = {k: str(v) for k, v in svc["environment"].items()}
+        settings = config.load(env, role=role)
+        # The platform's names: its user, database, services, and the trigger it supports today.
+        assert (settings.postgres_username, settings.rabbitmq_username) == ("discogsography",) * 2
+        assert (settings.postgres_host, settings.neo4j_host, settings.rabbitmq_host) == (
+            "postgres", "neo4j", "rabbitmq",
+        )  # fmt: skip
+        assert settings.trigger == ("graph",)
+        assert settings.port not in PLATFORM_PORTS
+        assert f"http://127.0.0.1:{settings.port}/health" in " ".join(svc["healthcheck"]["test"])
+        assert svc["depends_on"]["notifier-migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert _seconds(svc["stop_grace_period"]) == _grace(role)
+    assert services_["notifier-api"]["ports"] == ["8020:8020"]
+    assert services_["notifier-migrate"]["depends_on"]["schema-init"] == {
+        "condition": "service_completed_successfully"
+    }
