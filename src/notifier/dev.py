@@ -277,14 +277,6 @@ async def _seed_postgres(settings: config.Settings, hook_url: str, secret: str) 
         await conn.commit()
 
 
-# graphinator.py, _persist_extraction_signals: the latch as the platform writes it.
-GRAPHINATOR_LATCH = """
-MERGE (m:ExtractionCompletion {version: $version})
-ON CREATE SET m.created_at = datetime()
-SET m.signals = $signals, m.updated_at = datetime()
-"""
-
-
 async def _complete(
     settings: config.Settings, graph: AsyncDriver, version: str, stop: asyncio.Event, out: Say
 ) -> None:
@@ -294,9 +286,7 @@ async def _complete(
         signals: list[str] = []
         for data_type in settings.graph_signals:
             signals.append(data_type)
-            async with graph.session(database=settings.neo4j_database) as session:
-                result = await session.run(GRAPHINATOR_LATCH, version=version, signals=signals)
-                await result.consume()
+            await GraphBuilder.latch(graph, settings.neo4j_database, version, signals)
         out(f"  latch   → (:ExtractionCompletion {{version: {version!r}, signals: {signals}}})")
     else:
         await _publish(settings, version, stop)

@@ -192,6 +192,10 @@ def test_dev_demo_end_to_end_and_ctrl_c_leaves_nothing_running() -> None:
     assert "webhook → alice: new_aliases artist 'John Coltrane' (aliases: Trane)" in text
     assert "BAD SIGNATURE" not in text
     assert "cycle 20260201 done" in text
+    # Driven by the graph latch, as graphinator writes it; the graph server is named.
+    assert "latch   → (:ExtractionCompletion {version: '20260201', signals: ['artists', " in text
+    assert any(s.startswith(("graph: Neo4j ", "graph: ArcadeDB ")) for s in seen), text[:2000]
+    assert "starting RabbitMQ" not in text  # the latch needs no broker
     # Everything it started is gone.
     for p in patterns:
         assert not _pids(p), f"{p} processes left running"

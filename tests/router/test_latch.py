@@ -1,7 +1,7 @@
 """The graph latch trigger (contract §3a): ExtractionCompletion nodes fire cycles.
 
-Latches are written with graphinator's own statement (graphinator.py,
-_persist_extraction_signals). Routers run in this process, polling every 50 ms.
+Latches are written with graphinator's own statement (GraphBuilder.latch).
+Routers run in this process, polling every 50 ms.
 """
 
 from __future__ import annotations
@@ -18,27 +18,18 @@ import pytest
 from neo4j import AsyncDriver
 
 from notifier import config, latch, services
+from notifier.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.router.conftest import Publish, completion, cycle_done, events, q, wait_until, watch
 
 ALL = ["artists", "labels", "masters", "releases"]
-
-# graphinator.py, _persist_extraction_signals: the platform's exact write.
-GRAPHINATOR_LATCH = """
-MERGE (m:ExtractionCompletion {version: $version})
-ON CREATE SET m.created_at = datetime()
-SET m.signals = $signals, m.updated_at = datetime()
-"""
 
 
 async def write_latch(
     driver: AsyncDriver, database: str, version: str, signals: Sequence[str]
 ) -> None:
     """What graphinator writes after flushing each data type of `version`."""
-    async with driver.session(database=database) as session:
-        await (
-            await session.run(GRAPHINATOR_LATCH, version=version, signals=sorted(signals))
-        ).consume()
+    await GraphBuilder.latch(driver, database, version, signals)
 
 
 def latch_env(router_env: dict[str, str], trigger: str = "graph", **extra: str) -> dict[str, str]:
@@ -172,8 +163,6 @@ async def test_first_start_fires_only_the_newest_complete_version_then_never_an_
 async def test_graph_only_needs_no_broker_and_fires_the_diff(
     router_env: dict[str, str], pg_url: str, graph_driver: AsyncDriver, graph_db: str
 ) -> None:
-    from notifier.graphbuilder import GraphBuilder
-
     user = uuid.uuid4()
     watch(pg_url, user, "artist", "1")
     await (
