@@ -106,6 +106,7 @@ def _assert_arcadedb_plan(read: str, plan: Mapping[str, Any]) -> None:
     anchor = ANCHOR.get(read, "Release")
     anchored = [m for m in matches if m[1] == anchor]
     assert anchored and all("[index:" in m[2] for m in anchored), f"{read}:\n{text}"
+    assert "Scan" not in text, f"{read}:\n{text}"  # its optimizer names NodeByLabelScan so
 
 
 async def test_profiled_reads_return_what_the_graph_reads_return(
