@@ -665,12 +665,24 @@ def _wipe_neo4j(svc: GraphService) -> None:
 
     with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as driver:
         driver.execute_query("MATCH (n) DETACH DELETE n", database_="neo4j")
+        # The schema too, so a test's constraints never reach the next one. Names
+        # come from the server itself; backticks quote them.
+        constraints, _, _ = driver.execute_query("SHOW CONSTRAINTS YIELD name", database_="neo4j")
+        for r in constraints:
+            driver.execute_query(f"DROP CONSTRAINT `{r['name']}` IF EXISTS", database_="neo4j")
+        indexes, _, _ = driver.execute_query(
+            "SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP' RETURN name", database_="neo4j"
+        )
+        for r in indexes:
+            driver.execute_query(f"DROP INDEX `{r['name']}` IF EXISTS", database_="neo4j")
 
 
 def describe_graph(svc: GraphService) -> str:
     """What the server says it is, e.g. "Neo4j 2026.08.1 community" (or what we started)."""
     from neo4j import GraphDatabase
 
+    if svc.admin_url is not None:  # ArcadeDB, whose Bolt plugin calls itself Neo4j 5.26.0
+        return f"{svc.server or 'ArcadeDB'} ({svc.origin})"
     try:
         with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as driver:
             records, _, _ = driver.execute_query(
