@@ -36,13 +36,14 @@ import jwt
 import psycopg
 import uvicorn
 from neo4j import AsyncDriver, AsyncGraphDatabase
+from neo4j.exceptions import Neo4jError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from notifier import config, db, logs, services, signing
-from notifier.graphbuilder import GraphBuilder
+from notifier.graphbuilder import GraphBuilder, platform_schema
 from notifier.serving import until_signalled
 
 ALICE = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
@@ -62,8 +63,8 @@ def say(line: str) -> None:
 
 
 def first_import() -> GraphBuilder:
-    """The graph as the first (baseline) import leaves it."""
-    g = GraphBuilder()
+    """The graph as the first (baseline) import leaves it (written as graphinator writes)."""
+    g = GraphBuilder(platform=True)
     g.artist("1", "John Coltrane").artist("2", "Alice Coltrane").artist("3", "Miles Davis")
     g.artist("4", "John Coltrane Quartet").member("1", "4")
     g.label("10", "Impulse!").label("11", "Impulse! Jazz Classics", parent="10")
@@ -91,7 +92,7 @@ def first_import() -> GraphBuilder:
 
 def second_import() -> GraphBuilder:
     """What the next monthly import adds."""
-    g = GraphBuilder()
+    g = GraphBuilder(platform=True)
     g.artist("5", "Trane").alias("5", "1").artist("6", "McCoy Tyner").member("6", "4")
     g.release(
         "200",
@@ -368,7 +369,17 @@ async def _print_event(reader: psycopg.AsyncConnection[Any], event_id: str, out:
         out(f"  feed    → {NAMES[user]}: {event} {etype} {name!r} {_summary(detail)}")
 
 
-async def demo(settings: config.Settings, stop: asyncio.Event, out: Say = say) -> int:
+async def _platform_schema(graph: AsyncDriver, database: str) -> None:
+    """schema-init's constraints and indexes; ArcadeDB takes all but the FULLTEXT ones."""
+    try:
+        await platform_schema(graph, database)
+    except Neo4jError:
+        await platform_schema(graph, database, neo4j=False)
+
+
+async def demo(
+    settings: config.Settings, stop: asyncio.Event, out: Say = say, *, started_graph: bool = True
+) -> int:
     """Run the demo until `stop` is set; return the exit code."""
     from notifier import all as all_roles
     from notifier.serving import QuietServer
@@ -388,6 +399,8 @@ async def demo(settings: config.Settings, stop: asyncio.Event, out: Say = say) -
         settings.neo4j_uri, auth=(settings.neo4j_username, settings.neo4j_password)
     )
     try:
+        if started_graph:
+            await _platform_schema(graph, settings.neo4j_database)
         await first_import().write(graph, settings.neo4j_database)
         await _seed_postgres(settings, f"http://127.0.0.1:{hook_port}/hook", secret)
         tasks.append(asyncio.create_task(all_roles.serve(settings, stop), name="roles"))
@@ -426,7 +439,11 @@ def main(_: config.Settings) -> int:
             settings = config.load(env, role="all")
             logs.setup(settings.log_level, "dev", settings.replica)
 
-            code = asyncio.run(until_signalled(lambda stop: demo(settings, stop)))
+            # A graph of the caller's (NEO4J_HOST) has the platform's schema already.
+            started = not os.environ.get("NEO4J_HOST")
+            code = asyncio.run(
+                until_signalled(lambda stop: demo(settings, stop, started_graph=started))
+            )
     except services.ServiceUnavailable as exc:
         print(f"notifier dev: {exc}", file=sys.stderr)
         return 1
