@@ -7,7 +7,7 @@ import uuid
 import httpx
 
 from notifier.api.ratelimit import RateLimiter, retry_after_header
-from tests.api.conftest import Api, bearer, serve
+from tests.api.conftest import SERVICE, Api, bearer, serve
 
 
 def _envelope(r: httpx.Response, status: int, code: str) -> dict[str, object]:
@@ -104,3 +104,22 @@ async def test_rate_limit_answers_429_with_retry_after(
             assert r.status_code == 200
     finally:
         server.stop()
+
+
+async def test_deeply_nested_json_is_a_4xx_in_every_body(api: Api) -> None:
+    h = bearer(uuid.uuid4())
+    deep = b"[" * 30_000 + b"]" * 30_000
+    watch = b'{"entity_type": "search", "entity_id": "x", "options": {"q": ' + deep + b"}}"
+    r = await api.client.post("/api/watchlist", content=watch, headers=h)
+    assert _envelope(r, 400, "invalid_json")["message"] == "the body is nested too deeply"
+    event = (
+        b'{"user_ids": ["' + str(uuid.uuid4()).encode() + b'"], "event": "ping", '
+        b'"entity_type": "artist", "entity_id": "1", "entity_name": "A", '
+        b'"idempotency_key": "deep", "detail": {"x": ' + deep + b"}}"
+    )
+    r = await api.client.post("/internal/events", content=event, headers=SERVICE)
+    _envelope(r, 400, "invalid_json")
+    prefs = b'{"new_releases": ' + b"{" * 20_000 + b"}" * 20_000 + b"}"
+    _envelope(
+        await api.client.put("/api/preferences", content=prefs, headers=h), 400, "invalid_json"
+    )

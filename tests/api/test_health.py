@@ -87,3 +87,12 @@ async def test_metrics(api: Api, user: uuid.UUID) -> None:
         'route="/api/notifications"} 1.0' in text
     )
     assert "notifier_outbox_pending 2.0" in text and "notifier_outbox_due 1.0" in text
+
+
+async def test_invented_methods_share_one_metric_series(api: Api) -> None:
+    for method in ("BREW", "PROPFIND", "X" * 50):
+        r = await api.client.request(method, "/api/notifications")
+        assert r.status_code in (401, 405)
+    text = (await api.client.get("/metrics")).text
+    assert 'method="OTHER"' in text
+    assert "BREW" not in text and "PROPFIND" not in text and "X" * 50 not in text

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Streams last as long as the client stays; their duration is not a latency.
 _NO_LATENCY = {"/api/notifications/stream"}
+# Any other method is counted as OTHER: a client inventing methods must not
+# create a metric series per invention.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # Index: outbox_due_idx (next_attempt_at) WHERE status = 'pending' (index-only).
 OUTBOX_DEPTH = """
@@ -98,7 +101,7 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "<unmatched>"
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
             self.metrics.requests.labels(method, path, str(status)).inc()
             if path not in _NO_LATENCY:
                 self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)

@@ -52,6 +52,8 @@ async def json_body(request: Request, type_: type[T], limit: int = API_BODY_LIMI
         raise validation_error(exc, "body") from None
     except msgspec.DecodeError:
         raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
+    except RecursionError:  # msgspec's own depth limit: arrays or objects nested thousands deep
+        raise ApiError(400, "the body is nested too deeply", code="invalid_json") from None
 
 
 def query(request: Request, type_: type[T]) -> T:
