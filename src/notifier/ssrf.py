@@ -22,10 +22,20 @@ _EXTRA_BLOCKED: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str],
     (ipaddress.ip_network("100.64.0.0/10"), "carrier-grade NAT (shared) address"),
     (ipaddress.ip_network("192.0.0.0/24"), "IETF protocol assignment address"),
     (ipaddress.ip_network("198.18.0.0/15"), "benchmarking address"),
+    (ipaddress.ip_network("192.88.99.0/24"), "6to4 relay anycast address"),
     (ipaddress.ip_network("fd00:ec2::254/128"), "cloud metadata address"),
+    (ipaddress.ip_network("fec0::/10"), "site-local address"),
+    (ipaddress.ip_network("3fff::/20"), "documentation address"),
+    # RFC 8215 local-use NAT64: where the IPv4 address sits depends on the
+    # operator's prefix length (RFC 6052 puts it around the u-octet), unknown here.
+    (ipaddress.ip_network("64:ff9b:1::/48"), "local-use NAT64 address"),
 )
-# IPv6 prefixes that embed an IPv4 address in their low 32 bits.
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# The well-known NAT64 prefix (RFC 6052 /96): the IPv4 address is the low 32 bits.
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+# Without NOTIFIER_WEBHOOK_ALLOW_PRIVATE, the web ports or unprivileged ones:
+# a webhook has no business speaking to SSH, SMTP or a database port.
+_WEB_PORTS = (80, 443)
+_LOWEST_UNPRIVILEGED_PORT = 1024
 
 
 class UnsafeURL(ValueError):
@@ -36,7 +46,7 @@ def is_forbidden_ip(ip: IPAddress) -> str | None:
     """Why `ip` may not be a webhook target, or None when it is a public address."""
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is None and any(ip in net for net in _NAT64):
+        if embedded is None and ip in _NAT64_WELL_KNOWN:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
             reason = is_forbidden_ip(embedded)
@@ -98,7 +108,10 @@ def split_url(url: str, *, allow_private: bool) -> tuple[str, str, int]:
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise UnsafeURL("the URL has no host")
-    return scheme, host, port or (443 if scheme == "https" else 80)
+    port = port or (443 if scheme == "https" else 80)
+    if not allow_private and port not in _WEB_PORTS and port < _LOWEST_UNPRIVILEGED_PORT:
+        raise UnsafeURL(f"the URL port must be 80, 443 or 1024-65535, not {port}")
+    return scheme, host, port
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
@@ -140,5 +153,5 @@ def check_url(
         raise UnsafeURL(f"the host {host!r} is a local name")
     for ip in resolver(host, port):
         reason = is_forbidden_ip(ip)
-        if reason:
-            raise UnsafeURL(f"the host {host!r} resolves to a {reason} ({ip})")
+        if reason:  # the address itself is not told: the answer must not map a network
+            raise UnsafeURL(f"the host {host!r} resolves to a {reason}")

@@ -38,6 +38,14 @@ REFUSED = [
     "https://LOCALHOST./",
     "https://foo.localhost/",
     "https://metadata.google.internal/",
+    "https://[fec0::1]/",  # site-local
+    "https://[3fff::1]/",  # documentation (RFC 9637)
+    "https://192.88.99.1/",  # 6to4 relay anycast
+    "https://[64:ff9b:1:a00:1::]/",  # local-use NAT64, whatever its prefix length
+    "https://[64:ff9b::7f00:1]/",  # NAT64 of 127.0.0.1
+    "https://93.184.216.34:22/",  # a privileged port other than 80/443
+    "https://93.184.216.34:25/",
+    "https://93.184.216.34:1023/",
 ]
 
 
@@ -90,14 +98,28 @@ def test_the_real_resolver_sees_the_hosts_file() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["https://93.184.216.34/hook", "https://[2606:2800:220:1::248]/", "https://1.1.1.1:8443/x"],
+    [
+        "https://93.184.216.34/hook",
+        "https://[2606:2800:220:1::248]/",
+        "https://1.1.1.1:8443/x",
+        "https://93.184.216.34:80/",
+        "https://93.184.216.34:1024/",
+        "https://93.184.216.34:65535/",
+        "https://[64:ff9b::5db8:d822]/",  # NAT64 of 93.184.216.34, a public address
+    ],
 )
 def test_public_addresses_pass(url: str) -> None:
     ssrf.check_url(url, allow_private=False)
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:8080/hook", "https://localhost/", "http://10.0.0.1/"]
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "https://localhost/",
+        "http://10.0.0.1/",
+        "http://127.0.0.1:25/",
+    ],
 )
 def test_allow_private_admits_local_targets(url: str) -> None:
     ssrf.check_url(url, allow_private=True)
@@ -142,3 +164,12 @@ def test_literal_ip_forms() -> None:
     assert ssrf.literal_ip("[::1]") == ipaddress.ip_address("::1")
     assert ssrf.literal_ip("example.org") is None
     assert ssrf.resolve("10.0.0.1", 80) == [ipaddress.ip_address("10.0.0.1")]
+
+
+def test_a_refusal_does_not_tell_the_resolved_address() -> None:
+    def resolver(host: str, port: int) -> list[ssrf.IPAddress]:
+        return [ipaddress.ip_address("10.20.30.40")]
+
+    with pytest.raises(ssrf.UnsafeURL) as caught:
+        ssrf.check_url("https://intranet.example/x", allow_private=False, resolver=resolver)
+    assert "10.20.30.40" not in str(caught.value) and "private address" in str(caught.value)
