@@ -63,9 +63,10 @@ WITH claimed AS (
         LIMIT (SELECT %(limit)s::int)
         FOR NO KEY UPDATE SKIP LOCKED
     ))
-    RETURNING o.id, o.user_id, o.event_id, o.channel, o.webhook_id, o.attempts
+    RETURNING o.id, o.user_id, o.event_id, o.channel, o.webhook_id, o.attempts,
+              coalesce(o.message_id, o.event_id) AS message_id
 )
-SELECT c.id, c.user_id, c.channel, c.attempts, c.webhook_id,
+SELECT c.id, c.user_id, c.channel, c.attempts, c.webhook_id, c.message_id,
        e.id, e.event, e.entity_type, e.entity_id, e.entity_name, e.detail, e.version,
        e.created, e.cancelled, w.url, w.active, w.secret, w.previous_secret, ue.email
 FROM claimed c
@@ -173,6 +174,9 @@ class Job(msgspec.Struct, frozen=True, gc=False):
     channel: str
     attempts: int  # including this one
     webhook_id: uuid.UUID | None
+    # The message's id (webhook-id, body `id`): one per (event, endpoint),
+    # the same on every retry and redelivery (sql/010_webhook_endpoints.sql).
+    message_id: uuid.UUID
     event_id: uuid.UUID
     event: str
     entity_type: str | None
@@ -191,7 +195,8 @@ class Job(msgspec.Struct, frozen=True, gc=False):
         """The webhook body of contract §6; identical on every attempt."""
         return msgspec.json.encode(
             {
-                "id": str(self.event_id),
+                "id": str(self.message_id),
+                "event_id": str(self.event_id),
                 "event": self.event,
                 "entity_type": self.entity_type,
                 "entity_id": self.entity_id,
@@ -237,10 +242,10 @@ async def claim(
         rows = await cur.fetchall()
     jobs = []
     for r in rows:
-        secrets = (r[16],) if r[17] is None else (r[16], r[17])
+        secrets = (r[17],) if r[18] is None else (r[17], r[18])
         jobs.append(
             Job(r[0], token, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
-                r[12], r[13], r[14], r[15], secrets if r[16] is not None else (), r[18])
+                r[12], r[13], r[14], r[15], r[16], secrets if r[17] is not None else (), r[19])
         )  # fmt: skip
     return jobs
 

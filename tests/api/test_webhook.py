@@ -121,10 +121,16 @@ async def test_ping_deliveries_and_redeliver(api: Api, user: uuid.UUID) -> None:
     assert again["redelivery_of"] == ping["delivery_id"] and again["event_id"] == ping["event_id"]
     with psycopg.connect(api.pg_url) as conn:
         row = conn.execute(
-            "SELECT event_id, status, redelivery_of FROM notifier.outbox WHERE id = %s",
+            "SELECT event_id, status, redelivery_of, message_id FROM notifier.outbox WHERE id = %s",
             (again["id"],),
         ).fetchone()
-    assert row == (uuid.UUID(ping["event_id"]), "pending", ping["delivery_id"])
+        (original,) = conn.execute(
+            "SELECT message_id FROM notifier.outbox WHERE id = %s", (ping["delivery_id"],)
+        ).fetchone()  # type: ignore[misc]
+    # A redelivery is the same message again: the same webhook-id as the original.
+    assert row == (uuid.UUID(ping["event_id"]), "pending", ping["delivery_id"], original)
+    assert again["message_id"] == str(original) != ping["event_id"]
+    assert d["message_id"] == str(original)
     other = bearer(uuid.uuid4())
     r = await api.client.post(
         f"/api/webhook/deliveries/{ping['delivery_id']}/redeliver", headers=other

@@ -85,7 +85,8 @@ async def test_email_is_sent_and_failures_recorded(
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert rcpts == ["fan@example.org"]
     assert msg["Subject"] == "[Discogsography] new releases: John Coltrane"
-    assert msg["Message-ID"] == f"<{event}@notifier.discogsography>"
+    ((message,),) = await rows(pg_url, "SELECT message_id FROM notifier.outbox WHERE id = %s", ok)
+    assert msg["Message-ID"] == f"<{message}@notifier.discogsography>"  # one per recipient
     assert "release_ids" in msg.get_content()
     status = dict(await rows(pg_url, "SELECT id, status FROM notifier.outbox"))
     assert status == {ok: "delivered", bad: "pending", none: "dead"}

@@ -75,7 +75,8 @@ async def test_body_is_stable_and_detail_kept_verbatim(conn: Conn) -> None:
     import json
 
     body = json.loads(job.body())
-    assert body["id"] == str(ev) and body["detail"] == {"aliases": [{"id": "1", "name": 'Zoë "Z"'}]}
+    assert body["id"] == str(job.message_id) and body["event_id"] == str(ev) != body["id"]
+    assert body["detail"] == {"aliases": [{"id": "1", "name": 'Zoë "Z"'}]}
     assert job.body() == job.body()
     assert isinstance(uuid.UUID(body["id"]), uuid.UUID)
 

@@ -53,6 +53,15 @@ async def _fill(conn: Conn, url: str, webhooks: int, per_webhook: int) -> None:
             await add_outbox(conn, user, await add_event(conn), hook)
 
 
+async def _fill_shared(conn: Conn, url: str, webhooks: int, events: int) -> None:
+    """Each of `events` events to each of `webhooks` users' endpoints (one receiver)."""
+    hooks = [await add_webhook(conn, url) for _ in range(webhooks)]
+    for _ in range(events):
+        event = await add_event(conn)
+        for hook, user, _ in hooks:
+            await add_outbox(conn, user, event, hook)
+
+
 async def _delivered(pg_url: str) -> int:
     (n,) = await rows(pg_url, "SELECT count(*) FROM notifier.outbox WHERE status = 'delivered'")
     return int(n[0])
@@ -128,7 +137,7 @@ async def test_kill_9_in_flight_loses_nothing(
     pg_server: services.PostgresService, pg_url: str, conn: Conn, tmp_path: Path
 ) -> None:
     with receiver(lambda _: Plan(hang=0.3)) as r:
-        await _fill(conn, r.url, 10, 10)
+        await _fill_shared(conn, r.url, 10, 10)  # 10 events, each to 10 users' endpoints
         fast = dict(NOTIFIER_DELIVERY_TIMEOUT=1, NOTIFIER_DELIVERY_LEASE_SECONDS=3)
         env = delivery_env(pg_server, pg_url, NOTIFIER_REPLICA="victim", **fast)
         with process(env, tmp_path / "victim.log") as victim:
@@ -140,17 +149,26 @@ async def test_kill_9_in_flight_loses_nothing(
         with process(env, tmp_path / "survivor.log"):
             await wait_until(lambda: _is_n(pg_url, 100), "every row delivered", limit=120)
         requests = list(r.requests)
+    messages = dict(
+        await rows(pg_url, "SELECT message_id::text, event_id::text FROM notifier.outbox")
+    )
+    assert len(messages) == 100 and len(set(messages.values())) == 10
     counts = collections.Counter(q.headers["webhook-id"] for q in requests)
-    assert len(counts) == 100  # every event arrived
+    assert set(counts) == set(messages)  # every message arrived, each under its own id
     duplicates = [q for q in requests if counts[q.headers["webhook-id"]] > 1]
     print(f"\n{killed_at} requests before kill -9, {len(duplicates)} duplicate deliveries")
     assert duplicates  # the requests in flight at the kill were sent again…
-    for q in duplicates:  # …with the same webhook-id and the same body
-        assert json.loads(q.body)["id"] == q.headers["webhook-id"]
+    for q in requests:  # …with the same webhook-id and the same body
+        body = json.loads(q.body)
+        assert body["id"] == q.headers["webhook-id"]
+        assert body["event_id"] == messages[body["id"]]
     bodies = collections.defaultdict(set)
     for q in requests:
         bodies[q.headers["webhook-id"]].add(q.body)
     assert all(len(b) == 1 for b in bodies.values())
+    resent = {q.headers["webhook-id"] for q in duplicates}
+    ids_by_event = collections.Counter(messages[m] for m in resent)
+    print(f"resent messages: {len(resent)}, of {len(ids_by_event)} events")
 
 
 async def test_serve_inside_notifier_all_without_http(

@@ -126,16 +126,16 @@ async def test_webhooks_are_delivered_over_tls_on_one_kept_alive_connection(
     assert got.path == "/hook" and got.headers["host"] == f"127.0.0.1:{r.port}"
     assert got.headers["content-type"] == "application/json"
     assert got.headers["user-agent"] == USER_AGENT
-    assert got.headers["webhook-id"] == str(event) and int(got.headers["content-length"]) == len(
-        got.body
-    )
-    assert Webhook(secret).verify(got.body, got.headers)["id"] == str(event)
+    assert json.loads(got.body)["event_id"] == str(event)
+    assert int(got.headers["content-length"]) == len(got.body)
+    assert Webhook(secret).verify(got.body, got.headers)["id"] == got.headers["webhook-id"]
     assert signing.verify_discogsography(
         secret, got.headers["x-discogsography-signature"], got.body, now=int(time.time())
     )
     body = json.loads(got.body)
     assert {k: v for k, v in body.items() if k != "timestamp"} == {
-        "id": str(event), "event": "new_releases", "entity_type": "artist", "entity_id": "123",
+        "id": got.headers["webhook-id"], "event_id": str(event), "event": "new_releases",
+        "entity_type": "artist", "entity_id": "123",
         "entity_name": "John Coltrane", "detail": {"new_release_count": 1, "release_ids": ["456"]},
         "version": "20260201",
     }  # fmt: skip
@@ -164,7 +164,8 @@ async def test_an_untrusted_certificate_or_a_wrong_name_is_a_tls_error(
 async def test_the_default_context_does_not_trust_a_private_ca(certs: Certs) -> None:
     job = Job(
         outbox_id=1, claim_token=uuid.uuid4(), user_id=uuid.uuid4(), channel="webhook",
-        attempts=1, webhook_id=uuid.uuid4(), event_id=uuid.uuid4(), event="new_releases",
+        attempts=1, webhook_id=uuid.uuid4(), message_id=uuid.uuid4(), event_id=uuid.uuid4(),
+        event="new_releases",
         entity_type="artist", entity_id="1", entity_name="A", detail_json="{}",
         version="20260101", timestamp="2026-01-01T00:00:00Z", cancelled=False,
         url="", webhook_active=True, secrets=(new_secret(),), email=None,

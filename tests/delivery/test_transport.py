@@ -137,7 +137,8 @@ async def test_a_reset_mid_answer_is_a_read_error() -> None:
 def _job(url: str) -> Job:
     return Job(
         outbox_id=1, claim_token=uuid.uuid4(), user_id=uuid.uuid4(), channel="webhook",
-        attempts=1, webhook_id=uuid.uuid4(), event_id=uuid.uuid4(), event="new_releases",
+        attempts=1, webhook_id=uuid.uuid4(), message_id=uuid.uuid4(), event_id=uuid.uuid4(),
+        event="new_releases",
         entity_type="artist", entity_id="1", entity_name="A", detail_json="{}",
         version="20260101", timestamp="2026-01-01T00:00:00Z", cancelled=False,
         url=url, webhook_active=True, secrets=(new_secret(),), email=None,

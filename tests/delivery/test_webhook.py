@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from standardwebhooks.webhooks import Webhook
 
+from notifier import fanout
 from notifier.channels.webhook import WebhookOptions
 from tests.delivery.conftest import (
     add_delivery,
@@ -52,14 +53,19 @@ async def test_delivers_the_contract_body_signed_both_ways(pg_url: str, conn: Co
         got = r.requests[0]
     body = json.loads(got.body)
     assert list(body) == [
-        "id", "event", "entity_type", "entity_id", "entity_name", "detail", "version", "timestamp",
+        "id", "event_id", "event", "entity_type", "entity_id", "entity_name", "detail", "version",
+        "timestamp",
     ]  # fmt: skip
-    assert body["id"] == str(event_id) == got.headers["webhook-id"]
+    ((message_id,),) = await rows(
+        pg_url, "SELECT message_id FROM notifier.outbox WHERE id = %s", outbox_id
+    )
+    assert body["id"] == str(message_id) == got.headers["webhook-id"]
+    assert body["event_id"] == str(event_id) != body["id"]
     assert body["event"] == "new_releases" and body["entity_name"] == "John Coltrane"
     assert body["detail"] == {"new_release_count": 1, "release_ids": ["456"]}
     assert body["version"] == "20260201" and body["timestamp"].endswith("Z")
     assert got.headers["content-type"] == "application/json"
-    assert Webhook(secret).verify(got.body, got.headers)["id"] == str(event_id)
+    assert Webhook(secret).verify(got.body, got.headers)["id"] == str(message_id)
     assert _independent_check(secret, got.headers["x-discogsography-signature"], got.body)
     attempts = await attempts_of(pg_url, outbox_id)
     assert len(attempts) == 1 and attempts[0][0] == 200 and attempts[0][2] == "ok"
@@ -94,7 +100,11 @@ async def test_500_is_retried_then_delivered_with_the_same_id(pg_url: str, conn:
             await wait_until(lambda: has_status(pg_url, outbox_id, "delivered"), "delivered")
         ids = {q.headers["webhook-id"] for q in r.requests}
         bodies = set(r.bodies())
-    assert ids == {str(event_id)} and len(bodies) == 1 and len(r.requests) == 3
+    ((message_id,),) = await rows(
+        pg_url, "SELECT message_id FROM notifier.outbox WHERE id = %s", outbox_id
+    )
+    assert ids == {str(message_id)} and len(bodies) == 1 and len(r.requests) == 3
+    assert json.loads(bodies.pop())["event_id"] == str(event_id) != str(message_id)
     attempts = await attempts_of(pg_url, outbox_id)
     assert [a[0] for a in attempts] == [500, 503, 200]
     assert attempts[0][2] == "boom"
@@ -330,10 +340,45 @@ async def test_scheduled_events_go_out_when_due_and_cancelled_ones_never(
         async with running(pg_url):
             await wait_until(lambda: r.requests, "the scheduled event", limit=30)
             await asyncio.sleep(1.5)  # a later scheduler round would send the cancelled one
-    assert [q.headers["webhook-id"] for q in r.requests] == [str(ids["due-soon"])]
+    assert [json.loads(q.body)["event_id"] for q in r.requests] == [str(ids["due-soon"])]
     outbox = await rows(
         pg_url,
         "SELECT o.event_id, o.webhook_id, o.status, o.delivered_at >= e.deliver_at"
         " FROM notifier.outbox o JOIN notifier.events e ON e.id = o.event_id",
     )
     assert outbox == [(ids["due-soon"], hook, "delivered", True)]  # not before deliver_at
+
+
+async def test_one_event_to_30_users_on_one_receiver_is_30_messages(
+    pg_url: str, conn: Conn
+) -> None:
+    # The defect of issue 18: the same event to 30 users' endpoints on one
+    # receiver carried one webhook-id 30 times (a deduplicating receiver kept 1).
+    with receiver() as r:
+        users = [(await add_webhook(conn, r.url))[1] for _ in range(30)]
+        cur = await conn.execute(
+            "INSERT INTO notifier.events (dedup_key, source, event, entity_type, entity_id,"
+            " entity_name, detail, recipients, recipient_count) VALUES ('thirty', 'internal',"
+            " 'new_releases', 'artist', '1', 'A', '{}'::jsonb, %s, 30) RETURNING id",
+            (users,),
+        )
+        ((event_id,),) = await cur.fetchall()
+        async with conn.transaction():  # the real fan-out, as /internal/events runs it
+            result = await fanout.fan_out_to_users(conn, event_id, users)
+        assert result.outbox_rows == 30
+        async with running(pg_url):
+            await wait_until(lambda: len(r.requests) == 30, "30 webhooks")
+        got = list(r.requests)
+    ids = [q.headers["webhook-id"] for q in got]
+    bodies = [json.loads(q.body) for q in got]
+    assert len(set(ids)) == 30  # a receiver deduplicating on webhook-id keeps all 30
+    assert [b["id"] for b in bodies] == ids
+    assert {b["event_id"] for b in bodies} == {str(event_id)}  # one event, named in the body
+    by_user = dict(
+        await rows(
+            pg_url, "SELECT user_id, message_id::text FROM notifier.outbox WHERE event_id = %s",
+            event_id,
+        )
+    )  # fmt: skip
+    assert sorted(by_user) == sorted(users) and sorted(by_user.values()) == sorted(ids)
+    assert str(event_id) not in ids

@@ -246,9 +246,10 @@ async def test_postgres_restart_under_router_delivery_and_api(
     copies: collections.Counter[tuple[str, str]] = collections.Counter()
     mismatched = 0
     for r in requests:
-        event_id = json.loads(r.body)["id"]
+        body = json.loads(r.body)
+        event_id = body["event_id"]
         copies[(r.path, event_id)] += 1
-        mismatched += r.headers["webhook-id"] != event_id
+        mismatched += r.headers["webhook-id"] != body["id"]
     duplicated = sum(n - 1 for n in copies.values())
     lost = expected_deliveries - set(copies)
     print(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import statistics
 import threading
@@ -193,7 +194,7 @@ WHERE o.event_id = ANY(%s::uuid[])
 
 
 def _received(recs: list[Receiver]) -> set[str]:
-    return {q.headers["webhook-id"] for r in recs for q in list(r.requests)}
+    return {json.loads(q.body)["event_id"] for r in recs for q in list(r.requests)}
 
 
 async def _hang_timeouts(pg_url: str, events: list[str]) -> bool:
@@ -268,7 +269,7 @@ async def test_healthy_latency_while_a_tenth_of_endpoints_hang(
         first_seen: dict[str, float] = {}
         for r in recs[HANGING:]:
             for q in r.requests:
-                event = q.headers["webhook-id"]
+                event = json.loads(q.body)["event_id"]
                 first_seen[event] = min(q.wall, first_seen.get(event, q.wall))
         for event, at in first_seen.items():
             latencies[due[event][2]].append(at - due[event][0])

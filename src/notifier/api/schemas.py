@@ -224,6 +224,9 @@ class Delivery(msgspec.Struct):
     """One delivery (outbox row) with its attempts, oldest attempt first."""
 
     id: int
+    message_id: Annotated[
+        uuid.UUID, Meta(description="The `webhook-id` and body `id`: one per event and endpoint.")
+    ]
     event_id: uuid.UUID
     event: str
     channel: str
@@ -259,6 +262,7 @@ class RedeliverAccepted(msgspec.Struct):
     id: int
     redelivery_of: int
     event_id: uuid.UUID
+    message_id: uuid.UUID
 
 
 # ------------------------------------------------------------------ internal

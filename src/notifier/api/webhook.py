@@ -91,13 +91,17 @@ INSERT INTO notifier.events (dedup_key, source, event, detail, fanned_out_at, re
 VALUES (%(key)s, 'ping', 'ping', '{}'::jsonb, now(), ARRAY[%(user)s]::uuid[], 1)
 RETURNING id
 """
+# message_id: a redelivery is the same message again (same webhook-id); a
+# ping is a new one (the column default).
 INSERT_OUTBOX = """
-INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, redelivery_of)
-VALUES (%(user)s, %(event)s, 'webhook', %(webhook)s, %(redelivery_of)s)
+INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, redelivery_of, message_id)
+VALUES (%(user)s, %(event)s, 'webhook', %(webhook)s, %(redelivery_of)s,
+        coalesce(%(message)s::uuid, gen_random_uuid()))
 RETURNING id
 """
 _DELIVERY_COLUMNS = """
-o.id, o.event_id, e.event, o.channel, o.status, o.attempts AS attempt_count,
+o.id, coalesce(o.message_id, o.event_id) AS message_id, o.event_id, e.event, o.channel,
+o.status, o.attempts AS attempt_count,
 CASE WHEN o.status IN ('pending', 'paused') THEN o.next_attempt_at END AS next_attempt_at,
 o.last_error, o.redelivery_of, o.created_at, o.delivered_at
 """
@@ -119,7 +123,8 @@ WHERE rn <= %(max)s ORDER BY outbox_id, id
 """
 # Index: outbox primary key, then the user check.
 ORIGINAL = """
-SELECT event_id, channel FROM notifier.outbox WHERE id = %(id)s AND user_id = %(user)s
+SELECT event_id, channel, coalesce(message_id, event_id)
+FROM notifier.outbox WHERE id = %(id)s AND user_id = %(user)s
 """
 
 
@@ -213,7 +218,8 @@ async def test_ping(request: Request) -> Response:
         key = f"ping:{who.id}:{uuid.uuid4()}"
         event = await (await conn.execute(INSERT_PING, {"key": key, "user": who.id})).fetchone()
         assert event is not None
-        params = {"user": who.id, "event": event[0], "webhook": hook[0], "redelivery_of": None}
+        params = {"user": who.id, "event": event[0], "webhook": hook[0], "redelivery_of": None,
+                  "message": None}  # fmt: skip
         out = await (await conn.execute(INSERT_OUTBOX, params)).fetchone()
         assert out is not None
     return respond(PingAccepted(status="accepted", event_id=event[0], delivery_id=out[0]), 202)
@@ -257,11 +263,17 @@ async def redeliver(request: Request) -> Response:
                 409, "the webhook is disabled; register it again", code="webhook_disabled"
             )
         params: dict[str, Any] = {"user": who.id, "event": original[0], "webhook": hook[0],
-                                  "redelivery_of": did}  # fmt: skip
+                                  "redelivery_of": did, "message": original[2]}  # fmt: skip
         out = await (await conn.execute(INSERT_OUTBOX, params)).fetchone()
         assert out is not None
     return respond(
-        RedeliverAccepted(status="accepted", id=out[0], redelivery_of=did, event_id=original[0]),
+        RedeliverAccepted(
+            status="accepted",
+            id=out[0],
+            redelivery_of=did,
+            event_id=original[0],
+            message_id=original[2],
+        ),
         202,
     )
 

@@ -35,7 +35,7 @@ def message(job: Job, sender: str) -> EmailMessage:
     )
     msg["From"] = sender
     msg["To"] = job.email or ""
-    msg["Message-ID"] = f"<{job.event_id}@notifier.discogsography>"
+    msg["Message-ID"] = f"<{job.message_id}@notifier.discogsography>"
     detail = json.dumps(json.loads(job.detail_json), indent=2, ensure_ascii=False)
     lines = [
         f"Event: {job.event}",

@@ -1,0 +1,14 @@
+-- 010_webhook_endpoints: one id per message.
+--
+-- The id a receiver sees (`webhook-id`, the body's `id`) names one message:
+-- one event sent to one endpoint. Until now it was the event's id, so the
+-- same event sent to 30 users' endpoints on one receiver carried one id 30
+-- times and a receiver deduplicating on it (as Standard Webhooks tells it to)
+-- dropped 29. Each outbox row now carries its own message_id, kept on every
+-- retry (the same row) and copied by a redelivery (a new row, same message).
+-- Rows written before this file have none: coalesce(message_id, event_id)
+-- keeps the id they were already sent with. No default on ADD COLUMN (a
+-- volatile default would rewrite the table and re-id rows in flight); the
+-- default then applies to new rows only. Unindexed, so a claim stays HOT.
+ALTER TABLE notifier.outbox ADD COLUMN message_id uuid;
+ALTER TABLE notifier.outbox ALTER COLUMN message_id SET DEFAULT gen_random_uuid();
