@@ -10,7 +10,11 @@ import pytest
 
 from notifier import config
 
-BASE = {"POSTGRES_PASSWORD": "pgpw", "NEO4J_PASSWORD": "neopw", "JWT_SECRET_KEY": "jwtkey"}
+BASE = {
+    "POSTGRES_PASSWORD": "pgpw",
+    "NEO4J_PASSWORD": "neopw",
+    "JWT_SECRET_KEY": "jwt-key-of-thirty-two-bytes-or-more",
+}
 
 
 def test_defaults_match_the_contract() -> None:
@@ -75,13 +79,13 @@ def test_every_variable_is_read() -> None:
 
 def test_file_variants(tmp_path: Path) -> None:
     secret = tmp_path / "jwt"
-    secret.write_text("from-a-file\n")
+    secret.write_text("from-a-file-of-at-least-32-bytes\n")
     port = tmp_path / "port"
     port.write_text("6000")
     env = {**BASE, "POSTGRES_PORT_FILE": str(port), "JWT_SECRET_KEY_FILE": str(secret)}
     del env["JWT_SECRET_KEY"]
     s = config.load(env, role="api")
-    assert s.jwt_secret_key == "from-a-file"
+    assert s.jwt_secret_key == "from-a-file-of-at-least-32-bytes"
     assert s.postgres_port == 6000
 
 
@@ -216,3 +220,26 @@ def test_trigger_settings_default_and_parse() -> None:
 def test_bad_trigger_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(config.ConfigError, match=f"^{name}: "):
         config.load({**BASE, name: value}, role="router")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("short-key", "at least 32 bytes"),
+        ("x" * 31, "at least 32 bytes"),
+        ("change-me-to-the-discogsography-api-key", "placeholder"),
+        ("dev-secret-change-in-production-use-a-256-bit-random-key", "placeholder"),
+        ("${JWT_SECRET_KEY:?set it to the platform API key}", "placeholder"),
+        ("my-PLACEHOLDER-key-0123456789-0123456789", "placeholder"),
+    ],
+)
+@pytest.mark.parametrize("role", ["api", "all"])
+def test_a_weak_or_placeholder_jwt_key_refuses_to_start(role: str, key: str, message: str) -> None:
+    with pytest.raises(config.ConfigError, match=f"^JWT_SECRET_KEY: .*{message}"):
+        config.load({**BASE, "JWT_SECRET_KEY": key}, role=role)
+    # Roles that verify no token do not care.
+    config.load({**BASE, "JWT_SECRET_KEY": key}, role="delivery")
+
+
+def test_a_32_byte_key_is_enough() -> None:
+    assert config.load({**BASE, "JWT_SECRET_KEY": "k" * 32}, role="api").jwt_secret_key == "k" * 32

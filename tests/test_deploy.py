@@ -40,6 +40,8 @@ from notifier.delivery import Limits
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 ROLES = ("api", "router", "delivery")
+# What an operator puts in place of the shipped placeholders.
+REAL_JWT_KEY = "a-real-key-generated-by-openssl-rand-0123456789"
 BACKING = ("postgres", "rabbitmq", "neo4j")
 # The services each role talks to: the router all three; the API PostgreSQL and
 # the graph (its /health probes both); delivery PostgreSQL only.
@@ -167,6 +169,10 @@ def test_k8s_configuration_is_accepted_by_each_role(role: str, tmp_path: Path) -
             key = item["value"].rsplit("/", 1)[1]
             assert key in secrets, f"{item['name']} points at a missing secret key"
             env[item["name"]] = str(tmp_path / key)
+    if role == "api":  # the shipped key is a placeholder: refused until replaced
+        with pytest.raises(config.ConfigError, match=r"^JWT_SECRET_KEY: .*placeholder"):
+            config.load(env, role=role)
+        (tmp_path / "JWT_SECRET_KEY").write_text(REAL_JWT_KEY)
     settings = config.load(env, role=role)
     assert settings.port == DEFAULT_PORT
 
@@ -301,6 +307,11 @@ def test_compose_stop_grace_outlasts_each_drain_and_matches_k8s() -> None:
 @pytest.mark.parametrize("role", [*ROLES, "migrate"])
 def test_compose_configuration_is_accepted_by_each_role(role: str) -> None:
     env = {k: str(v) for k, v in _compose()["services"][role]["environment"].items()}
+    if role == "api":  # `${JWT_SECRET_KEY:?…}`: compose stops unless the operator sets it
+        assert env["JWT_SECRET_KEY"].startswith("${JWT_SECRET_KEY:?")
+        with pytest.raises(config.ConfigError, match=r"^JWT_SECRET_KEY: .*placeholder"):
+            config.load(env, role=role)
+        env["JWT_SECRET_KEY"] = REAL_JWT_KEY
     assert config.load(env, role=role).postgres_host == "postgres"
 
 
@@ -806,7 +817,8 @@ def test_platform_fragment_fits_the_platforms_compose_file() -> None:
         svc = services_[name]
         assert svc["command"] == [role] and svc["networks"] == ["discogsography"]
         env = {k: str(v) for k, v in svc["environment"].items()}
-        settings = config.load(env, role=role)
+        assert env["JWT_SECRET_KEY"].startswith("${JWT_SECRET_KEY:?")  # set by the operator
+        settings = config.load({**env, "JWT_SECRET_KEY": REAL_JWT_KEY}, role=role)
         # The platform's names: its user, database, services, and the trigger it supports today.
         assert (settings.postgres_username, settings.rabbitmq_username) == ("discogsography",) * 2
         assert (settings.postgres_host, settings.neo4j_host, settings.rabbitmq_host) == (

@@ -6,7 +6,8 @@ import pytest
 
 from notifier import config
 
-BASE = {"POSTGRES_PASSWORD": "pw", "NEO4J_PASSWORD": "pw", "JWT_SECRET_KEY": "k"}
+JWT_KEY = "jwt-key-of-thirty-two-bytes-or-more"
+BASE = {"POSTGRES_PASSWORD": "pw", "NEO4J_PASSWORD": "pw", "JWT_SECRET_KEY": JWT_KEY}
 
 
 def test_defaults() -> None:
