@@ -7,9 +7,11 @@ beside 100 other users' rows; with `--total-rows` (the `feed_total_rows` size,
 10M at full scale) other users' rows, interleaved with the user's, fill the
 real table up to that many. Sequential keep-alive requests on loopback
 measure p50/p99 of: the first feed page, the first unread page, a deep page
-(by cursor), and unread-count; and, as the peer, a bare Starlette JSON
-endpoint under the same uvicorn on the same machine. The five kinds of
-request are interleaved one by one, so the machine's load hits all alike. Prints one table.
+(by cursor), and unread-count, each 200; the first page and unread-count again
+with the `If-None-Match` of their ETag (the cheap-polling 304 path); and, as
+the peer, a bare Starlette JSON endpoint under the same uvicorn on the same
+machine. The kinds of request are interleaved one by one, so the machine's
+load hits all alike. Prints one table.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from notifier import db, services
 
 JWT_KEY = "bench-jwt-key-bench-jwt-key-bench-jwt-key"
 FIRST_PAGE, UNREAD_COUNT = "feed first page (20)", "unread-count"
+FIRST_PAGE_304, UNREAD_COUNT_304 = "feed first page, 304", "unread-count, 304"
 PEER = "bare Starlette JSON (peer)"
 
 EVENTS = """
@@ -138,22 +141,29 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server did not start")
 
 
-def _measure(
-    targets: dict[str, tuple[httpx.Client, str, dict[str, str]]], n: int
-) -> dict[str, list[float]]:
-    """`n` timed requests of each target, interleaved one by one.
+Target = tuple[httpx.Client, str, dict[str, str], int]  # client, path, headers, status
+
+
+def _get(client: httpx.Client, path: str, headers: dict[str, str], status: int) -> None:
+    got = client.get(path, headers=headers).status_code
+    if got != status:
+        raise RuntimeError(f"GET {path}: {got}, expected {status}")
+
+
+def _measure(targets: dict[str, Target], n: int) -> dict[str, list[float]]:
+    """`n` timed requests of each target (each must answer its status), interleaved.
 
     Round-robin over the targets (the peer included), so a load spike on the
     shared machine lands on every figure alike instead of on whichever ran then.
     """
-    for client, path, headers in targets.values():
+    for target in targets.values():
         for _ in range(min(200, n)):  # warm-up: connections, plans, caches
-            client.get(path, headers=headers).raise_for_status()
+            _get(*target)
     samples: dict[str, list[float]] = {label: [] for label in targets}
     for _ in range(n):
-        for label, (client, path, headers) in targets.items():
+        for label, target in targets.items():
             start = time.perf_counter()
-            client.get(path, headers=headers).raise_for_status()
+            _get(*target)
             samples[label].append((time.perf_counter() - start) * 1000)
     return samples
 
@@ -239,16 +249,23 @@ def measure(
                 page = client.get("/api/notifications", params={"cursor": cursor} if cursor
                                   else {}, headers=h).json()  # fmt: skip
                 cursor = page["next_cursor"]
+            page_tag = client.get("/api/notifications", headers=h).headers["etag"]
+            count_tag = client.get("/api/notifications/unread-count", headers=h).headers["etag"]
             results = _measure(
                 {
-                    FIRST_PAGE: (client, "/api/notifications", h),
-                    "feed unread first page": (client, "/api/notifications?unread=true", h),
-                    "feed deep page (cursor)": (client, f"/api/notifications?cursor={cursor}", h),
-                    UNREAD_COUNT: (client, "/api/notifications/unread-count", h),
-                    PEER: (peer, "/count", {}),
+                    FIRST_PAGE: (client, "/api/notifications", h, 200),
+                    "feed unread first page": (client, "/api/notifications?unread=true", h, 200),
+                    "feed deep page (cursor)": (
+                        client, f"/api/notifications?cursor={cursor}", h, 200),
+                    UNREAD_COUNT: (client, "/api/notifications/unread-count", h, 200),
+                    FIRST_PAGE_304: (
+                        client, "/api/notifications", h | {"If-None-Match": page_tag}, 304),
+                    UNREAD_COUNT_304: (client, "/api/notifications/unread-count",
+                                       h | {"If-None-Match": count_tag}, 304),
+                    PEER: (peer, "/count", {}, 200),
                 },
                 requests,
-            )
+            )  # fmt: skip
             started = time.perf_counter()
             marked = client.post("/api/notifications/read-all", headers=h).json()["marked"]
             read_all_s = time.perf_counter() - started
@@ -272,7 +289,9 @@ async def feed_latency(ctx: Context) -> list[Figure]:
              "requests": requests, "peer_p50_ms": _p(m.samples[PEER], 0.5)}  # fmt: skip
     figures = []
     for label, name, limit in ((FIRST_PAGE, "feed first page p99", 10.0),
-                               (UNREAD_COUNT, "unread-count p99", 5.0)):  # fmt: skip
+                               (UNREAD_COUNT, "unread-count p99", 5.0),
+                               (FIRST_PAGE_304, "feed 304 (If-None-Match) p99", 5.0),
+                               (UNREAD_COUNT_304, "unread-count 304 p99", 5.0)):  # fmt: skip
         p99 = _p(m.samples[label], 0.99)
         figures.append(
             Figure(
@@ -317,7 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| request | p50 ms | p99 ms | p99 / bare p99 | target |")
     print("|---|---|---|---|---|")
     for label, samples in results.items():
-        target = {FIRST_PAGE: "p99 <= 10 ms", UNREAD_COUNT: "p99 <= 5 ms"}.get(label, "")
+        target = {
+            FIRST_PAGE: "p99 <= 10 ms",
+            UNREAD_COUNT: "p99 <= 5 ms",
+            FIRST_PAGE_304: "p99 <= 5 ms",
+            UNREAD_COUNT_304: "p99 <= 5 ms",
+        }.get(label, "")
         print(f"| {label} | {_p(samples, 0.5):.2f} | {_p(samples, 0.99):.2f} | "
               f"{_p(samples, 0.99) / peer:.2f}x | {target} |")  # fmt: skip
     print(

@@ -49,6 +49,8 @@ def test_bench_runs_at_tiny_scale(
         "peak RSS: delivery",
         "feed first page p99",
         "unread-count p99",
+        "feed 304 (If-None-Match) p99",
+        "unread-count 304 p99",
         "peak RSS: api",
         "outbox claim+complete/s (null transport)",
         "diff entities/s (artists)",

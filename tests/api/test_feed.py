@@ -149,3 +149,138 @@ async def test_concurrent_reads_count_once(api: Api, user: uuid.UUID) -> None:
     assert (await api.client.get("/api/notifications/unread-count", headers=h)).json() == {
         "count": 0
     }
+
+
+def _validators(r: object) -> tuple[str, str, str]:
+    import httpx
+
+    assert isinstance(r, httpx.Response)
+    return r.headers["etag"], r.headers["x-poll-interval"], r.headers["cache-control"]
+
+
+async def test_feed_answers_304_to_its_etag_until_it_changes(api: Api, user: uuid.UUID) -> None:
+    h = bearer(user)
+    seed_feed(api.pg_url, user, 5)
+    r = await api.client.get("/api/notifications", headers=h)
+    assert r.status_code == 200 and len(r.json()["items"]) == 5
+    tag, poll, cache = _validators(r)
+    assert tag.startswith('"') and tag.endswith('"') and len(tag) == 34
+    assert poll == "60" and cache == "private, no-cache"
+    for inm in (tag, f"W/{tag}", f'"nope", {tag}', "*"):
+        r = await api.client.get("/api/notifications", headers=h | {"If-None-Match": inm})
+        assert r.status_code == 304, inm
+        assert r.content == b"" and _validators(r) == (tag, "60", "private, no-cache")
+    # Another representation (page size, unread filter, cursor) has its own tag.
+    for params in ({"limit": 2}, {"unread": "true"}):
+        r = await api.client.get("/api/notifications", params=params,
+                                 headers=h | {"If-None-Match": tag})  # fmt: skip
+        assert r.status_code == 200 and r.headers["etag"] != tag
+    for inm in ('"nope"', "garbage", "W/", '"' + "x" * 9000 + '"'):
+        r = await api.client.get("/api/notifications", headers=h | {"If-None-Match": inm})
+        assert r.status_code == 200 and r.headers["etag"] == tag, inm
+    # A new notification: 200 with it and a new tag.
+    seed_feed(api.pg_url, user, 1)
+    r = await api.client.get("/api/notifications", headers=h | {"If-None-Match": tag})
+    assert r.status_code == 200 and len(r.json()["items"]) == 6
+    tag2 = r.headers["etag"]
+    assert tag2 != tag
+    # Reading one: 200 with its read_at and a new tag.
+    target = r.json()["items"][3]["id"]
+    read = await api.client.post(f"/api/notifications/{target}/read", headers=h)
+    assert read.status_code == 200
+    r = await api.client.get("/api/notifications", headers=h | {"If-None-Match": tag2})
+    assert r.status_code == 200 and r.headers["etag"] not in (tag, tag2)
+    assert [i["id"] for i in r.json()["items"] if i["read_at"]] == [target]
+    tag3 = r.headers["etag"]
+    r = await api.client.get("/api/notifications", headers=h | {"If-None-Match": tag3})
+    assert r.status_code == 304
+    # read-all too.
+    assert (await api.client.post("/api/notifications/read-all", headers=h)).json()["marked"] == 5
+    r = await api.client.get("/api/notifications", headers=h | {"If-None-Match": tag3})
+    assert r.status_code == 200 and all(i["read_at"] for i in r.json()["items"])
+
+
+async def test_a_late_row_and_a_read_together_still_change_the_tag(
+    api: Api, user: uuid.UUID
+) -> None:
+    """A feed row committing late (an id below the newest) while a read happens.
+
+    The newest id and the unread count end as they were; the counter row's
+    xmin (every read updates it) is what tells the two states apart.
+    """
+    h = bearer(user)
+    helper = uuid.uuid4()
+    seed_feed(api.pg_url, helper, 3)  # three events to point at
+    add = (
+        "INSERT INTO notifier.notification_events (id, user_id, event_id) OVERRIDING SYSTEM VALUE "
+        "SELECT notifier.feed_top() + %s, %s, event_id FROM notifier.notification_events "
+        "WHERE user_id = %s ORDER BY id OFFSET %s LIMIT 1"
+    )
+    with psycopg.connect(api.pg_url) as conn:
+        conn.execute(add, (1010, user, helper, 0))
+        conn.execute(add, (1020, user, helper, 1))
+    r = await api.client.get("/api/notifications", headers=h)
+    items = r.json()["items"]
+    tag, (top, low) = r.headers["etag"], [i["id"] for i in items]
+    count = await api.client.get("/api/notifications/unread-count", headers=h)
+    assert count.json() == {"count": 2}
+    count_tag = count.headers["etag"]
+    read = await api.client.post(f"/api/notifications/{low}/read", headers=h)
+    assert read.status_code == 200
+    with psycopg.connect(api.pg_url) as conn:  # the late row, between the two
+        conn.execute(add, (1015, user, helper, 2))
+        late = conn.execute(
+            "SELECT id FROM notifier.notification_events WHERE user_id = %s AND id < %s "
+            "AND id > %s", (user, top, low)
+        ).fetchone()  # fmt: skip
+    assert late is not None
+    # Same newest id, same unread count (2 - 1 read + 1 late), other content.
+    count = await api.client.get("/api/notifications/unread-count",
+                                 headers=h | {"If-None-Match": count_tag})  # fmt: skip
+    assert count.status_code == 304  # the count alone did not change
+    r = await api.client.get("/api/notifications", headers=h | {"If-None-Match": tag})
+    assert r.status_code == 200, "a stale page would be served"
+    assert [i["id"] for i in r.json()["items"]] == [top, late[0], low]
+
+
+async def test_unread_count_answers_304_to_its_etag(api: Api, user: uuid.UUID) -> None:
+    h = bearer(user)
+    r = await api.client.get("/api/notifications/unread-count", headers=h)
+    assert r.json() == {"count": 0}
+    tag, poll, cache = _validators(r)
+    assert poll == "60" and cache == "private, no-cache"
+    r = await api.client.get("/api/notifications/unread-count", headers=h | {"If-None-Match": tag})
+    assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == tag
+    assert r.headers["x-poll-interval"] == "60"
+    seed_feed(api.pg_url, user, 2)
+    r = await api.client.get("/api/notifications/unread-count", headers=h | {"If-None-Match": tag})
+    assert r.status_code == 200 and r.json() == {"count": 2} and r.headers["etag"] != tag
+    # Another user's tag never matches mine, nor mine theirs.
+    other = bearer(uuid.uuid4())
+    r = await api.client.get("/api/notifications/unread-count",
+                             headers=other | {"If-None-Match": tag})  # fmt: skip
+    assert r.status_code == 200 and r.json() == {"count": 0} and r.headers["etag"] != tag
+    feed_tag = (await api.client.get("/api/notifications", headers=h)).headers["etag"]
+    r = await api.client.get("/api/notifications", headers=other | {"If-None-Match": feed_tag})
+    assert r.status_code == 200 and r.json()["items"] == []
+
+
+async def test_the_304_path_folds_a_long_unfolded_tail(api: Api, user: uuid.UUID) -> None:
+    from notifier.api.feed import FOLD_AT
+
+    h = bearer(user)
+    seed_feed(api.pg_url, user, FOLD_AT + 10)
+    r = await api.client.get("/api/notifications", headers=h | {"If-None-Match": '"x"'})
+    assert r.status_code == 200 and len(r.json()["items"]) == 20
+    tag = r.headers["etag"]
+    with psycopg.connect(api.pg_url) as conn:
+        row = conn.execute(
+            "SELECT unread, counted_upto >= %s FROM notifier.unread_counters WHERE user_id = %s",
+            (r.json()["items"][0]["id"], user),
+        ).fetchone()
+    assert row == (FOLD_AT + 10, True)
+    r = await api.client.get("/api/notifications", headers=h | {"If-None-Match": tag})
+    assert r.status_code == 304
+    # Without If-None-Match the page and the version come in one round trip; same tag.
+    r = await api.client.get("/api/notifications", headers=h)
+    assert r.status_code == 200 and r.headers["etag"] == tag

@@ -8,6 +8,14 @@ counter row (so no read of this user is half done) and `fanout.FEED_LOCK_KEY`
 taken exclusively, which no fan-out transaction may hold meanwhile (so no feed
 row at or below the new `counted_upto` can still commit). A read, one or all,
 locks the counter row first and subtracts only the rows at or below it.
+
+Cheap polling: the list and the unread count answer with an `ETag` and `304`
+on a matching `If-None-Match` (`conditional`). The feed's version is read in
+one query (`FEED_VERSION`): the user's newest feed id, the unread count, and
+the counter row's `xmin`. Every read goes through `LOCK_COUNTER`, an UPDATE of
+that row, so any read changes its `xmin`; fan-out only adds unread rows, so a
+new row changes the newest id or the unread count (a row committing late,
+below the newest id, still adds one unread). Events never change.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from notifier import fanout
-from notifier.api import auth, cursor, parsing
+from notifier.api import auth, conditional, cursor, parsing
 from notifier.api.context import ctx
 from notifier.api.errors import not_found
 from notifier.api.routing import Endpoint, respond
@@ -104,6 +112,31 @@ INSERT INTO notifier.unread_counters AS c (user_id, counted_upto) VALUES (%s, 0)
 ON CONFLICT (user_id) DO UPDATE SET unread = c.unread
 RETURNING c.counted_upto
 """
+# (newest feed id, counter row xmin, unread, unfolded) of one user: the
+# feed's version for its ETag. Indexes: notification_events_user_id_idx
+# (user_id, id DESC), one entry; then as UNREAD_COUNT.
+FEED_VERSION = f"""
+SELECT (SELECT ne.id FROM notifier.notification_events ne
+        WHERE ne.user_id = u.user_id ORDER BY ne.id DESC LIMIT 1) AS top,
+       c.xmin::text AS counter_xmin, coalesce(c.unread, 0) + l.n AS unread, l.n AS unfolded
+FROM (SELECT %s::uuid AS user_id) u {_UNREAD}
+"""  # noqa: S608 - built from constants only, never from input
+# A page and the feed's version in one statement (one snapshot, one round
+# trip): the version on every row, the page's columns null when it is empty.
+_VERSIONED = """
+WITH v AS (
+    SELECT (SELECT ne.id FROM notifier.notification_events ne
+            WHERE ne.user_id = u.user_id ORDER BY ne.id DESC LIMIT 1) AS top,
+           c.xmin::text AS counter_xmin, coalesce(c.unread, 0) + l.n AS unread,
+           l.n AS unfolded
+    FROM (SELECT %(user)s::uuid AS user_id) u {unread}
+)
+SELECT v.top, v.counter_xmin, v.unread AS feed_unread, v.unfolded, p.*
+FROM v LEFT JOIN LATERAL ({page}) p ON true
+ORDER BY p.id DESC
+"""
+FEED_PAGE_VERSIONED = _VERSIONED.format(unread=_UNREAD, page=FEED_PAGE)
+FEED_PAGE_UNREAD_VERSIONED = _VERSIONED.format(unread=_UNREAD, page=FEED_PAGE_UNREAD)
 TRY_FEED_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
 # With the counter row locked and FEED_LOCK held: add the unread rows above
 # counted_upto, and move it to the last feed id handed out (`feed_top()`, the
@@ -240,19 +273,54 @@ async def _counts(conn: AsyncConnection[Any], user_id: uuid.UUID) -> tuple[int, 
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
+def _feed_tag(user_id: uuid.UUID, version: Any, q: FeedQuery, before: int) -> str:
+    """The ETag of one page: the feed's version (a `FEED_VERSION` row) and the query."""
+    top, counter_xmin, unread = version[0], version[1], version[2]
+    return conditional.etag("feed", user_id, top, counter_xmin, unread, q.limit, before, q.unread)
+
+
+async def feed_version(conn: AsyncConnection[Any], user_id: uuid.UUID) -> Any:
+    """The feed's version (a `FEED_VERSION` row); folds first when worthwhile."""
+    row = await (await conn.execute(FEED_VERSION, (user_id,))).fetchone()
+    assert row is not None  # one row, whatever the user
+    if row[3] >= FOLD_AT and _idle(conn) and await fold(conn, user_id):
+        row = await (await conn.execute(FEED_VERSION, (user_id,))).fetchone()
+        assert row is not None
+    return row
+
+
 async def list_notifications(request: Request) -> Response:
-    """GET /api/notifications."""
+    """GET /api/notifications (ETag, 304 on a matching If-None-Match)."""
     who = await auth.user(request)
     q = parsing.query(request, FeedQuery)
     before = cursor.decode_id(q.cursor, CURSOR_KIND) if q.cursor else cursor.MAX_BIGINT
     params = {"user": who.id, "before": before, "limit": q.limit + 1}
+    page_sql = FEED_PAGE_UNREAD if q.unread else FEED_PAGE
     async with ctx(request).pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(FEED_PAGE_UNREAD if q.unread else FEED_PAGE, params)
-        rows = await cur.fetchall()
+        if "if-none-match" in request.headers:
+            # The 304 path: one cheap query; the page only when it changed.
+            tag = _feed_tag(who.id, await feed_version(conn, who.id), q, before)
+            if conditional.matches(request, tag):
+                return conditional.not_modified(tag)
+            await cur.execute(page_sql, params)
+            rows = await cur.fetchall()
+        else:
+            # The page and its version in one statement: the ETag is exactly the page's.
+            await cur.execute(FEED_PAGE_UNREAD_VERSIONED if q.unread else FEED_PAGE_VERSIONED,
+                              params)  # fmt: skip
+            rows = await cur.fetchall()
+            first = rows[0]  # the version's row is always there
+            tag = _feed_tag(who.id, (first["top"], first["counter_xmin"], first["feed_unread"]),
+                            q, before)  # fmt: skip
+            if rows[0]["id"] is None:
+                rows = []
+            if first["unfolded"] >= FOLD_AT and _idle(conn):
+                await fold(conn, who.id)
     items = [notification(r) for r in rows[: q.limit]]
     next_cursor = cursor.encode(CURSOR_KIND, items[-1].id) if len(rows) > q.limit else None
-    return respond(NotificationPage(items=items, next_cursor=next_cursor))
+    page = NotificationPage(items=items, next_cursor=next_cursor)
+    return respond(page, headers=conditional.headers(tag))
 
 
 async def get_notification(request: Request) -> Response:
@@ -269,11 +337,15 @@ async def get_notification(request: Request) -> Response:
 
 
 async def get_unread_count(request: Request) -> Response:
-    """GET /api/notifications/unread-count."""
+    """GET /api/notifications/unread-count (ETag, 304 on a matching If-None-Match)."""
     who = await auth.user(request)
     async with ctx(request).pool.connection() as conn:
         count = await unread_count(conn, who.id)
-    return respond(UnreadCount(count=count))
+    # The answer is the count alone: its ETag is made of it.
+    tag = conditional.etag("unread-count", who.id, count)
+    if conditional.matches(request, tag):
+        return conditional.not_modified(tag)
+    return respond(UnreadCount(count=count), headers=conditional.headers(tag))
 
 
 def read_payload(user_id: uuid.UUID, ids: list[int] | None, unread: int) -> str:
@@ -308,9 +380,10 @@ async def mark_all_read(request: Request) -> Response:
 
 ENDPOINTS = [
     Endpoint("GET", "/api/notifications", list_notifications, "List notifications, newest first",
-             "feed", response=NotificationPage, query=FeedQuery, errors=(400, 422)),
+             "feed", response=NotificationPage, query=FeedQuery, errors=(400, 422),
+             conditional=True, poll=True),
     Endpoint("GET", "/api/notifications/unread-count", get_unread_count, "Count unread",
-             "feed", response=UnreadCount),
+             "feed", response=UnreadCount, conditional=True, poll=True),
     Endpoint("POST", "/api/notifications/read-all", mark_all_read, "Mark every notification read",
              "feed", response=ReadAll),
     Endpoint("GET", "/api/notifications/{id:int}", get_notification, "One notification",

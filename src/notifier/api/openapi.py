@@ -25,13 +25,39 @@ MAX_BIGINT = 2**63 - 1
 _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "integer": {"type": "integer", "minimum": 0, "maximum": MAX_BIGINT},
     "uuid": {"type": "string", "format": "uuid"},
+    "token": {"type": "string", "minLength": 1, "maxLength": 512},
 }
 _STATUS_TEXT = {
-    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad request",
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 304: "Not Modified",
+    400: "Bad request",
     401: "Missing or invalid credentials", 404: "Not found", 405: "Method not allowed",
     409: "Conflict", 413: "Body too large", 422: "Invalid input", 429: "Too many requests",
     503: "A dependency is unavailable",
 }  # fmt: skip
+
+
+_STRING = {"type": "string"}
+# Response headers of conditional (`Endpoint.conditional`) and polled (`.poll`) routes.
+_ETAG_HEADERS = {
+    "ETag": {
+        "description": "Validator of this answer; send it back in If-None-Match.",
+        "schema": _STRING,
+    },
+    "Cache-Control": {"description": "`private, no-cache`.", "schema": _STRING},
+}
+_POLL_HEADER = {
+    "X-Poll-Interval": {
+        "description": "Seconds to wait before polling again.",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": _STRING,
+    "description": "An ETag of an earlier answer: 304 with no body while it still holds.",
+}
 
 
 def _query_parameters(query: Any) -> list[dict[str, Any]]:
@@ -54,9 +80,12 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 def _operation(e: Endpoint, schema_of: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     error = schema_of[ErrorEnvelope]
     responses: dict[str, Any] = {}
-    for status in (e.status, *e.also):
+    headers = {**(_ETAG_HEADERS if e.conditional else {}), **(_POLL_HEADER if e.poll else {})}
+    for status in (e.status, *e.also, *((304,) if e.conditional else ())):
         answer: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "OK")}
-        if status != 204:
+        if headers and status in (e.status, 304):
+            answer["headers"] = headers
+        if status not in (204, 304):
             if e.response is not None:
                 answer["content"] = _json(schema_of[e.response])
             else:
@@ -83,6 +112,8 @@ def _operation(e: Endpoint, schema_of: dict[Any, dict[str, Any]]) -> dict[str, A
     ]
     if e.query is not None:
         params += _query_parameters(e.query)
+    if e.conditional:
+        params.append(_IF_NONE_MATCH)
     if params:
         op["parameters"] = params
     if e.body is not None:

@@ -27,12 +27,14 @@ class Endpoint:
     response: Any = None
     body: Any = None
     query: Any = None
-    path_params: dict[str, Literal["integer", "uuid"]] = field(default_factory=dict)
+    path_params: dict[str, Literal["integer", "uuid", "token"]] = field(default_factory=dict)
     auth: Literal["user", "service", "none"] = "user"
     errors: tuple[int, ...] = ()
     also: tuple[int, ...] = ()  # other statuses answering the same `response` type
     media_type: str = "application/json"
     description: str = ""
+    conditional: bool = False  # ETag on the answer, 304 on a matching If-None-Match
+    poll: bool = False  # X-Poll-Interval on the answer
 
 
 def routes(endpoints: Iterable[Endpoint]) -> list[Route]:
