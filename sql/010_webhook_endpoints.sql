@@ -12,3 +12,8 @@
 -- default then applies to new rows only. Unindexed, so a claim stays HOT.
 ALTER TABLE notifier.outbox ADD COLUMN message_id uuid;
 ALTER TABLE notifier.outbox ALTER COLUMN message_id SET DEFAULT gen_random_uuid();
+
+-- ed25519 endpoints (Standard Webhooks' asymmetric signatures): `secret` then
+-- holds the `whsk_` private key, shown to no one, and public_key its `whpk_`
+-- public key, which receivers verify with. NULL: an HMAC (`whsec_`) endpoint.
+ALTER TABLE notifier.webhook_configs ADD COLUMN public_key text;

@@ -165,3 +165,44 @@ async def test_ssrf_guard_without_private(api_env: dict[str, str], pg_url: str) 
             assert (await client.get("/api/webhook", headers=h)).status_code == 404
     finally:
         server.stop()
+
+
+async def test_an_ed25519_webhook_shows_its_public_key_never_its_private_key(
+    api: Api, user: uuid.UUID
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    h = bearer(user)
+    r = await api.client.post("/api/webhook", json={"url": URL, "signing": "ed25519"}, headers=h)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["signing"] == "ed25519" and created["secret"] is None
+    public = created["public_key"]
+    assert public.startswith("whpk_")
+    Ed25519PublicKey.from_public_bytes(base64.b64decode(public[5:]))  # a real Ed25519 key
+    assert "whsk_" not in r.text
+    got = await api.client.get("/api/webhook", headers=h)
+    assert got.json()["public_key"] == public and got.json()["signing"] == "ed25519"
+    assert "whsk_" not in got.text and "whsec_" not in got.text
+    with psycopg.connect(api.pg_url) as conn:
+        stored = conn.execute(
+            "SELECT secret, public_key FROM notifier.webhook_configs WHERE user_id = %s", (user,)
+        ).fetchone()
+    assert stored is not None and stored[0].startswith("whsk_") and stored[1] == public
+    rotated = await api.client.post("/api/webhook/rotate-secret", headers=h)
+    assert rotated.status_code == 200 and "whsk_" not in rotated.text
+    assert (
+        rotated.json()["public_key"].startswith("whpk_") and rotated.json()["public_key"] != public
+    )
+    assert rotated.json()["secret"] is None
+    with psycopg.connect(api.pg_url) as conn:
+        previous = conn.execute(
+            "SELECT previous_secret FROM notifier.webhook_configs WHERE user_id = %s", (user,)
+        ).fetchone()
+    assert previous == (stored[0],)  # the old key signs alongside for 24 h
+    bad = await api.client.post("/api/webhook", json={"url": URL, "signing": "rsa"}, headers=h)
+    assert bad.status_code == 422 and bad.json()["error"]["code"]
+    # Back to HMAC: registering again with the default gives a whsec_ secret.
+    again = await api.client.post("/api/webhook", json={"url": URL}, headers=h)
+    assert again.json()["secret"].startswith("whsec_") and again.json()["public_key"] is None
+    assert (await api.client.get("/api/webhook", headers=h)).json()["signing"] == "hmac"

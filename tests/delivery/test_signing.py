@@ -64,3 +64,58 @@ def test_rotation_signs_with_both_secrets() -> None:
 def test_no_keys_is_an_error() -> None:
     with pytest.raises(signing.BadSecret):
         signing.headers([], "m", 1, BODY)
+
+
+def _verify_v1a(public: str, msg_id: str, timestamp: str, body: bytes, header: str) -> bool:
+    """Standard Webhooks' `v1a` checked with `cryptography` alone (not notifier.signing)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    assert public.startswith("whpk_")
+    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public[5:]))
+    for part in header.split(" "):
+        version, _, sig = part.partition(",")
+        if version != "v1a":
+            continue
+        try:
+            key.verify(base64.b64decode(sig), f"{msg_id}.{timestamp}.".encode() + body)
+        except InvalidSignature:
+            continue
+        return True
+    return False
+
+
+def test_ed25519_signs_v1a_and_sends_no_hmac_header() -> None:
+    private, public = signing.new_ed25519()
+    assert private.startswith("whsk_") and len(base64.b64decode(private[5:])) == 64
+    assert len(base64.b64decode(public[5:])) == 32 and signing.public_key(private) == public
+    now = int(time.time())
+    h = signing.sign([private], "msg_3", now, BODY)
+    assert set(h) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert h["webhook-signature"].startswith("v1a,") and " " not in h["webhook-signature"]
+    assert _verify_v1a(public, "msg_3", str(now), BODY, h["webhook-signature"])
+    assert not _verify_v1a(public, "msg_3", str(now), BODY + b" ", h["webhook-signature"])
+    assert not _verify_v1a(public, "msg_4", str(now), BODY, h["webhook-signature"])
+    _, stranger = signing.new_ed25519()
+    assert not _verify_v1a(stranger, "msg_3", str(now), BODY, h["webhook-signature"])
+
+
+def test_ed25519_rotation_signs_with_both_keys() -> None:
+    (old, old_public), (new, new_public) = signing.new_ed25519(), signing.new_ed25519()
+    h = signing.sign([new, old], "msg_5", 1700000000, BODY)
+    assert len(h["webhook-signature"].split(" ")) == 2
+    for public in (old_public, new_public):
+        assert _verify_v1a(public, "msg_5", "1700000000", BODY, h["webhook-signature"])
+
+
+@pytest.mark.parametrize("bad", ["whsk_", "whsk_not base64!", "whsk_" + "A" * 20])
+def test_bad_ed25519_keys_raise_without_echoing(bad: str) -> None:
+    with pytest.raises(signing.BadSecret) as info:
+        signing.sign([bad], "m", 1, BODY)
+    assert bad.removeprefix("whsk_") == "" or bad.removeprefix("whsk_") not in str(info.value)
+
+
+def test_hmac_secrets_still_sign_both_families() -> None:
+    h = signing.sign([SECRET], "msg_6", int(time.time()), BODY)
+    assert h["webhook-signature"].startswith("v1,") and "X-Discogsography-Signature" in h
+    assert Webhook(SECRET).verify(BODY, h) == {"id": "e1", "event": "ping", "detail": {}}

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from standardwebhooks.webhooks import Webhook
 
-from notifier import fanout
+from notifier import fanout, signing
 from notifier.channels.webhook import WebhookOptions
 from tests.delivery.conftest import (
     add_delivery,
@@ -29,6 +29,7 @@ from tests.delivery.conftest import (
     wait_until,
 )
 from tests.delivery.receiver import Plan, receiver
+from tests.delivery.test_signing import _verify_v1a
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -382,3 +383,24 @@ async def test_one_event_to_30_users_on_one_receiver_is_30_messages(
     )  # fmt: skip
     assert sorted(by_user) == sorted(users) and sorted(by_user.values()) == sorted(ids)
     assert str(event_id) not in ids
+
+
+async def test_an_ed25519_endpoint_is_signed_v1a_only(pg_url: str, conn: Conn) -> None:
+    private, public = signing.new_ed25519()
+    with receiver() as r:
+        outbox_id, *_ = await add_delivery(conn, r.url, secret=private)
+        await conn.execute(
+            "UPDATE notifier.webhook_configs SET public_key = %s WHERE secret = %s",
+            (public, private),
+        )
+        async with running(pg_url):
+            await wait_until(lambda: has_status(pg_url, outbox_id, "delivered"), "delivered")
+        got = r.requests[0]
+    assert "x-discogsography-signature" not in got.headers  # no HMAC: no shared key
+    assert got.headers["webhook-signature"].startswith("v1a,")
+    assert _verify_v1a(
+        public, got.headers["webhook-id"], got.headers["webhook-timestamp"], got.body,
+        got.headers["webhook-signature"],
+    )  # fmt: skip
+    assert json.loads(got.body)["id"] == got.headers["webhook-id"]
+    assert abs(int(got.headers["webhook-timestamp"]) - time.time()) < 60

@@ -40,3 +40,20 @@ def test_readme_standardwebhooks_example() -> None:
     body = b'{"id":"e2","event":"ping"}'
     headers = signing.headers([signing.secret_key(SECRET)], "e2", int(time.time()), body)
     assert Webhook(SECRET).verify(body, headers) == {"id": "e2", "event": "ping"}
+
+
+def test_readme_ed25519_example_accepts_our_signature_and_rejects_forgery() -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    code = compile(next(b for b in blocks if "Ed25519PublicKey" in b), "README.md", "exec")
+    private, public = signing.new_ed25519()
+    body = b'{"id":"m1","event":"ping"}'
+    headers = signing.sign([private], "m1", int(time.time()), body)
+    exec(code, {"public_key": public, "headers": headers, "raw_body": body})  # noqa: S102
+    try:
+        exec(code, {"public_key": public, "headers": headers, "raw_body": body + b" "})  # noqa: S102
+    except InvalidSignature:
+        pass
+    else:
+        raise AssertionError("a forged body was accepted")

@@ -173,21 +173,35 @@ PreferencesPatch = Annotated[dict[EventName, ChannelPrefsPatch], Meta(max_length
 # ------------------------------------------------------------------ webhook
 
 
+Signing = Annotated[
+    Literal["hmac", "ed25519"],
+    Meta(description="`hmac` (a `whsec_` secret, the default) or `ed25519` (Standard Webhooks' "
+         "`v1a` signatures, verified with the endpoint's `whpk_` public key)."),
+]  # fmt: skip
+
+
 class WebhookCreate(msgspec.Struct, forbid_unknown_fields=True):
     """Body of `POST /api/webhook`."""
 
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    signing: Signing = "hmac"
 
 
 class WebhookWithSecret(msgspec.Struct):
-    """The webhook with its signing secret (only on creation and rotation)."""
+    """The webhook with its signing secret (only on creation and rotation).
+
+    An ed25519 endpoint has no shared secret (`secret` is null): its
+    `public_key` is what receivers verify with.
+    """
 
     id: uuid.UUID
     url: str
-    secret: str
+    secret: str | None
     active: bool
     created_at: datetime
     previous_secret_expires_at: datetime | None = None
+    signing: Signing = "hmac"
+    public_key: str | None = None
 
 
 class Webhook(msgspec.Struct):
@@ -195,6 +209,8 @@ class Webhook(msgspec.Struct):
 
     id: uuid.UUID
     url: str
+    signing: Signing
+    public_key: str | None
     active: bool
     disabled_reason: str | None
     disabled_at: datetime | None

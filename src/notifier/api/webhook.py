@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from starlette.requests import Request
 from starlette.responses import Response
 
-from notifier import ssrf
+from notifier import signing, ssrf
 from notifier.api import auth, cursor, parsing
 from notifier.api.context import ctx
 from notifier.api.errors import ApiError, FieldError, not_found
@@ -44,14 +44,14 @@ MAX_ATTEMPTS_SHOWN = 50
 
 # Index: webhook_configs_user_key (user_id) takes the conflict.
 UPSERT = """
-INSERT INTO notifier.webhook_configs (user_id, url, secret)
-VALUES (%(user)s, %(url)s, %(secret)s)
+INSERT INTO notifier.webhook_configs (user_id, url, secret, public_key)
+VALUES (%(user)s, %(url)s, %(secret)s, %(public_key)s)
 ON CONFLICT (user_id) DO UPDATE SET
-    url = EXCLUDED.url, secret = EXCLUDED.secret,
+    url = EXCLUDED.url, secret = EXCLUDED.secret, public_key = EXCLUDED.public_key,
     previous_secret = NULL, previous_secret_expires_at = NULL,
     active = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL,
     updated_at = now()
-RETURNING id, url, secret, active, created_at, previous_secret_expires_at
+RETURNING id, url, secret, public_key, active, created_at, previous_secret_expires_at
 """
 # Index: outbox_webhook_status_idx (webhook_id, status).
 # A resumed row starts its retry schedule again (attempts = 0): otherwise a row
@@ -63,7 +63,8 @@ WHERE webhook_id = %s AND status = 'paused'
 """
 # Index: webhook_configs_user_key (user_id).
 GET = """
-SELECT id, url, active, disabled_reason, disabled_at, failing_since, created_at, updated_at
+SELECT id, url, CASE WHEN public_key IS NULL THEN 'hmac' ELSE 'ed25519' END AS signing,
+       public_key, active, disabled_reason, disabled_at, failing_since, created_at, updated_at
 FROM notifier.webhook_configs WHERE user_id = %s
 """
 # Index: outbox_webhook_status_idx: undelivered rows of a deleted webhook never go out.
@@ -75,13 +76,17 @@ WHERE webhook_id = %s AND status IN ('pending', 'paused')
 DELETE = "DELETE FROM notifier.webhook_configs WHERE user_id = %s RETURNING id"
 LOCK = "SELECT id, active FROM notifier.webhook_configs WHERE user_id = %s FOR UPDATE"
 # Index: webhook_configs_user_key (user_id).
+# An endpoint keeps its kind: an ed25519 one gets a new key pair (the caller
+# makes both kinds of key; the statement keeps the one that fits).
 ROTATE = f"""
 UPDATE notifier.webhook_configs SET
     previous_secret = secret,
     previous_secret_expires_at = now() + interval '{PREVIOUS_SECRET_HOURS} hours',
-    secret = %(secret)s, updated_at = now()
+    secret = CASE WHEN public_key IS NULL THEN %(secret)s ELSE %(private_key)s END,
+    public_key = CASE WHEN public_key IS NULL THEN NULL ELSE %(public_key)s END,
+    updated_at = now()
 WHERE user_id = %(user)s
-RETURNING id, url, secret, active, created_at, previous_secret_expires_at
+RETURNING id, url, secret, public_key, active, created_at, previous_secret_expires_at
 """  # noqa: S608 - built from constants only, never from input
 # events_dedup_key (unique) holds the random ping key; the ping goes straight
 # to the outbox (it is no feed item), so it is fanned out at insert.
@@ -133,6 +138,26 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
 
 
+def new_keys(scheme: str) -> dict[str, str | None]:
+    """The stored key and public key of a new endpoint signed with `scheme`."""
+    if scheme == "ed25519":
+        private, public = signing.new_ed25519()
+        return {"secret": private, "public_key": public}
+    return {"secret": new_secret(), "public_key": None}
+
+
+def with_secret(row: dict[str, Any]) -> WebhookWithSecret:
+    """The creation/rotation answer: an HMAC secret, or an ed25519 endpoint's public key only.
+
+    A `whsk_` private key never leaves the database.
+    """
+    public = row.pop("public_key")
+    secret = row.pop("secret")
+    if public is not None:
+        return WebhookWithSecret(**row, secret=None, signing="ed25519", public_key=public)
+    return WebhookWithSecret(**row, secret=secret, signing="hmac")
+
+
 async def check_url(url: str, allow_private: bool) -> None:
     """The SSRF guard (DNS in a thread); a 422 naming the reason when refused."""
     try:
@@ -161,11 +186,11 @@ async def register(request: Request) -> Response:
     await check_url(url, c.settings.webhook_allow_private)
     async with c.pool.connection() as conn, conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(UPSERT, {"user": who.id, "url": url, "secret": new_secret()})
+        await cur.execute(UPSERT, {"user": who.id, "url": url, **new_keys(body.signing)})
         row = await cur.fetchone()
         assert row is not None
         await conn.execute(RESUME_PAUSED, (row["id"],))
-    return respond(WebhookWithSecret(**row), 201)
+    return respond(with_secret(row), 201)
 
 
 async def get_webhook(request: Request) -> Response:
@@ -197,11 +222,13 @@ async def rotate_secret(request: Request) -> Response:
     who = await auth.user(request)
     async with ctx(request).pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(ROTATE, {"user": who.id, "secret": new_secret()})
+        private, public = signing.new_ed25519()
+        keys = {"secret": new_secret(), "private_key": private, "public_key": public}
+        await cur.execute(ROTATE, {"user": who.id, **keys})
         row = await cur.fetchone()
     if row is None:
         raise not_found("webhook")
-    return respond(WebhookWithSecret(**row))
+    return respond(with_secret(row))
 
 
 async def test_ping(request: Request) -> Response:

@@ -408,8 +408,7 @@ class WebhookSender:
         attempted_at = datetime.now(UTC)
         data = b""
         try:
-            keys = [signing.secret_key(s) for s in job.secrets]
-            headers = signing.headers(keys, str(job.message_id), int(time.time()), body)
+            headers = signing.sign(job.secrets, str(job.message_id), int(time.time()), body)
             headers.update(STATIC_HEADERS)
             target = parsed_url(url)
             if not target.host:
