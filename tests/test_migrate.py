@@ -17,7 +17,7 @@ from tests.conftest import env_for
 TABLES = {
     "schema_migrations", "watchlists", "preferences", "cycles", "cycle_signals", "diff_units",
     "entity_snapshots", "events", "notification_events", "unread_counters", "webhook_configs",
-    "outbox", "delivery_attempts",
+    "outbox", "delivery_attempts", "feed_tokens",
 }  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notifier.api import errors, feed, health, internal, openapi, preferences, sse, watchlist
+from notifier.api import atom, errors, feed, health, internal, openapi, preferences, sse, watchlist
 from notifier.api import webhook as webhook_routes
 from notifier.api.context import Context
 from notifier.api.metrics import Metrics, MetricsMiddleware
@@ -48,6 +48,7 @@ def endpoints() -> list[Endpoint]:
     return [
         *sse.ENDPOINTS,
         *feed.ENDPOINTS,
+        *atom.ENDPOINTS,
         *watchlist.ENDPOINTS,
         *preferences.ENDPOINTS,
         *webhook_routes.ENDPOINTS,
@@ -57,8 +58,10 @@ def endpoints() -> list[Endpoint]:
 
 
 async def _database_down(request: Request, exc: Exception) -> Response:
+    # The route's template, not the path: a feed URL's path is its credential.
+    path = getattr(request.scope.get("route"), "path", None) or "<unmatched>"
     log.warning("database unavailable", extra={"error": type(exc).__name__,
-                                               "path": request.url.path})  # fmt: skip
+                                               "path": path})  # fmt: skip
     return errors.envelope(503, "database_unavailable", "the database is unavailable; try again",
                            headers={"Retry-After": "5"})  # fmt: skip
 

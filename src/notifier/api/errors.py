@@ -150,11 +150,9 @@ def allowed_methods(request: Request) -> list[str]:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     """Last resort: log the exception (never the request's secrets), answer 500."""
-    log.error(
-        "unhandled error",
-        exc_info=exc,
-        extra={"path": request.url.path, "method": request.method},
-    )
+    # The route's template, not the path: a feed URL's path is its credential.
+    path = getattr(request.scope.get("route"), "path", None) or "<unmatched>"
+    log.error("unhandled error", exc_info=exc, extra={"path": path, "method": request.method})
     return envelope(500, "internal_error", "internal error")
 
 
