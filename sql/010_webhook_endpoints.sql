@@ -17,3 +17,10 @@ ALTER TABLE notifier.outbox ALTER COLUMN message_id SET DEFAULT gen_random_uuid(
 -- holds the `whsk_` private key, shown to no one, and public_key its `whpk_`
 -- public key, which receivers verify with. NULL: an HMAC (`whsec_`) endpoint.
 ALTER TABLE notifier.webhook_configs ADD COLUMN public_key text;
+
+-- The user is told when the notifier disables an endpoint (410, or failing
+-- past the schedule): a `webhook.disabled` event, fanned out to that user's
+-- feed (and email, webhooks by preference), made by the delivery role.
+ALTER TABLE notifier.events DROP CONSTRAINT events_source_check;
+ALTER TABLE notifier.events ADD CONSTRAINT events_source_check
+    CHECK (source IN ('router', 'internal', 'ping', 'system'));

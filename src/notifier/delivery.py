@@ -346,7 +346,7 @@ class Delivery:
         while batch:
             try:
                 async with self.pool.connection() as conn:
-                    await poller.complete(conn, batch)
+                    await poller.complete(conn, batch, email="email" in self.channels)
                 return
             except (psycopg.Error, OSError) as exc:
                 DB_ERRORS.labels("complete").inc()

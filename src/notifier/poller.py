@@ -33,6 +33,8 @@ from typing import Any
 import msgspec
 from psycopg import AsyncConnection
 
+from notifier import fanout
+
 # The inner SELECT walks outbox_due_idx (next_attempt_at) WHERE status =
 # 'pending' from the oldest due row, skipping rows under a running lease and
 # rows another claim holds locked. The UPDATE then goes straight to the
@@ -145,12 +147,28 @@ SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())::float8
 FROM notifier.outbox WHERE status = 'pending' AND next_attempt_at > now()
 """
 
-# By primary key.
+# By primary key. Only an endpoint that was active comes back: the user is
+# told once per disabling, however many rows of the batch failed.
 DISABLE_WEBHOOKS_SQL = """
 UPDATE notifier.webhook_configs w
 SET active = false, disabled_reason = r.reason, disabled_at = now(), updated_at = now()
 FROM unnest(%s::uuid[], %s::text[]) AS r(id, reason)
 WHERE w.id = r.id AND w.active
+RETURNING w.id, w.user_id, w.url, r.reason
+"""
+# The `webhook.disabled` event of one disabling (contract §6), for its user
+# only; fanned out in the same transaction (events_dedup_key: one per
+# endpoint and disabling).
+INSERT_DISABLED_EVENT = """
+INSERT INTO notifier.events (dedup_key, source, event, entity_type, entity_id, entity_name,
+                             detail, recipients, recipient_count)
+VALUES ('webhook.disabled:' || %(endpoint)s::text || ':' || %(token)s::text, 'system',
+        'webhook.disabled', 'webhook', %(endpoint)s::text, %(url)s,
+        jsonb_build_object('endpoint_id', %(endpoint)s::text, 'url', %(url)s::text,
+                           'reason', %(reason)s::text),
+        ARRAY[%(user)s::uuid], 1)
+ON CONFLICT (dedup_key) DO NOTHING
+RETURNING id
 """
 # Relies on outbox_webhook_status_idx (webhook_id, status). Paused rows are
 # kept: re-enabling the webhook can set them back to pending. The claim token
@@ -283,8 +301,14 @@ def _no_nul(text: str | None) -> str | None:
     return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
-async def complete(conn: AsyncConnection[Any], completions: Sequence[Completion]) -> None:
-    """Write attempts, outcomes and webhook state for `completions` in one transaction."""
+async def complete(
+    conn: AsyncConnection[Any], completions: Sequence[Completion], *, email: bool = False
+) -> None:
+    """Write attempts, outcomes and webhook state for `completions` in one transaction.
+
+    An endpoint disabled here gets its `webhook.disabled` notification in the
+    same transaction (email rows too when `email`: the channel is on).
+    """
     if not completions:
         return
     delivered_hooks = {
@@ -335,8 +359,23 @@ async def complete(conn: AsyncConnection[Any], completions: Sequence[Completion]
     ids = sorted(disable, key=str)
     async with conn.transaction():
         await conn.execute(COMPLETE_SQL, params)
-        await conn.execute(DISABLE_WEBHOOKS_SQL, (ids, [disable[i] for i in ids]))
+        cur = await conn.execute(DISABLE_WEBHOOKS_SQL, (ids, [disable[i] for i in ids]))
+        disabled = await cur.fetchall()
         await conn.execute(PAUSE_ROWS_SQL, (ids,))
+        for endpoint, user, url, reason in disabled:
+            await _tell_disabled(conn, endpoint, user, url, reason, email=email)
+
+
+async def _tell_disabled(
+    conn: AsyncConnection[Any], endpoint: uuid.UUID, user: uuid.UUID, url: str, reason: str,
+    *, email: bool,
+) -> None:  # fmt: skip
+    """Insert and fan out the `webhook.disabled` event of one disabled endpoint."""
+    params = {"endpoint": endpoint, "user": user, "url": url, "reason": reason,
+              "token": uuid.uuid4()}  # fmt: skip
+    row = await (await conn.execute(INSERT_DISABLED_EVENT, params)).fetchone()
+    if row is not None:
+        await fanout.fan_out_to_users(conn, row[0], [user], email=email)
 
 
 def _atomic(conn: AsyncConnection[Any]) -> AbstractAsyncContextManager[object]:

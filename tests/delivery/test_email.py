@@ -104,3 +104,40 @@ def test_email_channel_is_off_by_default() -> None:
         "delivery",
     )
     assert set(delivery.channels_for(on)) == {"webhook", "email"}
+
+
+async def test_a_disabled_endpoint_is_mailed_when_the_user_wants_email(
+    pg_url: str, conn: Conn, smtp: tuple[Inbox, int]
+) -> None:
+    from tests.delivery.conftest import add_webhook
+    from tests.delivery.receiver import Plan, receiver
+
+    inbox, port = smtp
+    with receiver(lambda _: Plan(410)) as r:
+        hook, user, _ = await add_webhook(conn, r.url)
+        await conn.execute(
+            "INSERT INTO notifier.user_emails (user_id, email) VALUES (%s, 'fan@example.org')",
+            (user,),
+        )
+        await conn.execute(
+            "INSERT INTO notifier.preferences (user_id, event, email) VALUES"
+            " (%s, 'webhook.disabled', true)",
+            (user,),
+        )
+        await add_outbox(conn, user, await add_event(conn), hook)
+        sender = EmailSender("127.0.0.1", port, "notifier@discogsography.example")
+        async with running(pg_url, channels={"email": sender}):
+            await wait_until(lambda: inbox.messages, "the mail")
+    rcpts, raw = inbox.messages[0]
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert rcpts == ["fan@example.org"] and len(inbox.messages) == 1
+    assert msg["Subject"].startswith("[Discogsography] webhook.disabled")
+    text = msg.get_content()
+    assert str(hook) in text and r.url in text and "410" in text
+    feed = await rows(
+        pg_url,
+        "SELECT e.event, e.detail->>'endpoint_id' FROM notifier.notification_events n"
+        " JOIN notifier.events e ON e.id = n.event_id WHERE n.user_id = %s",
+        user,
+    )
+    assert feed == [("webhook.disabled", str(hook))]

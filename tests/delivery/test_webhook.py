@@ -136,6 +136,16 @@ async def test_429_retry_after_seconds_and_http_date(pg_url: str, conn: Conn) ->
     assert len(await attempts_of(pg_url, a)) == 1 and (await attempts_of(pg_url, a))[0][0] == 429
 
 
+async def _disabled_notices(pg_url: str, user: Any) -> list[tuple[Any, ...]]:
+    """The user's feed entries: (event, detail)."""
+    return await rows(
+        pg_url,
+        "SELECT e.event, e.detail FROM notifier.notification_events n"
+        " JOIN notifier.events e ON e.id = n.event_id WHERE n.user_id = %s ORDER BY n.id",
+        user,
+    )
+
+
 async def test_410_disables_the_webhook_and_pauses_its_rows(pg_url: str, conn: Conn) -> None:
     with receiver(lambda _: Plan(410)) as r:
         hook, user, _ = await add_webhook(conn, r.url)
@@ -149,6 +159,10 @@ async def test_410_disables_the_webhook_and_pauses_its_rows(pg_url: str, conn: C
     assert await status_of(pg_url, later) == "paused"
     assert [a[0] for a in await attempts_of(pg_url, first)] == [410]
     assert len(r.requests) == 1
+    # The user is told, in the feed: the endpoint's id, URL and reason.
+    assert await _disabled_notices(pg_url, user) == [
+        ("webhook.disabled", {"endpoint_id": str(hook), "url": r.url, "reason": cfg[1]})
+    ]
 
 
 async def test_failing_past_the_schedule_disables_with_a_reason(pg_url: str, conn: Conn) -> None:
@@ -164,6 +178,9 @@ async def test_failing_past_the_schedule_disables_with_a_reason(pg_url: str, con
     assert cfg[1].startswith("disabled after 3 failed attempts") and "HTTP 500" in cfg[1]
     assert await status_of(pg_url, other) == "paused"  # kept, not lost
     assert len(await attempts_of(pg_url, first)) == 3 == len(r.requests)
+    assert await _disabled_notices(pg_url, user) == [
+        ("webhook.disabled", {"endpoint_id": str(hook), "url": r.url, "reason": cfg[1]})
+    ]
 
 
 async def test_errors_are_recorded_by_class(pg_url: str, conn: Conn) -> None:
