@@ -34,6 +34,8 @@ ROUTES: list[tuple[str, str]] = [
     ("POST", "/api/webhook/test"),
     ("DELETE", "/api/webhook"),
     ("GET", "/api/notifications/stream"),
+    ("POST", "/api/feed-token"),
+    ("POST", "/api/watchlist/import"),
 ]
 
 

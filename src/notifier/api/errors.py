@@ -141,7 +141,12 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route accepts on this path (Starlette lists only one route's)."""
     methods: set[str] = set()
-    for route in request.app.routes:
+    # A fixed path (`/api/watchlist/import`) is its own resource, even where a
+    # templated one (`/api/watchlist/{id}`) would also match it.
+    fixed = [r for r in request.app.routes if getattr(r, "path", None) == request.url.path]
+    for route in fixed or request.app.routes:
+        if getattr(route, "name", None) == "method_not_allowed":  # routing.NOT_ALLOWED
+            continue
         match, _ = route.matches({**request.scope, "method": "\x00"})
         if match != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())

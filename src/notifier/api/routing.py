@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -37,9 +38,32 @@ class Endpoint:
     poll: bool = False  # X-Poll-Interval on the answer
 
 
+# The name of the routes that only answer 405 (`errors.allowed_methods` skips them).
+NOT_ALLOWED = "method_not_allowed"
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def _method_not_allowed(request: Request) -> Response:
+    raise HTTPException(405)
+
+
 def routes(endpoints: Iterable[Endpoint]) -> list[Route]:
-    """Starlette routes, in the given order (fixed paths before `{id}` ones)."""
-    return [Route(e.path, e.handler, methods=[e.method]) for e in endpoints]
+    """Starlette routes, in the given order (fixed paths before `{id}` ones).
+
+    A fixed path that a templated route would also match (`/api/watchlist/import`
+    and `/api/watchlist/{id}`) is a resource of its own: its other methods
+    answer 405, rather than falling through to the templated route.
+    """
+    out = [Route(e.path, e.handler, methods=[e.method]) for e in endpoints]
+    for path in dict.fromkeys(r.path for r in out if "{" not in r.path):
+        scope = {"type": "http", "path": path, "root_path": "", "method": "GET"}
+        own = {m for r in out if r.path == path for m in r.methods or ()}
+        for i, route in enumerate(out):
+            if "{" in route.path and route.matches(scope)[0] != Match.NONE:
+                others = [m for m in _METHODS if m not in own]
+                out.insert(i, Route(path, _method_not_allowed, methods=others, name=NOT_ALLOWED))
+                break
+    return out
 
 
 def respond(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

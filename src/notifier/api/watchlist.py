@@ -4,6 +4,14 @@ Artists and labels are checked by id, genres and styles by name, against the
 graph; an entity absent from it answers 404. A saved search's `entity_id` is
 set by the server: a stable hash of its normalised options, so the same
 search saved twice is the same watch.
+
+`POST /api/watchlist/import` watches the artists and labels of the user's
+collection or wantlist in the graph: one Cypher query aggregates them (from
+the user's node, found through the `User.id` unique index), one SQL
+statement inserts the new ones. Within the cap of `MAX_WATCHES_PER_USER`:
+when the candidates would exceed it, those with the most releases in the
+collection are created first (then by type and id), up to the cap, and the
+rest are counted in `skipped`; it is not an error.
 """
 
 from __future__ import annotations
@@ -11,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 from neo4j.exceptions import DriverError, Neo4jError
 from psycopg.rows import dict_row
 from starlette.requests import Request
@@ -35,6 +44,8 @@ from notifier.api.schemas import (
 CURSOR_KIND = "w"
 MAX_WATCHES_PER_USER = 1000
 GRAPH_TIMEOUT_SECONDS = 5.0
+# An import reads a whole collection (tens of thousands of releases).
+IMPORT_TIMEOUT_SECONDS = 30.0
 
 # Cypher kept to what Neo4j and ArcadeDB's OpenCypher both accept; labels are
 # fixed strings chosen by entity type, values are bound parameters.
@@ -70,6 +81,78 @@ SELECT {_COLUMNS} FROM notifier.watchlists
 WHERE user_id = %(user)s AND (created_at, id) < (%(at)s, %(id)s)
 ORDER BY created_at DESC, id DESC LIMIT %(limit)s
 """  # noqa: S608 - built from constants only, never from input
+# The artists (BY) and labels (ON) of a user's collected or wanted releases,
+# with how many of those releases each has, most first. Anchored on the
+# User.id unique constraint (an index seek), then expanded; a release held in
+# several copies (several COLLECTED edges) counts once. Only the relationship
+# type differs between the two sources: a fixed string, never input.
+_IMPORT = """
+MATCH (u:User {{id: $user}})-[:{rel}]->(r:Release)
+WITH DISTINCT r
+MATCH (r)-[k:BY|ON]->(e)
+WHERE (type(k) = 'BY' AND $artists AND e:Artist) OR (type(k) = 'ON' AND $labels AND e:Label)
+WITH CASE type(k) WHEN 'BY' THEN 'artist' ELSE 'label' END AS entity_type, e,
+     count(DISTINCT r) AS releases
+WHERE releases >= $min
+RETURN entity_type, e.id AS id, e.name AS name, releases
+ORDER BY releases DESC, entity_type, id
+"""
+IMPORT_QUERIES = {"collection": _IMPORT.format(rel="COLLECTED"),
+                  "wantlist": _IMPORT.format(rel="WANTS")}  # fmt: skip
+# pg_advisory_xact_lock(IMPORT_LOCK, <user>): one import of a user at a time,
+# so two cannot both fill the same room under the cap.
+IMPORT_LOCK = 0x77696D70  # "wimp"
+# One statement: the candidates in rank order, those the user does not watch
+# yet (watchlists_user_entity_key), as many as the room under the cap allows
+# (the user's count: watchlists_user_created_idx), inserted in one batch.
+IMPORT_WATCHES = """
+WITH cand AS (
+    SELECT c.entity_type, c.entity_id, c.entity_name, c.ord
+    FROM unnest(%(types)s::text[], %(ids)s::text[], %(names)s::text[])
+         WITH ORDINALITY AS c (entity_type, entity_id, entity_name, ord)
+),
+fresh AS (
+    SELECT c.* FROM cand c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM notifier.watchlists w
+        WHERE w.user_id = %(user)s AND w.entity_type = c.entity_type
+          AND w.entity_id = c.entity_id)
+),
+room AS (
+    SELECT greatest(%(cap)s - count(*), 0) AS n
+    FROM notifier.watchlists WHERE user_id = %(user)s
+),
+ins AS (
+    INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, entity_name)
+    SELECT %(user)s, entity_type, entity_id, entity_name FROM fresh
+    ORDER BY ord LIMIT (SELECT n FROM room)
+    ON CONFLICT (user_id, entity_type, entity_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins) AS created,
+       (SELECT count(*) FROM cand) - (SELECT count(*) FROM fresh) AS existing,
+       greatest((SELECT count(*) FROM fresh) - (SELECT n FROM room), 0) AS skipped
+"""
+
+
+class WatchImport(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/watchlist/import`."""
+
+    source: Literal["collection", "wantlist"]
+    entity_types: Annotated[list[Literal["artist", "label"]], Meta(min_length=1, max_length=2)]
+    min_releases: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
+
+
+class WatchImported(msgspec.Struct):
+    """Answer of `POST /api/watchlist/import`."""
+
+    created: Annotated[int, Meta(description="Watches made by this call.")]
+    existing: Annotated[int, Meta(description="Qualifying entities already watched.")]
+    skipped: Annotated[
+        int, Meta(description="Qualifying entities left out: the watch cap was reached.")
+    ] = 0
+
+
 # Index: watchlists primary key.
 DELETE = "DELETE FROM notifier.watchlists WHERE id = %(id)s AND user_id = %(user)s RETURNING id"
 
@@ -200,6 +283,56 @@ async def create_watch(request: Request) -> Response:
     return respond(watch(row), 200)
 
 
+async def collection_entities(
+    c: Context, user_id: uuid.UUID, body: WatchImport
+) -> list[tuple[str, str, str | None]]:
+    """(entity_type, id, name) of the qualifying artists and labels, most releases first."""
+    params = {"user": str(user_id), "artists": "artist" in body.entity_types,
+              "labels": "label" in body.entity_types, "min": body.min_releases}  # fmt: skip
+    try:
+        async with c.graph.session(database=c.settings.neo4j_database) as session:
+            result = await asyncio.wait_for(
+                session.run(IMPORT_QUERIES[body.source], params), IMPORT_TIMEOUT_SECONDS
+            )
+            records = await asyncio.wait_for(result.values(), IMPORT_TIMEOUT_SECONDS)
+    except (DriverError, Neo4jError, OSError, TimeoutError):
+        raise ApiError(
+            503, "the graph is unavailable; try again", code="graph_unavailable"
+        ) from None
+    out: list[tuple[str, str, str | None]] = []
+    seen: set[tuple[str, str]] = set()
+    for entity_type, key, name, _ in records:
+        # Ids as the platform writes them (strings); anything else is not watchable.
+        if not isinstance(key, str) or not key.strip() or len(key) > 512:
+            continue
+        if (entity_type, key) in seen:
+            continue
+        seen.add((entity_type, key))
+        out.append((entity_type, key, name if isinstance(name, str) else None))
+    return out
+
+
+async def import_watches(request: Request) -> Response:
+    """POST /api/watchlist/import: watch the artists and labels of a collection or wantlist."""
+    who = await auth.user(request)
+    body = await parsing.json_body(request, WatchImport)
+    c = ctx(request)
+    found = await collection_entities(c, who.id, body)
+    if not found:
+        return respond(WatchImported(created=0, existing=0))
+    params = {
+        "user": who.id, "cap": MAX_WATCHES_PER_USER,
+        "types": [t for t, _, _ in found], "ids": [i for _, i, _ in found],
+        "names": [n for _, _, n in found],
+    }  # fmt: skip
+    async with c.pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                           (IMPORT_LOCK, str(who.id)))  # fmt: skip
+        row = await (await conn.execute(IMPORT_WATCHES, params)).fetchone()
+    created, existing, skipped = (int(v) for v in row) if row else (0, 0, 0)
+    return respond(WatchImported(created=created, existing=existing, skipped=skipped))
+
+
 async def list_watches(request: Request) -> Response:
     """GET /api/watchlist, newest first."""
     who = await auth.user(request)
@@ -239,6 +372,15 @@ ENDPOINTS = [
              description="201 with a new watch; 200 with the existing one when repeated. "
              "Artists and labels absent from the graph (by id), genres and styles (by name) "
              "answer 404."),
+    Endpoint("POST", "/api/watchlist/import", import_watches,
+             "Watch the artists and labels of your collection or wantlist", "watchlist",
+             response=WatchImported, body=WatchImport, errors=(400, 413, 422, 503),
+             description="Reads `(:User {id})-[:COLLECTED|WANTS]->(:Release)-[:BY|ON]->(…)` in "
+             "the graph (COLLECTED for `collection`, WANTS for `wantlist`) and watches each "
+             "artist and label with at least `min_releases` of those releases. Idempotent: a "
+             "re-run creates nothing. Within the cap of 1,000 watches: the entities with the "
+             "most releases come first; those beyond the cap are counted in `skipped` (not an "
+             "error). A user absent from the graph gets zeros."),
     Endpoint("DELETE", "/api/watchlist/{id}", delete_watch, "Stop watching", "watchlist",
              status=204, path_params={"id": "uuid"}, errors=(404,)),
 ]  # fmt: skip
