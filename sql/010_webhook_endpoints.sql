@@ -24,3 +24,34 @@ ALTER TABLE notifier.webhook_configs ADD COLUMN public_key text;
 ALTER TABLE notifier.events DROP CONSTRAINT events_source_check;
 ALTER TABLE notifier.events ADD CONSTRAINT events_source_check
     CHECK (source IN ('router', 'internal', 'ping', 'system'));
+
+-- Several endpoints per user (up to 10, counted by the API under a per-user
+-- advisory lock): the one-per-user key goes. Existing webhooks are endpoints
+-- as they stand; the singular /api/webhook routes act on a user's oldest.
+-- event_types: NULL = every event. rate_limit: messages per second, NULL =
+-- none; rate_tokens/rate_at are its token bucket, shared by every delivery
+-- replica (poller.PACE_SQL takes tokens for a claimed batch in one statement).
+ALTER TABLE notifier.webhook_configs DROP CONSTRAINT webhook_configs_user_key;
+ALTER TABLE notifier.webhook_configs
+    ADD COLUMN description text CHECK (length(description) <= 500),
+    ADD COLUMN event_types text[] CHECK (cardinality(event_types) BETWEEN 1 AND 64),
+    ADD COLUMN rate_limit double precision CHECK (rate_limit > 0 AND rate_limit <= 10000),
+    ADD COLUMN rate_tokens double precision,
+    ADD COLUMN rate_at timestamptz;
+-- GET /api/webhooks and the singular routes (a user's endpoints, oldest
+-- first), and the fan-out join from a recipient to its endpoints.
+CREATE INDEX webhook_configs_user_created_idx
+    ON notifier.webhook_configs (user_id, created_at, id);
+
+-- One original message per (user, event, endpoint) now, not per (user, event,
+-- channel): the same event goes to each of a user's endpoints. Email rows
+-- have no endpoint and keep their own key. Redeliveries and recoveries
+-- (redelivery_of set) are extra rows, as before.
+DROP INDEX notifier.outbox_user_event_channel_key;
+-- Fan-out's guard against a second webhook message of an event to one
+-- endpoint (the name kept: the key of one original row per recipient).
+CREATE UNIQUE INDEX outbox_user_event_channel_key ON notifier.outbox (user_id, event_id, webhook_id)
+    WHERE redelivery_of IS NULL AND channel = 'webhook';
+-- Fan-out's guard against a second email of an event to one user.
+CREATE UNIQUE INDEX outbox_user_event_email_key ON notifier.outbox (user_id, event_id)
+    WHERE redelivery_of IS NULL AND channel = 'email';

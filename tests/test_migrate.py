@@ -137,3 +137,57 @@ def test_every_index_exists_and_is_valid(pg_url: str) -> None:
     sql = "\n".join(m.path.read_text() for m in db.migrations())
     declared = set(re.findall(r"CREATE (?:UNIQUE )?INDEX (\w+)", sql))
     assert declared and declared <= names
+
+
+def test_010_keeps_existing_webhooks_and_the_ids_already_sent(
+    empty_pg_url: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    for m in db.migrations():
+        if m.version < "010":
+            shutil.copy(m.path, tmp_path / m.path.name)
+    db.migrate(empty_pg_url, tmp_path)  # the schema as it stood before 010
+    with psycopg.connect(empty_pg_url) as conn:
+        hook, user = conn.execute(
+            "INSERT INTO notifier.webhook_configs (user_id, url, secret) VALUES"
+            " (gen_random_uuid(), 'https://example.org/h', 'whsec_AAAA') RETURNING id, user_id"
+        ).fetchone()  # type: ignore[misc]
+        event = conn.execute(
+            "INSERT INTO notifier.events (dedup_key, source, event) VALUES ('k', 'router',"
+            " 'new_releases') RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO notifier.outbox (user_id, event_id, webhook_id) VALUES (%s, %s, %s)",
+            (user, event, hook),
+        )
+    applied = db.migrate(empty_pg_url)
+    assert applied[0] == "010_webhook_endpoints"
+    with psycopg.connect(empty_pg_url) as conn:
+        # The webhook is now the user's one endpoint, unchanged; a second one fits.
+        got = conn.execute(
+            "SELECT id, url, secret, active, event_types, rate_limit, public_key"
+            " FROM notifier.webhook_configs WHERE user_id = %s",
+            (user,),
+        ).fetchall()
+        assert got == [(hook, "https://example.org/h", "whsec_AAAA", True, None, None, None)]
+        conn.execute(
+            "INSERT INTO notifier.webhook_configs (user_id, url, secret)"
+            " VALUES (%s, 'https://x', 's')",
+            (user,),
+        )
+        # A row made before 010 keeps the id it may already have been sent with.
+        row = conn.execute(
+            "SELECT message_id, coalesce(message_id, event_id) FROM notifier.outbox"
+        ).fetchone()
+        assert row == (None, event)
+        # Rows made after it get one of their own.
+        conn.execute(
+            "INSERT INTO notifier.outbox (user_id, event_id, webhook_id, redelivery_of)"
+            " VALUES (%s, %s, %s, 1)",
+            (user, event, hook),
+        )
+        fresh = conn.execute(
+            "SELECT message_id FROM notifier.outbox WHERE redelivery_of = 1"
+        ).fetchone()
+        assert fresh is not None and fresh[0] is not None and fresh[0] != event

@@ -226,12 +226,15 @@ class Delivery:
                 continue
             limit = min(limits.batch, room)
             next_due: float | None = None
+            waits: dict[int, float] = {}
             try:
                 async with self.pool.connection() as conn:
                     jobs = await poller.claim(
                         conn, limit=limit, lease_seconds=limits.lease_seconds,
                         replica=self.replica,
                     )  # fmt: skip
+                    if any(job.rate_limit is not None for job in jobs):
+                        waits = await poller.pace(conn, jobs)
                     if len(jobs) < limit:
                         next_due = await poller.seconds_to_next_due(conn)
                 self.healthy = True
@@ -243,6 +246,8 @@ class Delivery:
                 continue
             CLAIMED.inc(len(jobs))
             deferred_before = self._deferred
+            if waits:
+                jobs = self._hold_back(jobs, waits)
             for job in jobs:
                 task = asyncio.create_task(self._handle(job))
                 self._inflight[job.outbox_id] = task
@@ -262,6 +267,22 @@ class Delivery:
                 if next_due is not None:
                     wait = min(wait, max(next_due, MIN_DUE_WAIT))
                 await self._wait_for_room(-1, wait)
+
+    def _hold_back(self, jobs: list[poller.Job], waits: dict[int, float]) -> list[poller.Job]:
+        """Release the rows over their endpoint's rate limit, due when a token will be there."""
+        now = datetime.now(UTC)
+        send = []
+        for job in jobs:
+            wait = waits.get(job.outbox_id)
+            if wait is None:
+                send.append(job)
+                continue
+            at = now + timedelta(seconds=max(wait, MIN_DUE_WAIT))
+            self._done.put_nowait(
+                poller.Completion(job, "pending", next_attempt_at=at, released=True)
+            )
+            _attempts(job.channel, "paced").inc()
+        return send
 
     async def _wait_for_room(self, inflight: int, seconds: float) -> None:
         """Wait until rows in flight drop to `inflight`, stop is set, or `seconds` pass."""

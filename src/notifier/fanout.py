@@ -14,7 +14,9 @@ Rules:
   value (dedup key includes it), so each watcher gets the ones it asked for.
 - Preferences (`notifier.preferences`, defaults feed and webhook on, email
   off) pick the channels: feed rows; webhook outbox rows only for an active
-  webhook; email rows only when the caller says the email channel is on.
+  endpoint (one row, one message id, per endpoint of the user whose
+  `event_types` takes the event); email rows only when the caller says the
+  email channel is on.
 - Exactly once per event: the first statement sets `events.fanned_out_at` on
   the events not yet fanned out (and not cancelled), and only those are fanned
   out. Their row locks make a concurrent fan-out of the same event wait, then
@@ -73,7 +75,7 @@ LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%s)"
 # they are counted from `targets` rather than RETURNed.
 _TAIL = """
 , targets AS (
-    SELECT r.user_id, r.event_id, r.deliver_at,
+    SELECT r.user_id, r.event_id, r.event, r.deliver_at,
            coalesce(p.feed, true) AS feed,
            coalesce(p.webhook, true) AS webhook,
            coalesce(p.email, false) AS email
@@ -89,8 +91,10 @@ hooks AS (
     INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, next_attempt_at)
     SELECT t.user_id, t.event_id, 'webhook', w.id, greatest(now(), t.deliver_at)
     FROM targets t
-    -- webhook_configs_user_key (user_id)
+    -- webhook_configs_user_created_idx (user_id, …): each of the user's
+    -- endpoints whose event_types takes the event (NULL: every event)
     JOIN notifier.webhook_configs w ON w.user_id = t.user_id AND w.active
+        AND (w.event_types IS NULL OR t.event = ANY(w.event_types))
     WHERE t.webhook
     RETURNING 1
 ),

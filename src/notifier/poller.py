@@ -70,7 +70,8 @@ WITH claimed AS (
 )
 SELECT c.id, c.user_id, c.channel, c.attempts, c.webhook_id, c.message_id,
        e.id, e.event, e.entity_type, e.entity_id, e.entity_name, e.detail, e.version,
-       e.created, e.cancelled, w.url, w.active, w.secret, w.previous_secret, ue.email
+       e.created, e.cancelled, w.url, w.active, w.secret, w.previous_secret, ue.email,
+       w.rate_limit
 FROM claimed c
 CROSS JOIN LATERAL (
     SELECT e.id, e.event, e.entity_type, e.entity_id, e.entity_name, e.detail::text AS detail,
@@ -79,7 +80,7 @@ CROSS JOIN LATERAL (
     FROM notifier.events e WHERE e.id = c.event_id OFFSET 0
 ) e
 LEFT JOIN LATERAL (
-    SELECT w.url, w.active, w.secret,
+    SELECT w.url, w.active, w.secret, w.rate_limit,
            CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END
                AS previous_secret
     FROM notifier.webhook_configs w WHERE w.id = c.webhook_id OFFSET 0
@@ -137,6 +138,40 @@ WITH r AS MATERIALIZED (
       AND (failing_since IS NULL OR id = ANY((SELECT string_to_array(%(both)s, ','))::uuid[]))
 )
 SELECT 1
+"""
+
+# Per-endpoint rate limits, held across delivery replicas: a token bucket on
+# the endpoint's row (capacity max(rate, 1), refilled at `rate_limit` a
+# second), taken for a claimed batch in one statement. Only batches holding
+# rows of rate-limited endpoints run it. `locked` takes the rows in id order
+# (FOR NO KEY UPDATE returns their newest version after waiting), so two
+# replicas never count the same tokens; the UPDATE then writes what is left.
+# Rows of the batch beyond the grant are released, due when tokens will be
+# there (`pace`). Webhook_configs by primary key.
+PACE_SQL = """
+WITH want AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(counts)s::int[]) AS x(id, n)
+), locked AS (
+    SELECT w.id, w.rate_limit, w.rate_tokens, w.rate_at, clock_timestamp() AS now
+    FROM notifier.webhook_configs w
+    WHERE w.id = ANY(%(ids)s::uuid[]) AND w.rate_limit IS NOT NULL
+    ORDER BY w.id
+    FOR NO KEY UPDATE
+), bucket AS (
+    SELECT l.id, x.n, l.rate_limit, l.now,
+           least(greatest(l.rate_limit, 1),
+                 coalesce(l.rate_tokens, greatest(l.rate_limit, 1))
+                 + l.rate_limit * extract(epoch FROM l.now - coalesce(l.rate_at, l.now)))
+               AS tokens
+    FROM locked l JOIN want x ON x.id = l.id
+), taken AS (
+    UPDATE notifier.webhook_configs w
+    SET rate_tokens = b.tokens - least(b.n, floor(b.tokens)), rate_at = b.now
+    FROM bucket b WHERE w.id = b.id
+    RETURNING w.id, least(b.n, floor(b.tokens))::int AS granted,
+              b.tokens - least(b.n, floor(b.tokens)) AS left_over, b.rate_limit
+)
+SELECT id, granted, left_over, rate_limit FROM taken
 """
 
 # When the next pending row falls due, in seconds from now (None: no row is
@@ -208,6 +243,7 @@ class Job(msgspec.Struct, frozen=True, gc=False):
     webhook_active: bool | None
     secrets: tuple[str, ...]  # current first, then the previous one while it still signs
     email: str | None
+    rate_limit: float | None = None  # the endpoint's messages per second (PACE_SQL)
 
     def body(self) -> bytes:
         """The webhook body of contract §6; identical on every attempt."""
@@ -263,7 +299,8 @@ async def claim(
         secrets = (r[17],) if r[18] is None else (r[17], r[18])
         jobs.append(
             Job(r[0], token, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
-                r[12], r[13], r[14], r[15], r[16], secrets if r[17] is not None else (), r[19])
+                r[12], r[13], r[14], r[15], r[16], secrets if r[17] is not None else (), r[19],
+                r[20])
         )  # fmt: skip
     return jobs
 
@@ -274,6 +311,34 @@ async def seconds_to_next_due(conn: AsyncConnection[Any]) -> float | None:
         cur = await conn.execute(NEXT_DUE_SQL)
         row = await cur.fetchone()
     return None if row is None or row[0] is None else float(row[0])
+
+
+async def pace(conn: AsyncConnection[Any], jobs: Sequence[Job]) -> dict[int, float]:
+    """Take rate-limit tokens for the rate-limited `jobs` of a claim.
+
+    Returns the jobs that must wait (outbox id: seconds until a token will be
+    there); the others may be sent now. Jobs of endpoints with no limit are
+    not looked at. One statement, its own transaction.
+    """
+    by_hook: dict[uuid.UUID, list[Job]] = {}
+    for job in jobs:
+        if job.rate_limit is not None and job.webhook_id is not None:
+            by_hook.setdefault(job.webhook_id, []).append(job)
+    if not by_hook:
+        return {}
+    hooks = sorted(by_hook, key=str)
+    async with _atomic(conn):
+        cur = await conn.execute(
+            PACE_SQL, {"ids": hooks, "counts": [len(by_hook[h]) for h in hooks]}
+        )
+        grants = await cur.fetchall()
+    waits: dict[int, float] = {}
+    for hook, granted, left_over, rate in grants:
+        # Due order first; the i-th row refused waits for the i-th token to come.
+        refused = sorted(by_hook[hook], key=lambda j: j.outbox_id)[granted:]
+        for i, job in enumerate(refused):
+            waits[job.outbox_id] = (i + 1 - left_over) / rate
+    return waits
 
 
 class _Row(msgspec.Struct, omit_defaults=True):

@@ -38,7 +38,10 @@ async def test_document_lists_every_route(api: Api) -> None:
         ("POST", "/api/webhook/rotate-secret"), ("POST", "/api/webhook/test"),
         ("GET", "/api/webhook/deliveries"), ("POST", "/api/webhook/deliveries/{id}/redeliver"),
         ("POST", "/internal/events"), ("DELETE", "/internal/events/{id}"), ("GET", "/health"),
-        ("GET", "/metrics"),
+        ("GET", "/metrics"), ("GET", "/api/webhooks"), ("POST", "/api/webhooks"),
+        ("GET", "/api/webhooks/{id}"), ("PATCH", "/api/webhooks/{id}"),
+        ("DELETE", "/api/webhooks/{id}"), ("POST", "/api/webhooks/{id}/rotate-secret"),
+        ("POST", "/api/webhooks/{id}/test"), ("GET", "/api/webhooks/{id}/deliveries"),
     }  # fmt: skip
     assert contract <= routes
     schemas = doc["components"]["schemas"]

@@ -45,12 +45,26 @@ async def _delivery(api: Api, a: uuid.UUID, tag: str) -> Seeded:
     return Seeded(str(ping.json()["delivery_id"]), (tag, str(ping.json()["event_id"])))
 
 
+async def _endpoint(api: Api, a: uuid.UUID, tag: str) -> Seeded:
+    url = f"http://127.0.0.1:9/hook-{tag}"
+    body = {"url": url, "description": f"desc-{tag}"}
+    r = await api.client.post("/api/webhooks", json=body, headers=bearer(a))
+    assert r.status_code == 201, r.text
+    ping = await api.client.post(f"/api/webhooks/{r.json()['id']}/test", headers=bearer(a))
+    assert ping.status_code == 202, ping.text
+    return Seeded(str(r.json()["id"]), (tag, str(ping.json()["event_id"])))
+
+
 # One seeding recipe per parameterised path: a new route without one fails the walk.
 RECIPES: dict[str, Recipe] = {
     "/api/watchlist/{id}": _watch,
     "/api/notifications/{id}": _notification,
     "/api/notifications/{id}/read": _notification,
     "/api/webhook/deliveries/{id}/redeliver": _delivery,
+    "/api/webhooks/{id}": _endpoint,
+    "/api/webhooks/{id}/rotate-secret": _endpoint,
+    "/api/webhooks/{id}/test": _endpoint,
+    "/api/webhooks/{id}/deliveries": _endpoint,
 }
 
 
@@ -111,6 +125,10 @@ async def test_other_users_ids_answer_404_on_every_route(api: Api) -> None:
         assert r.json()["items"] == [], (path, r.text)
         for m in markers:
             assert m not in r.text, (path, m)
+    endpoints = await api.client.get("/api/webhooks", headers=bearer(b))
+    assert [e["url"] for e in endpoints.json()["items"]] == ["http://127.0.0.1:9/hook-b"]
+    for m in markers:
+        assert m not in endpoints.text, ("/api/webhooks", m)
     count = await api.client.get("/api/notifications/unread-count", headers=bearer(b))
     assert count.json() == {"count": 0}, count.text
     mine = await api.client.get("/api/webhook", headers=bearer(b))
@@ -118,5 +136,5 @@ async def test_other_users_ids_answer_404_on_every_route(api: Api) -> None:
     print(
         f"isolation walk: {len(walked)} parameterised routes from /openapi.json "
         f"({', '.join(f'{m} {p}' for m, p in walked)}), all 404 for user B; "
-        f"{len(lists) + 2} list/count routes of B show none of {len(markers)} markers of A"
+        f"{len(lists) + 3} list/count routes of B show none of {len(markers)} markers of A"
     )

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from notifier.api import atom, errors, feed, health, internal, openapi, preferences, sse, watchlist
 from notifier.api import webhook as webhook_routes
+from notifier.api import webhooks as endpoint_routes
 from notifier.api.context import Context
 from notifier.api.metrics import Metrics, MetricsMiddleware
 from notifier.api.ratelimit import RateLimiter
@@ -52,6 +53,7 @@ def endpoints() -> list[Endpoint]:
         *watchlist.ENDPOINTS,
         *preferences.ENDPOINTS,
         *webhook_routes.ENDPOINTS,
+        *endpoint_routes.ENDPOINTS,
         *internal.ENDPOINTS,
         *health.ENDPOINTS,
     ]

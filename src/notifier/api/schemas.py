@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 # ------------------------------------------------------------------ shared
 
@@ -180,11 +180,48 @@ Signing = Annotated[
 ]  # fmt: skip
 
 
+Url = Annotated[str, Meta(min_length=1, max_length=2048)]
+Description = Annotated[str, Meta(max_length=500)]
+EventTypes = Annotated[
+    list[EventName],
+    Meta(min_length=1, max_length=64,
+         description="The events this endpoint takes; absent or null: every event."),
+]  # fmt: skip
+RateLimit = Annotated[
+    float,
+    Meta(gt=0, le=10000, description="Messages per second at most, across delivery replicas."),
+]
+
+
 class WebhookCreate(msgspec.Struct, forbid_unknown_fields=True):
     """Body of `POST /api/webhook`."""
 
-    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    url: Url
     signing: Signing = "hmac"
+
+
+class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/webhooks`."""
+
+    url: Url
+    description: Description | None = None
+    event_types: EventTypes | None = None
+    signing: Signing = "hmac"
+    rate_limit: RateLimit | None = None
+
+
+class EndpointPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `PATCH /api/webhooks/{id}`: absent fields keep their value, null clears.
+
+    `"active": true` re-enables a disabled endpoint (its paused messages
+    resume); `false` disables it (messages falling due meanwhile are held).
+    """
+
+    url: Url | UnsetType = UNSET
+    description: Description | UnsetType | None = UNSET
+    event_types: EventTypes | UnsetType | None = UNSET
+    rate_limit: RateLimit | UnsetType | None = UNSET
+    active: bool | UnsetType = UNSET
 
 
 class WebhookWithSecret(msgspec.Struct):
@@ -202,21 +239,33 @@ class WebhookWithSecret(msgspec.Struct):
     previous_secret_expires_at: datetime | None = None
     signing: Signing = "hmac"
     public_key: str | None = None
+    description: str | None = None
+    event_types: list[str] | None = None
+    rate_limit: float | None = None
 
 
 class Webhook(msgspec.Struct):
-    """The webhook without its secret."""
+    """The webhook (an endpoint) without its secret."""
 
     id: uuid.UUID
     url: str
+    description: str | None
+    event_types: list[str] | None
     signing: Signing
     public_key: str | None
+    rate_limit: float | None
     active: bool
     disabled_reason: str | None
     disabled_at: datetime | None
     failing_since: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+class WebhookList(msgspec.Struct):
+    """A user's endpoints, oldest first (at most 10)."""
+
+    items: list[Webhook]
 
 
 class PingAccepted(msgspec.Struct):

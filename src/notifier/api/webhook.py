@@ -1,10 +1,12 @@
 """The user's webhook: `/api/webhook…` (register, read, delete, rotate, test,
-deliveries, redeliver).
+deliveries, redeliver), and what the `/api/webhooks…` routes share with them.
 
-One webhook per user. Registering again replaces the URL and the secret and
-re-enables a disabled webhook (its paused deliveries resume). The secret is
-shown only when created or rotated; after a rotation the previous secret
-keeps signing alongside the new one for `PREVIOUS_SECRET_HOURS`.
+A user has up to 10 endpoints (`webhooks.py`); these singular routes act on
+the oldest one. Registering again replaces its URL and secret and re-enables
+it when disabled (its paused deliveries resume). The secret is shown only
+when created or rotated; after a rotation the previous secret keeps signing
+alongside the new one for `PREVIOUS_SECRET_HOURS`. An ed25519 endpoint shows
+its `whpk_` public key instead; its `whsk_` private key is never shown.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import secrets
 import uuid
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from starlette.requests import Request
 from starlette.responses import Response
@@ -42,17 +45,38 @@ PREVIOUS_SECRET_HOURS = 24
 URL_CHECK_TIMEOUT_SECONDS = 10.0
 MAX_ATTEMPTS_SHOWN = 50
 
-# Index: webhook_configs_user_key (user_id) takes the conflict.
-UPSERT = """
-INSERT INTO notifier.webhook_configs (user_id, url, secret, public_key)
-VALUES (%(user)s, %(url)s, %(secret)s, %(public_key)s)
-ON CONFLICT (user_id) DO UPDATE SET
-    url = EXCLUDED.url, secret = EXCLUDED.secret, public_key = EXCLUDED.public_key,
-    previous_secret = NULL, previous_secret_expires_at = NULL,
+# What GET answers (no secret).
+COLUMNS = """id, url, description, event_types,
+CASE WHEN public_key IS NULL THEN 'hmac' ELSE 'ed25519' END AS signing, public_key, rate_limit,
+active, disabled_reason, disabled_at, failing_since, created_at, updated_at"""
+# What creation and rotation answer (`with_secret` drops a private key).
+CREATED_COLUMNS = """id, url, secret, public_key, active, created_at, previous_secret_expires_at,
+description, event_types, rate_limit"""
+
+# One writer of a user's set of endpoints at a time: the count of 10 and "the
+# oldest" of the singular routes are read under it (transaction-scoped).
+LOCK_USER = "SELECT pg_advisory_xact_lock(hashtextextended('notifier.webhooks:' || %s, 0))"
+# Index: webhook_configs_user_created_idx (user_id, created_at, id).
+OLDEST = """
+SELECT id FROM notifier.webhook_configs WHERE user_id = %s ORDER BY created_at, id LIMIT 1
+"""
+INSERT = f"""
+INSERT INTO notifier.webhook_configs
+    (user_id, url, secret, public_key, description, event_types, rate_limit)
+VALUES (%(user)s, %(url)s, %(secret)s, %(public_key)s, %(description)s, %(event_types)s,
+        %(rate_limit)s)
+RETURNING {CREATED_COLUMNS}
+"""  # noqa: S608 - built from constants only, never from input
+# By primary key: POST /api/webhook again replaces the oldest endpoint's URL and key.
+REPLACE = f"""
+UPDATE notifier.webhook_configs SET
+    url = %(url)s, secret = %(secret)s, public_key = %(public_key)s,
+    previous_secret = NULL, previous_secret_expires_at = NULL, rate_tokens = NULL,
     active = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL,
     updated_at = now()
-RETURNING id, url, secret, public_key, active, created_at, previous_secret_expires_at
-"""
+WHERE id = %(id)s
+RETURNING {CREATED_COLUMNS}
+"""  # noqa: S608 - built from constants only, never from input
 # Index: outbox_webhook_status_idx (webhook_id, status).
 # A resumed row starts its retry schedule again (attempts = 0): otherwise a row
 # paused after exhausting the schedule would disable the webhook at once.
@@ -61,23 +85,25 @@ UPDATE notifier.outbox SET status = 'pending', attempts = 0, next_attempt_at = n
        updated_at = now()
 WHERE webhook_id = %s AND status = 'paused'
 """
-# Index: webhook_configs_user_key (user_id).
-GET = """
-SELECT id, url, CASE WHEN public_key IS NULL THEN 'hmac' ELSE 'ed25519' END AS signing,
-       public_key, active, disabled_reason, disabled_at, failing_since, created_at, updated_at
-FROM notifier.webhook_configs WHERE user_id = %s
-"""
+# Index: webhook_configs_user_created_idx; the oldest endpoint.
+GET = f"""
+SELECT {COLUMNS} FROM notifier.webhook_configs WHERE user_id = %s
+ORDER BY created_at, id LIMIT 1
+"""  # noqa: S608 - built from constants only, never from input
 # Index: outbox_webhook_status_idx: undelivered rows of a deleted webhook never go out.
 CANCEL_UNSENT = """
 UPDATE notifier.outbox SET status = 'cancelled', updated_at = now()
-WHERE webhook_id = %s AND status IN ('pending', 'paused')
+WHERE webhook_id = %s AND status IN ('pending', 'paused', 'held')
 """
-# Index: webhook_configs_user_key (user_id).
-DELETE = "DELETE FROM notifier.webhook_configs WHERE user_id = %s RETURNING id"
-LOCK = "SELECT id, active FROM notifier.webhook_configs WHERE user_id = %s FOR UPDATE"
-# Index: webhook_configs_user_key (user_id).
-# An endpoint keeps its kind: an ed25519 one gets a new key pair (the caller
-# makes both kinds of key; the statement keeps the one that fits).
+# By primary key, the owner checked.
+DELETE = "DELETE FROM notifier.webhook_configs WHERE id = %(id)s AND user_id = %(user)s"
+LOCK = """
+SELECT id, active FROM notifier.webhook_configs WHERE id = %(id)s AND user_id = %(user)s
+FOR UPDATE
+"""
+# By primary key, the owner checked. An endpoint keeps its kind: an ed25519
+# one gets a new key pair (the caller makes both kinds of key; the statement
+# keeps the one that fits).
 ROTATE = f"""
 UPDATE notifier.webhook_configs SET
     previous_secret = secret,
@@ -85,8 +111,8 @@ UPDATE notifier.webhook_configs SET
     secret = CASE WHEN public_key IS NULL THEN %(secret)s ELSE %(private_key)s END,
     public_key = CASE WHEN public_key IS NULL THEN NULL ELSE %(public_key)s END,
     updated_at = now()
-WHERE user_id = %(user)s
-RETURNING id, url, secret, public_key, active, created_at, previous_secret_expires_at
+WHERE id = %(id)s AND user_id = %(user)s
+RETURNING {CREATED_COLUMNS}
 """  # noqa: S608 - built from constants only, never from input
 # events_dedup_key (unique) holds the random ping key; the ping goes straight
 # to the outbox (it is no feed item), so it is fanned out at insert.
@@ -110,12 +136,15 @@ o.status, o.attempts AS attempt_count,
 CASE WHEN o.status IN ('pending', 'paused') THEN o.next_attempt_at END AS next_attempt_at,
 o.last_error, o.redelivery_of, o.created_at, o.delivered_at
 """
-# Index: outbox_user_id_idx (user_id, id DESC); events by primary key.
+# Index: outbox_user_id_idx (user_id, id DESC); events by primary key. One
+# endpoint's deliveries are the user's filtered by webhook_id: a user has at
+# most 10 endpoints, so no index of its own (one less for fan-out to write).
 DELIVERIES = f"""
 SELECT {_DELIVERY_COLUMNS}
 FROM notifier.outbox o JOIN notifier.events e ON e.id = o.event_id
 WHERE o.user_id = %(user)s AND o.id < %(before)s
   AND (%(status)s::text IS NULL OR o.status = %(status)s::text)
+  AND (%(hook)s::uuid IS NULL OR o.webhook_id = %(hook)s::uuid)
 ORDER BY o.id DESC LIMIT %(limit)s
 """  # noqa: S608 - built from constants only, never from input
 # Index: delivery_attempts_outbox_idx (outbox_id, id).
@@ -128,7 +157,7 @@ WHERE rn <= %(max)s ORDER BY outbox_id, id
 """
 # Index: outbox primary key, then the user check.
 ORIGINAL = """
-SELECT event_id, channel, coalesce(message_id, event_id)
+SELECT event_id, channel, coalesce(message_id, event_id), webhook_id
 FROM notifier.outbox WHERE id = %(id)s AND user_id = %(user)s
 """
 
@@ -177,16 +206,101 @@ async def check_url(url: str, allow_private: bool) -> None:
     )  # fmt: skip
 
 
+def disabled() -> ApiError:
+    """409: the endpoint is disabled (test, redeliver, recover)."""
+    return ApiError(
+        409, "the webhook is disabled; re-enable it (PATCH active, or register it again)",
+        code="webhook_disabled",
+    )  # fmt: skip
+
+
+async def oldest(conn: AsyncConnection[Any], user: uuid.UUID) -> uuid.UUID:
+    """The id of the user's oldest endpoint (what the singular routes act on); 404 if none."""
+    row = await (await conn.execute(OLDEST, (user,))).fetchone()
+    if row is None:
+        raise not_found("webhook")
+    return row[0]  # type: ignore[no-any-return]
+
+
+async def rotate_endpoint(conn: AsyncConnection[Any], user: uuid.UUID, hook: uuid.UUID) -> Response:
+    """Rotate one endpoint's secret (or key pair): 200 with the new secret (or public key)."""
+    private, public = signing.new_ed25519()
+    keys = {"secret": new_secret(), "private_key": private, "public_key": public}
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(ROTATE, {"user": user, "id": hook, **keys})
+    row = await cur.fetchone()
+    if row is None:
+        raise not_found("webhook")
+    return respond(with_secret(row))
+
+
+async def ping_endpoint(conn: AsyncConnection[Any], user: uuid.UUID, hook: uuid.UUID) -> Response:
+    """Send a `ping` to one endpoint through the outbox: 202 (409 while disabled)."""
+    async with conn.transaction():
+        row = await (await conn.execute(LOCK, {"id": hook, "user": user})).fetchone()
+        if row is None:
+            raise not_found("webhook")
+        if not row[1]:
+            raise disabled()
+        key = f"ping:{user}:{uuid.uuid4()}"
+        event = await (await conn.execute(INSERT_PING, {"key": key, "user": user})).fetchone()
+        assert event is not None
+        params = {"user": user, "event": event[0], "webhook": hook, "redelivery_of": None,
+                  "message": None}  # fmt: skip
+        out = await (await conn.execute(INSERT_OUTBOX, params)).fetchone()
+        assert out is not None
+    return respond(PingAccepted(status="accepted", event_id=event[0], delivery_id=out[0]), 202)
+
+
+async def delete_endpoint(conn: AsyncConnection[Any], user: uuid.UUID, hook: uuid.UUID) -> None:
+    """Delete one endpoint; what it had not delivered is cancelled. Run in a transaction."""
+    row = await (await conn.execute(LOCK, {"id": hook, "user": user})).fetchone()
+    if row is None:
+        raise not_found("webhook")
+    await conn.execute(CANCEL_UNSENT, (hook,))
+    await conn.execute(DELETE, {"id": hook, "user": user})
+
+
+async def delivery_page(request: Request, user: uuid.UUID, hook: uuid.UUID | None) -> Response:
+    """A page of deliveries (of one endpoint, or all the user's), newest first, with attempts."""
+    q = parsing.query(request, DeliveryQuery)
+    before = cursor.decode_id(q.cursor, CURSOR_KIND) if q.cursor else cursor.MAX_BIGINT
+    params = {"user": user, "before": before, "status": q.status, "limit": q.limit + 1,
+              "hook": hook}  # fmt: skip
+    async with ctx(request).pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(DELIVERIES, params)
+        rows = await cur.fetchall()
+        page = rows[: q.limit]
+        attempts: dict[int, list[Attempt]] = {r["id"]: [] for r in page}
+        if page:
+            ids = [r["id"] for r in page]
+            await cur.execute(ATTEMPTS, {"ids": ids, "user": user, "max": MAX_ATTEMPTS_SHOWN})
+            for a in await cur.fetchall():
+                attempts[a.pop("outbox_id")].append(Attempt(**a))
+    items = [Delivery(**r, attempts=attempts[r["id"]]) for r in page]
+    next_cursor = cursor.encode(CURSOR_KIND, items[-1].id) if len(rows) > q.limit else None
+    return respond(DeliveryPage(items=items, next_cursor=next_cursor))
+
+
 async def register(request: Request) -> Response:
-    """POST /api/webhook: 201 with the secret."""
+    """POST /api/webhook: 201 with the secret; replaces the oldest endpoint's URL and key."""
     who = await auth.user(request)
     body = await parsing.json_body(request, WebhookCreate)
     c = ctx(request)
     url = body.url.strip()
     await check_url(url, c.settings.webhook_allow_private)
+    params: dict[str, Any] = {"user": who.id, "url": url, **new_keys(body.signing)}
     async with c.pool.connection() as conn, conn.transaction():
+        await conn.execute(LOCK_USER, (str(who.id),))
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(UPSERT, {"user": who.id, "url": url, **new_keys(body.signing)})
+        first = await (await conn.execute(OLDEST, (who.id,))).fetchone()
+        if first is None:
+            await cur.execute(
+                INSERT, params | {"description": None, "event_types": None, "rate_limit": None}
+            )
+        else:
+            await cur.execute(REPLACE, params | {"id": first[0]})
         row = await cur.fetchone()
         assert row is not None
         await conn.execute(RESUME_PAUSED, (row["id"],))
@@ -194,7 +308,7 @@ async def register(request: Request) -> Response:
 
 
 async def get_webhook(request: Request) -> Response:
-    """GET /api/webhook: no secret, with `disabled_reason`."""
+    """GET /api/webhook: the oldest endpoint, no secret, with `disabled_reason`."""
     who = await auth.user(request)
     async with ctx(request).pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
@@ -206,14 +320,11 @@ async def get_webhook(request: Request) -> Response:
 
 
 async def delete_webhook(request: Request) -> Response:
-    """DELETE /api/webhook: undelivered deliveries are cancelled."""
+    """DELETE /api/webhook: the oldest endpoint; undelivered deliveries are cancelled."""
     who = await auth.user(request)
     async with ctx(request).pool.connection() as conn, conn.transaction():
-        row = await (await conn.execute(LOCK, (who.id,))).fetchone()
-        if row is None:
-            raise not_found("webhook")
-        await conn.execute(CANCEL_UNSENT, (row[0],))
-        await conn.execute(DELETE, (who.id,))
+        await conn.execute(LOCK_USER, (str(who.id),))
+        await delete_endpoint(conn, who.id, await oldest(conn, who.id))
     return no_content()
 
 
@@ -221,95 +332,54 @@ async def rotate_secret(request: Request) -> Response:
     """POST /api/webhook/rotate-secret: 200 with the new secret."""
     who = await auth.user(request)
     async with ctx(request).pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        private, public = signing.new_ed25519()
-        keys = {"secret": new_secret(), "private_key": private, "public_key": public}
-        await cur.execute(ROTATE, {"user": who.id, **keys})
-        row = await cur.fetchone()
-    if row is None:
-        raise not_found("webhook")
-    return respond(with_secret(row))
+        return await rotate_endpoint(conn, who.id, await oldest(conn, who.id))
 
 
 async def test_ping(request: Request) -> Response:
     """POST /api/webhook/test: a `ping` event through the normal outbox."""
     who = await auth.user(request)
-    async with ctx(request).pool.connection() as conn, conn.transaction():
-        hook = await (await conn.execute(LOCK, (who.id,))).fetchone()
-        if hook is None:
-            raise not_found("webhook")
-        if not hook[1]:
-            raise ApiError(
-                409, "the webhook is disabled; register it again", code="webhook_disabled"
-            )
-        key = f"ping:{who.id}:{uuid.uuid4()}"
-        event = await (await conn.execute(INSERT_PING, {"key": key, "user": who.id})).fetchone()
-        assert event is not None
-        params = {"user": who.id, "event": event[0], "webhook": hook[0], "redelivery_of": None,
-                  "message": None}  # fmt: skip
-        out = await (await conn.execute(INSERT_OUTBOX, params)).fetchone()
-        assert out is not None
-    return respond(PingAccepted(status="accepted", event_id=event[0], delivery_id=out[0]), 202)
+    async with ctx(request).pool.connection() as conn:
+        return await ping_endpoint(conn, who.id, await oldest(conn, who.id))
 
 
 async def deliveries(request: Request) -> Response:
-    """GET /api/webhook/deliveries: newest first, each with its latest attempts."""
+    """GET /api/webhook/deliveries: every endpoint's, newest first, each with its attempts."""
     who = await auth.user(request)
-    q = parsing.query(request, DeliveryQuery)
-    before = cursor.decode_id(q.cursor, CURSOR_KIND) if q.cursor else cursor.MAX_BIGINT
-    params = {"user": who.id, "before": before, "status": q.status, "limit": q.limit + 1}
-    async with ctx(request).pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(DELIVERIES, params)
-        rows = await cur.fetchall()
-        page = rows[: q.limit]
-        attempts: dict[int, list[Attempt]] = {r["id"]: [] for r in page}
-        if page:
-            ids = [r["id"] for r in page]
-            await cur.execute(ATTEMPTS, {"ids": ids, "user": who.id, "max": MAX_ATTEMPTS_SHOWN})
-            for a in await cur.fetchall():
-                attempts[a.pop("outbox_id")].append(Attempt(**a))
-    items = [Delivery(**r, attempts=attempts[r["id"]]) for r in page]
-    next_cursor = cursor.encode(CURSOR_KIND, items[-1].id) if len(rows) > q.limit else None
-    return respond(DeliveryPage(items=items, next_cursor=next_cursor))
+    return await delivery_page(request, who.id, None)
 
 
 async def redeliver(request: Request) -> Response:
-    """POST /api/webhook/deliveries/{id}/redeliver: same event, so same webhook-id."""
+    """POST /api/webhook/deliveries/{id}/redeliver: same message to its endpoint, same id."""
     who = await auth.user(request)
     did = parsing.path_int(request, "id", "delivery")
     async with ctx(request).pool.connection() as conn, conn.transaction():
         original = await (await conn.execute(ORIGINAL, {"id": did, "user": who.id})).fetchone()
         if original is None or original[1] != "webhook":
             raise not_found("delivery")
-        hook = await (await conn.execute(LOCK, (who.id,))).fetchone()
+        hook = await (
+            await conn.execute(LOCK, {"id": original[3], "user": who.id})
+        ).fetchone()  # fmt: skip
         if hook is None:
             raise not_found("webhook")
         if not hook[1]:
-            raise ApiError(
-                409, "the webhook is disabled; register it again", code="webhook_disabled"
-            )
+            raise disabled()
         params: dict[str, Any] = {"user": who.id, "event": original[0], "webhook": hook[0],
                                   "redelivery_of": did, "message": original[2]}  # fmt: skip
         out = await (await conn.execute(INSERT_OUTBOX, params)).fetchone()
         assert out is not None
     return respond(
-        RedeliverAccepted(
-            status="accepted",
-            id=out[0],
-            redelivery_of=did,
-            event_id=original[0],
-            message_id=original[2],
-        ),
+        RedeliverAccepted(status="accepted", id=out[0], redelivery_of=did, event_id=original[0],
+                          message_id=original[2]),
         202,
-    )
+    )  # fmt: skip
 
 
 ENDPOINTS = [
     Endpoint("POST", "/api/webhook", register, "Register (or replace) the webhook", "webhook",
              status=201, response=WebhookWithSecret, body=WebhookCreate,
              errors=(400, 413, 422),
-             description="The URL must be https (http too when private addresses are allowed) "
+             description="Acts on the user's oldest endpoint (creates one when there is none). "
+             "The URL must be https (http too when private addresses are allowed) "
              "and must not resolve to a private address. The secret is shown only here and "
              "on rotation."),
     Endpoint("GET", "/api/webhook", get_webhook, "The webhook, without its secret", "webhook",
@@ -324,6 +394,6 @@ ENDPOINTS = [
     Endpoint("GET", "/api/webhook/deliveries", deliveries, "Recent deliveries with attempts",
              "webhook", response=DeliveryPage, query=DeliveryQuery, errors=(400, 422)),
     Endpoint("POST", "/api/webhook/deliveries/{id:int}/redeliver", redeliver,
-             "Deliver an event again (same webhook-id)", "webhook", status=202,
+             "Deliver a message again (same webhook-id)", "webhook", status=202,
              response=RedeliverAccepted, path_params={"id": "integer"}, errors=(404, 409)),
 ]  # fmt: skip
