@@ -55,3 +55,15 @@ CREATE UNIQUE INDEX outbox_user_event_channel_key ON notifier.outbox (user_id, e
 -- Fan-out's guard against a second email of an event to one user.
 CREATE UNIQUE INDEX outbox_user_event_email_key ON notifier.outbox (user_id, event_id)
     WHERE redelivery_of IS NULL AND channel = 'email';
+
+-- Nothing lost while an endpoint is disabled: fan-out writes the messages
+-- that fall due meanwhile as 'held' (never claimed), and
+-- POST /api/webhooks/{id}/recover sends the held, dead and paused messages
+-- of a window again, each as a new row with its own message_id; the
+-- originals become 'recovered' (so nothing is sent twice under two ids).
+-- NOT VALID, then VALIDATE: the check of existing rows runs without blocking
+-- writes to the outbox.
+ALTER TABLE notifier.outbox DROP CONSTRAINT outbox_status_check;
+ALTER TABLE notifier.outbox ADD CONSTRAINT outbox_status_check CHECK (status IN
+    ('pending', 'delivered', 'dead', 'paused', 'cancelled', 'held', 'recovered')) NOT VALID;
+ALTER TABLE notifier.outbox VALIDATE CONSTRAINT outbox_status_check;

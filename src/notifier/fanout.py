@@ -13,10 +13,10 @@ Rules:
   (`THRESHOLD_MILESTONES`). The router emits one event per crossed threshold
   value (dedup key includes it), so each watcher gets the ones it asked for.
 - Preferences (`notifier.preferences`, defaults feed and webhook on, email
-  off) pick the channels: feed rows; webhook outbox rows only for an active
-  endpoint (one row, one message id, per endpoint of the user whose
-  `event_types` takes the event); email rows only when the caller says the
-  email channel is on.
+  off) pick the channels: feed rows; webhook outbox rows, one (one message
+  id) per endpoint of the user whose `event_types` takes the event: pending
+  for an active endpoint, held (kept, never claimed, for a recovery) for a
+  disabled one; email rows only when the caller says the email channel is on.
 - Exactly once per event: the first statement sets `events.fanned_out_at` on
   the events not yet fanned out (and not cancelled), and only those are fanned
   out. Their row locks make a concurrent fan-out of the same event wait, then
@@ -88,12 +88,14 @@ feed AS (
     SELECT user_id, event_id FROM targets WHERE feed ORDER BY user_id, event_id
 ),
 hooks AS (
-    INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, next_attempt_at)
-    SELECT t.user_id, t.event_id, 'webhook', w.id, greatest(now(), t.deliver_at)
+    INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, next_attempt_at, status)
+    SELECT t.user_id, t.event_id, 'webhook', w.id, greatest(now(), t.deliver_at),
+           CASE WHEN w.active THEN 'pending' ELSE 'held' END
     FROM targets t
     -- webhook_configs_user_created_idx (user_id, …): each of the user's
-    -- endpoints whose event_types takes the event (NULL: every event)
-    JOIN notifier.webhook_configs w ON w.user_id = t.user_id AND w.active
+    -- endpoints whose event_types takes the event (NULL: every event); a
+    -- disabled one's message is kept, held, for POST /api/webhooks/{id}/recover
+    JOIN notifier.webhook_configs w ON w.user_id = t.user_id
         AND (w.event_types IS NULL OR t.event = ANY(w.event_types))
     WHERE t.webhook
     RETURNING 1

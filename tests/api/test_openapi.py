@@ -42,6 +42,7 @@ async def test_document_lists_every_route(api: Api) -> None:
         ("GET", "/api/webhooks/{id}"), ("PATCH", "/api/webhooks/{id}"),
         ("DELETE", "/api/webhooks/{id}"), ("POST", "/api/webhooks/{id}/rotate-secret"),
         ("POST", "/api/webhooks/{id}/test"), ("GET", "/api/webhooks/{id}/deliveries"),
+        ("POST", "/api/webhooks/{id}/recover"),
     }  # fmt: skip
     assert contract <= routes
     schemas = doc["components"]["schemas"]

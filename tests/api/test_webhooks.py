@@ -159,3 +159,63 @@ async def test_patch_active_disables_and_reenables(api: Api, user: uuid.UUID) ->
         ).fetchone()
     assert status == ("pending", 0)  # resumed, its schedule restarted
     assert (await api.client.post(f"/api/webhooks/{hook}/test", headers=h)).status_code == 202
+
+
+async def test_recover_sends_the_windows_held_dead_and_paused_messages_again(
+    api: Api, user: uuid.UUID
+) -> None:
+    h = bearer(user)
+    hook = (await _create(api, h))["id"]
+    with psycopg.connect(api.pg_url) as conn:
+        ids = {}
+        for status, age in (("held", "10 minutes"), ("dead", "10 minutes"),
+                            ("paused", "10 minutes"), ("delivered", "10 minutes"),
+                            ("pending", "10 minutes"), ("held", "3 hours")):  # fmt: skip
+            event = conn.execute(
+                "INSERT INTO notifier.events (dedup_key, source, event) VALUES (%s, 'router',"
+                " 'new_releases') RETURNING id",
+                (f"recover-{hook}-{status}-{age}",),
+            ).fetchone()[0]  # type: ignore[index]
+            ids[(status, age)] = conn.execute(
+                "INSERT INTO notifier.outbox (user_id, event_id, webhook_id, status, created_at)"
+                " VALUES (%s, %s, %s, %s, now() - %s::interval) RETURNING id",
+                (user, event, hook, status, age),
+            ).fetchone()[0]  # type: ignore[index]
+    url = f"/api/webhooks/{hook}/recover"
+    for bad in ({}, {"since": "yesterday"}, {"since": "2026-01-01T00:00:00"},
+                {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"},
+                {"since": "2026-01-01T00:00:00Z", "extra": 1}):  # fmt: skip
+        r = await api.client.post(url, json=bad, headers=h)
+        assert r.status_code == 422 and "error" in r.json(), (bad, r.text)
+    stranger = await api.client.post(url, json={"since": "2026-01-01T00:00:00Z"},
+                                     headers=bearer(uuid.uuid4()))  # fmt: skip
+    assert stranger.status_code == 404
+    await api.client.patch(f"/api/webhooks/{hook}", json={"active": False}, headers=h)
+    off = await api.client.post(url, json={"since": "2026-01-01T00:00:00Z"}, headers=h)
+    assert off.status_code == 409 and off.json()["error"]["code"] == "webhook_disabled"
+    await api.client.patch(f"/api/webhooks/{hook}", json={"active": True}, headers=h)
+    with psycopg.connect(api.pg_url) as conn:
+        since = conn.execute("SELECT now() - interval '1 hour'").fetchone()[0]  # type: ignore[index]
+    r = await api.client.post(url, json={"since": since.isoformat()}, headers=h)
+    assert r.status_code == 202 and r.json() == {"redelivered": 2}, r.text
+    with psycopg.connect(api.pg_url) as conn:
+        got = dict(conn.execute("SELECT id, status FROM notifier.outbox WHERE redelivery_of IS NULL"
+                                " AND webhook_id = %s", (hook,)).fetchall())  # fmt: skip
+        copies = conn.execute(
+            "SELECT c.redelivery_of, c.status, c.message_id <> o.message_id FROM notifier.outbox c"
+            " JOIN notifier.outbox o ON o.id = c.redelivery_of ORDER BY 1"
+        ).fetchall()
+    # The paused row resumed when re-enabled (pending now); held and dead of the window went.
+    assert got[ids[("held", "10 minutes")]] == "recovered"
+    assert got[ids[("dead", "10 minutes")]] == "recovered"
+    assert got[ids[("held", "3 hours")]] == "held"  # before the window
+    assert got[ids[("delivered", "10 minutes")]] == "delivered"
+    assert got[ids[("paused", "10 minutes")]] == "pending"
+    assert copies == [
+        (ids[("held", "10 minutes")], "pending", True),
+        (ids[("dead", "10 minutes")], "pending", True),
+    ]
+    again = await api.client.post(url, json={"since": since.isoformat()}, headers=h)
+    assert again.json() == {"redelivered": 0}  # nothing is sent twice
+    wide = await api.client.post(url, json={"since": "2026-01-01T00:00:00Z"}, headers=h)
+    assert wide.json() == {"redelivered": 1}  # the older held one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -102,3 +103,74 @@ async def test_rate_limit_holds_across_two_delivery_replicas(pg_url: str, conn: 
     assert free_done < span  # the other endpoint was not held back
     assert statuses == [("delivered", 2 * n)]
     assert attempts == (n,)  # rows released for pacing record no attempt
+
+
+async def test_messages_held_while_disabled_are_recovered_with_new_ids(
+    pg_url: str, conn: Conn
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from notifier.api import webhook as single
+    from notifier.api.webhooks import recover_messages
+    from tests.delivery.receiver import Plan
+
+    gone = True
+    with receiver(lambda _: Plan(410 if gone else 200)) as r:
+        user = uuid.uuid4()
+        hook = await _endpoint(conn, user, r.url)
+        started = datetime.now(UTC)
+
+        async def event(name: str) -> uuid.UUID:
+            cur = await conn.execute(
+                "INSERT INTO notifier.events (dedup_key, source, event, entity_type, entity_id,"
+                " entity_name, detail, recipients, recipient_count) VALUES (%s, 'internal',"
+                " 'new_releases', 'artist', '1', 'A', '{}'::jsonb, %s, 1) RETURNING id",
+                (name, [user]),
+            )
+            ((event_id,),) = await cur.fetchall()
+            async with conn.transaction():
+                await fanout.fan_out_to_users(conn, event_id, [user])
+            return event_id  # type: ignore[no-any-return]
+
+        first = await event("first")
+        async with running(pg_url):
+            await wait_until(
+                lambda: rows(pg_url, "SELECT 1 FROM notifier.webhook_configs WHERE NOT active"),
+                "the 410 disabling the endpoint",
+            )
+        # While disabled: two more events, kept as held (nothing sent, nothing lost).
+        held = [await event("while-off-1"), await event("while-off-2")]
+        statuses = dict(await rows(pg_url, "SELECT event_id, status FROM notifier.outbox"))
+        # The endpoint's own webhook.disabled notice fell due while it was off: held too.
+        ((notice,),) = await rows(
+            pg_url, "SELECT id FROM notifier.events WHERE event = 'webhook.disabled'"
+        )
+        assert statuses == {first: "paused", notice: "held", held[0]: "held", held[1]: "held"}
+        old_ids = dict(await rows(pg_url, "SELECT event_id, message_id FROM notifier.outbox"))
+        # Re-enabled (as PATCH active true does), then the window recovered.
+        gone = False
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE notifier.webhook_configs SET active = true, disabled_reason = NULL"
+                " WHERE id = %s",
+                (hook,),
+            )
+            await conn.execute(single.RESUME_PAUSED, (hook,))
+            n = await recover_messages(conn, hook, started, datetime.now(UTC) + timedelta(1))
+        assert n == 3  # the held three; the paused one resumes by itself
+        async with running(pg_url):
+            await wait_until(lambda: len(r.requests) == 5, "the resumed and the recovered")
+            await asyncio.sleep(0.3)  # nothing more comes
+        got = [(json.loads(q.body)["event_id"], q.headers["webhook-id"]) for q in r.requests]
+    sent_after = got[1:]
+    by_event = {uuid.UUID(e): m for e, m in sent_after}
+    assert set(by_event) == {first, notice, *held} and len(got) == 5
+    assert by_event[first] == str(old_ids[first])  # resumed: the same message, same id
+    for e in (notice, *held):  # recovered: the same event, a new message id
+        assert by_event[e] != str(old_ids[e])
+    states = await rows(
+        pg_url,
+        "SELECT status, redelivery_of IS NOT NULL, count(*) FROM notifier.outbox"
+        " GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    assert states == [("delivered", False, 1), ("delivered", True, 3), ("recovered", False, 3)]

@@ -65,6 +65,7 @@ RECIPES: dict[str, Recipe] = {
     "/api/webhooks/{id}/rotate-secret": _endpoint,
     "/api/webhooks/{id}/test": _endpoint,
     "/api/webhooks/{id}/deliveries": _endpoint,
+    "/api/webhooks/{id}/recover": _endpoint,
 }
 
 

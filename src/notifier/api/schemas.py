@@ -32,7 +32,7 @@ Year = Annotated[int, Meta(ge=1000, le=9999)]
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
 WatchEntityType = Literal["artist", "label", "genre", "style", "search"]
-OutboxStatus = Literal["pending", "delivered", "dead", "paused", "cancelled"]
+OutboxStatus = Literal["pending", "delivered", "dead", "paused", "cancelled", "held", "recovered"]
 
 
 class Status(msgspec.Struct):
@@ -260,6 +260,19 @@ class Webhook(msgspec.Struct):
     failing_since: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+class Recover(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/webhooks/{id}/recover`: the window, `until` now when absent."""
+
+    since: AwareDatetime
+    until: AwareDatetime | None = None
+
+
+class Recovered(msgspec.Struct):
+    """Answer of `POST /api/webhooks/{id}/recover`."""
+
+    redelivered: int
 
 
 class WebhookList(msgspec.Struct):

@@ -9,9 +9,11 @@ The singular `/api/webhook` routes (`webhook.py`) act on the oldest endpoint.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,7 +21,7 @@ from starlette.responses import Response
 from notifier.api import auth, parsing
 from notifier.api import webhook as single
 from notifier.api.context import ctx
-from notifier.api.errors import ApiError, not_found
+from notifier.api.errors import ApiError, FieldError, not_found
 from notifier.api.routing import Endpoint, no_content, respond
 from notifier.api.schemas import (
     DeliveryPage,
@@ -27,6 +29,8 @@ from notifier.api.schemas import (
     EndpointCreate,
     EndpointPatch,
     PingAccepted,
+    Recover,
+    Recovered,
     Webhook,
     WebhookList,
     WebhookWithSecret,
@@ -72,6 +76,37 @@ PAUSE_PENDING = """
 UPDATE notifier.outbox SET status = 'paused', updated_at = now()
 WHERE webhook_id = %s AND status = 'pending'
 """
+
+
+# Index: outbox_webhook_status_idx (webhook_id, status), one probe per
+# status. The held, dead and paused messages of one endpoint made in the
+# window are sent again as new rows (the message_id default: a new id each,
+# `redelivery_of` naming the original); the originals become 'recovered', so
+# a later re-enable or recovery sends none of them twice. Only original
+# messages are picked, and copies made by an earlier recovery in their turn.
+RECOVER = """
+WITH picked AS (
+    UPDATE notifier.outbox o SET status = 'recovered', updated_at = now()
+    WHERE o.webhook_id = %(hook)s AND o.status IN ('held', 'dead', 'paused')
+      AND o.channel = 'webhook'
+      AND o.created_at >= %(since)s AND o.created_at < %(until)s
+    RETURNING o.id, o.user_id, o.event_id, o.webhook_id
+), copies AS (
+    INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, redelivery_of)
+    SELECT user_id, event_id, 'webhook', webhook_id, id FROM picked ORDER BY id
+    RETURNING 1
+)
+SELECT count(*) FROM copies
+"""
+
+
+async def recover_messages(
+    conn: AsyncConnection[Any], hook: uuid.UUID, since: datetime, until: datetime
+) -> int:
+    """Send the endpoint's held, dead and paused messages of [since, until) again; how many."""
+    cur = await conn.execute(RECOVER, {"hook": hook, "since": since, "until": until})
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 def _endpoint_id(request: Request) -> uuid.UUID:
@@ -187,6 +222,32 @@ async def ping_endpoint(request: Request) -> Response:
         return await single.ping_endpoint(conn, who.id, hook)
 
 
+async def recover(request: Request) -> Response:
+    """POST /api/webhooks/{id}/recover: 202 `{"redelivered": n}` (409 while disabled)."""
+    who = await auth.user(request)
+    hook = _endpoint_id(request)
+    c = ctx(request)
+    async with c.pool.connection() as conn:
+        # Ownership first: someone else's id is a 404 whatever the body.
+        if await (await conn.execute(GET_ONE, {"id": hook, "user": who.id})).fetchone() is None:
+            raise not_found("webhook")
+    body = await parsing.json_body(request, Recover)
+    until = body.until or datetime.now(UTC)
+    if until <= body.since:
+        raise ApiError(
+            422, "until must be after since",
+            details=[FieldError(location="body", field="until", message="not after since")],
+        )  # fmt: skip
+    async with c.pool.connection() as conn, conn.transaction():
+        lock = await (await conn.execute(single.LOCK, {"id": hook, "user": who.id})).fetchone()
+        if lock is None:
+            raise not_found("webhook")
+        if not lock[1]:
+            raise single.disabled()
+        n = await recover_messages(conn, hook, body.since, until)
+    return respond(Recovered(redelivered=n), 202)
+
+
 async def endpoint_deliveries(request: Request) -> Response:
     """GET /api/webhooks/{id}/deliveries: that endpoint's deliveries with attempts."""
     who = await auth.user(request)
@@ -224,4 +285,10 @@ ENDPOINTS = [
     Endpoint("GET", "/api/webhooks/{id}/deliveries", endpoint_deliveries,
              "An endpoint's deliveries with attempts", "webhook", response=DeliveryPage,
              query=DeliveryQuery, path_params={"id": "uuid"}, errors=(400, 404, 422)),
+    Endpoint("POST", "/api/webhooks/{id}/recover", recover,
+             "Send an endpoint's failed, dead or held messages again", "webhook", status=202,
+             response=Recovered, body=Recover, path_params={"id": "uuid"}, errors=(404, 409),
+             description="Every message to this endpoint made in [since, until) that died, "
+             "was paused or was held while the endpoint was disabled is sent again, each with "
+             "its own new webhook-id; the originals are marked `recovered`."),
 ]  # fmt: skip
