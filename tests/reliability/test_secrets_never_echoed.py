@@ -77,7 +77,11 @@ def test_secrets_shown_once_and_never_logged(notifier_env: dict[str, str], tmp_p
                 )
                 answers.append(("POST redeliver", redo.text))
                 notes = c.get("/api/notifications", headers=h).json()["items"]
-                ids = {"id": str(notes[0]["id"])}
+                feed = c.post("/api/feed-token", headers=h)
+                assert feed.status_code == 201, feed.text
+                feed_token = feed.json()["url"].rsplit("/", 1)[1].removesuffix(".atom")
+                # The walk reads the Atom feed with its real token: a credential too.
+                ids = {"id": str(notes[0]["id"]), "token": feed_token}
                 # Refused calls too: an error must not echo what was sent.
                 bad = {"Authorization": f"Bearer {user_token}x"}
                 answers.append(("bad token", c.get("/api/webhook", headers=bad).text))
@@ -107,6 +111,7 @@ def test_secrets_shown_once_and_never_logged(notifier_env: dict[str, str], tmp_p
         "bearer token": user_token,
         "service token": SERVICE_TOKEN,
         "jwt key": JWT_KEY,
+        "feed token": feed_token,
     }
     for name, value in forbidden.items():
         assert value not in text, f"{name} in the API log"
