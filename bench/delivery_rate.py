@@ -1,10 +1,12 @@
 """Deliveries/s of one `notifier delivery` process vs a bare httpx loop, same run.
 
     uv run python -m bench.delivery_rate [--rows 20000] [--concurrency 8]
+                                         [--endpoints-per-user 1]
 
 Both post to the same fast loopback receiver (a raw asyncio HTTP/1.1 server
 in its own process) with the same concurrency. Ours: N outbox rows over 500
-webhooks, due at one instant; a fresh `notifier delivery` process claims,
+webhook endpoints (`--endpoints-per-user` of them a user, each event going to
+all of one user's endpoints), due at one instant; a fresh `notifier delivery` process claims,
 signs, sends, and records every attempt; the clock runs from the instant the
 rows fall due to the moment the last one is `delivered` in PostgreSQL. The
 peer: one `httpx.AsyncClient` and `concurrency` tasks posting the same N
@@ -92,14 +94,20 @@ def receiver() -> Any:
         proc.wait()
 
 
-async def fill_outbox(url: str, hook_url: str, rows: int, due_in: float) -> None:
+async def fill_outbox(url: str, hook_url: str, rows: int, due_in: float, per_user: int = 1) -> None:
+    """`rows` outbox rows over WEBHOOKS endpoints, `per_user` endpoints a user.
+
+    With several endpoints a user, each event goes to every endpoint of one
+    user (as fan-out writes it: one message, one id, per endpoint), so
+    `rows / per_user` events make the same `rows` messages.
+    """
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute(
-            "INSERT INTO notifier.webhook_configs (user_id, url, secret) "
-            "SELECT gen_random_uuid(), %s, 'whsec_' || encode(decode("
-            "md5(random()::text) || md5(random()::text), 'hex'), 'base64') "
-            "FROM generate_series(1, %s)",
-            (hook_url, WEBHOOKS),
+            "INSERT INTO notifier.webhook_configs (user_id, url, secret, created_at) "
+            "SELECT md5('bench-user-' || (i / %s))::uuid, %s, 'whsec_' || encode(decode("
+            "md5(random()::text) || md5(random()::text), 'hex'), 'base64'), "
+            "now() + make_interval(secs => i) FROM generate_series(0, %s - 1) AS i",
+            (per_user, hook_url, WEBHOOKS),
         )
         await conn.execute(
             "INSERT INTO notifier.events (dedup_key, source, version, event, entity_type, "
@@ -107,25 +115,27 @@ async def fill_outbox(url: str, hook_url: str, rows: int, due_in: float) -> None
             "'new_releases', 'artist', i::text, 'Artist ' || i, "
             "jsonb_build_object('new_release_count', 3, 'release_ids', "
             "jsonb_build_array('456', '789', '1011')), now() FROM generate_series(1, %s) AS i",
-            (rows,),
+            (-(-rows // per_user),),
         )
         await conn.execute(
             "INSERT INTO notifier.outbox (user_id, event_id, webhook_id, next_attempt_at) "
-            "SELECT w.user_id, e.id, w.id, now() + make_interval(secs => %s) "
-            "FROM (SELECT id, row_number() OVER () %% %s AS k FROM notifier.events) e "
-            "JOIN (SELECT id, user_id, row_number() OVER () - 1 AS k "
-            "      FROM notifier.webhook_configs) w ON w.k = e.k",
-            (due_in, WEBHOOKS),
+            "SELECT w.user_id, e.id, w.id, now() + make_interval(secs => %(due)s) "
+            "FROM (SELECT id, row_number() OVER () %% %(users)s AS k FROM notifier.events) e "
+            "JOIN (SELECT id, user_id, (row_number() OVER (ORDER BY created_at) - 1) / %(per)s"
+            "      AS k FROM notifier.webhook_configs) w ON w.k = e.k "
+            "LIMIT %(rows)s",
+            {"due": due_in, "users": WEBHOOKS // per_user, "per": per_user, "rows": rows},
         )
         await conn.execute("VACUUM ANALYZE notifier.outbox")
 
 
 async def _ours(
-    ctx: Context, url: str, hook_url: str, rows: int, concurrency: int, replicas: int = 1
-) -> tuple[float, float, float]:
+    ctx: Context, url: str, hook_url: str, rows: int, concurrency: int, replicas: int = 1,
+    per_user: int = 1,
+) -> tuple[float, float, float]:  # fmt: skip
     """Deliveries/s of fresh `notifier delivery` processes; peak RSS (MB) of one; CPU ms/row."""
     due_in = 8.0 + 2 * replicas
-    await fill_outbox(url, hook_url, rows, due_in)
+    await fill_outbox(url, hook_url, rows, due_in, per_user)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cur = await conn.execute("SELECT min(next_attempt_at) FROM notifier.outbox")
         (due_at,) = await cur.fetchone()  # type: ignore[misc]
@@ -242,14 +252,14 @@ async def _bare(
 
 
 async def delivery_rate(
-    ctx: Context, rows: int | None = None, concurrency: int = 8
+    ctx: Context, rows: int | None = None, concurrency: int = 8, per_user: int = 1
 ) -> list[Figure]:
     """The figures: ours vs the bare httpx loop, same receiver, same concurrency; peak RSS."""
     n = rows or ctx.sizes.get("outbox_rows", 20_000)
     url = ctx.fresh_database()
     with receiver() as hook_url:
         bare_before, bare_cpu = await _bare(hook_url, n, concurrency)
-        ours, rss, ours_cpu = await _ours(ctx, url, hook_url, n, concurrency)
+        ours, rss, ours_cpu = await _ours(ctx, url, hook_url, n, concurrency, per_user=per_user)
         bare_after, bare_cpu_after = await _bare(hook_url, n, concurrency)
         own, own_cpu = await _bare(hook_url, n, concurrency, own_transport=True)
     bare = max(bare_before, bare_after)
@@ -264,6 +274,7 @@ async def delivery_rate(
         notes={
             "rows": n,
             "concurrency": concurrency,
+            "endpoints_per_user": per_user,
             "bare_runs": [round(bare_before, 1), round(bare_after, 1)],
             # CPU per delivery, our process vs the bare loop: load barely moves these.
             "cpu_ms_per_delivery": round(ours_cpu, 3),
@@ -354,6 +365,11 @@ def main() -> int:
     p.add_argument(
         "--replicas", type=int, default=0, help="also measure this many processes together"
     )
+    p.add_argument(
+        "--endpoints-per-user", type=int, default=1,
+        help=f"webhook endpoints a user (of the {WEBHOOKS}); each event goes to all of one "
+        "user's endpoints",
+    )  # fmt: skip
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
@@ -364,7 +380,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(services.postgres())
         ctx = Context("custom", {"outbox_rows": args.rows}, pg, stack)
-        figs = asyncio.run(delivery_rate(ctx, args.rows, args.concurrency))
+        figs = asyncio.run(delivery_rate(ctx, args.rows, args.concurrency, args.endpoints_per_user))
         lease, held = asyncio.run(claim_rates(ctx, args.rows))
         if args.replicas:
             with receiver() as hook_url:
