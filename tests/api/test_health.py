@@ -96,3 +96,29 @@ async def test_invented_methods_share_one_metric_series(api: Api) -> None:
     text = (await api.client.get("/metrics")).text
     assert 'method="OTHER"' in text
     assert "BREW" not in text and "PROPFIND" not in text and "X" * 50 not in text
+
+
+async def test_a_flood_of_health_and_metrics_calls_probes_the_databases_once(api: Api) -> None:
+    import asyncio
+
+    from notifier.api.health import HEALTH_CACHE_SECONDS
+
+    async def flood(path: str) -> list[int]:
+        answers = await asyncio.gather(*(api.client.get(path) for _ in range(50)))
+        return [r.status_code for r in answers]
+
+    assert (await api.client.get("/health")).status_code == 200
+    cache = api.app.state.health_cache
+    metrics = api.app.state.ctx.metrics
+    before = cache.probes
+    assert await flood("/health") == [200] * 50
+    assert await flood("/metrics") == [200] * 50
+    assert cache.probes - before <= 1  # the cache may expire once during the flood, no more
+    # Stale after the cache's life: the next calls probe again, once.
+    await asyncio.sleep(HEALTH_CACHE_SECONDS + 0.2)
+    before = cache.probes
+    assert await flood("/health") == [200] * 50
+    assert cache.probes - before == 1
+    refreshed = metrics.refreshed_at
+    await flood("/metrics")
+    assert metrics.refreshed_at > refreshed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,6 +14,10 @@ from notifier.api.routing import Endpoint, respond
 from notifier.api.schemas import Health
 
 CHECK_TIMEOUT_SECONDS = 3.0
+# /health needs no credentials: its answer is reused this long, and callers
+# arriving meanwhile share one probe, so a flood of calls costs the databases
+# (and the API's pool) at most one probe of each every two seconds.
+HEALTH_CACHE_SECONDS = 2.0
 
 
 async def _postgres(c: Context) -> None:
@@ -35,13 +40,42 @@ async def _check(name: str, c: Context) -> str:
     return "ok"
 
 
+class HealthCache:
+    """The last probe's checks, reused for HEALTH_CACHE_SECONDS; one probe in flight at most."""
+
+    def __init__(self) -> None:
+        self.checks: dict[str, str] = {}
+        self.at = float("-inf")
+        self.probes = 0  # how many probes ran (tests read it)
+        self._lock = asyncio.Lock()
+
+    async def get(self, c: Context) -> dict[str, str]:
+        """Fresh enough checks, probing PostgreSQL and the graph when they are stale."""
+        if time.monotonic() - self.at < HEALTH_CACHE_SECONDS:
+            return self.checks
+        async with self._lock:
+            if time.monotonic() - self.at >= HEALTH_CACHE_SECONDS:  # not refreshed meanwhile
+                names = ("postgres", "graph")
+                results = await asyncio.gather(*(_check(n, c) for n in names))
+                self.checks = dict(zip(names, results, strict=True))
+                self.at = time.monotonic()
+                self.probes += 1
+        return self.checks
+
+
+def health_cache(request: Request) -> HealthCache:
+    """The app's HealthCache (made on first use)."""
+    state = request.app.state
+    if not hasattr(state, "health_cache"):
+        state.health_cache = HealthCache()
+    cache: HealthCache = state.health_cache
+    return cache
+
+
 async def health(request: Request) -> Response:
     """GET /health."""
-    c = ctx(request)
-    names = ("postgres", "graph")
-    results = await asyncio.gather(*(_check(n, c) for n in names))
-    checks = dict(zip(names, results, strict=True))
-    healthy = all(v == "ok" for v in results)
+    checks = await health_cache(request).get(ctx(request))
+    healthy = all(v == "ok" for v in checks.values())
     body = Health(status="healthy" if healthy else "unhealthy", checks=checks)
     return respond(body, 200 if healthy else 503)
 

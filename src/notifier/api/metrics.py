@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -24,6 +25,8 @@ from notifier.api.context import ctx
 
 log = logging.getLogger(__name__)
 
+# The outbox depth on /metrics is at most this old.
+REFRESH_SECONDS = 2.0
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Streams last as long as the client stays; their duration is not a latency.
 _NO_LATENCY = {"/api/notifications/stream"}
@@ -61,9 +64,23 @@ class Metrics:
         self.sse_clients = Gauge(
             "notifier_sse_clients", "Open SSE streams on this replica.", registry=self.registry
         )
+        self.refreshed_at = float("-inf")
+        self._refreshing = asyncio.Lock()
 
     async def refresh(self, pool: AsyncConnectionPool) -> None:
-        """Read the outbox depth (left unchanged when the database is down)."""
+        """Read the outbox depth (left unchanged when the database is down).
+
+        At most once per REFRESH_SECONDS, one read at a time: /metrics needs
+        no credentials, and a flood of scrapes must not reach the database.
+        """
+        if time.monotonic() - self.refreshed_at < REFRESH_SECONDS:
+            return
+        async with self._refreshing:
+            if time.monotonic() - self.refreshed_at >= REFRESH_SECONDS:
+                self.refreshed_at = time.monotonic()
+                await self._read_depth(pool)
+
+    async def _read_depth(self, pool: AsyncConnectionPool) -> None:
         try:
             async with pool.connection(timeout=2.0) as conn:
                 row = await (await conn.execute(OUTBOX_DEPTH)).fetchone()
