@@ -269,11 +269,15 @@ async def _seed_postgres(settings: config.Settings, hook_url: str, secret: str) 
                 "ON CONFLICT (user_id, entity_type, entity_id) DO NOTHING",
                 (user, entity_type, entity_id, ENTITY_NAMES[entity_id], json.dumps(options)),
             )
+        # Alice's endpoints (several are allowed since sql/010): point them all
+        # here, or make her first one.
         await conn.execute(
-            "INSERT INTO notifier.webhook_configs (user_id, url, secret) VALUES (%s, %s, %s) "
-            "ON CONFLICT (user_id) DO UPDATE SET url = excluded.url, secret = excluded.secret, "
-            "active = true, disabled_reason = NULL",
-            (ALICE, hook_url, secret),
+            "WITH updated AS (UPDATE notifier.webhook_configs SET url = %(url)s, "
+            "secret = %(secret)s, public_key = NULL, active = true, disabled_reason = NULL "
+            "WHERE user_id = %(user)s RETURNING 1) "
+            "INSERT INTO notifier.webhook_configs (user_id, url, secret) "
+            "SELECT %(user)s, %(url)s, %(secret)s WHERE NOT EXISTS (SELECT 1 FROM updated)",
+            {"user": ALICE, "url": hook_url, "secret": secret},
         )
         await conn.commit()
 

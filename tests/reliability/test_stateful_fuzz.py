@@ -53,7 +53,10 @@ def test_stateful_schemathesis_finds_no_server_error_or_schema_violation(
     seed_feed(pg_url, user, 30)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(SEED_WATCHES, (user, WATCHES))
-        conn.execute(SEED_WEBHOOK, (user, "http://127.0.0.1:9/hook", "whsec_" + "A" * 32))
+        # Ten endpoints, the most a user may have: the set the chains' links
+        # read from stays the same from one scenario to the next (see below).
+        for i in range(10):
+            conn.execute(SEED_WEBHOOK, (user, f"http://127.0.0.1:9/hook{i}", "whsec_" + "A" * 32))
     port = services.free_port()
     role_procs.append(start_role("api", api_env, tmp_path / "api.log", NOTIFIER_PORT=str(port)))
     url = f"http://127.0.0.1:{port}"
@@ -66,6 +69,11 @@ def test_stateful_schemathesis_finds_no_server_error_or_schema_violation(
     # (the stateless run and the JWT matrix cover refused input).
     schema.config.generation.update(modes=[GenerationMode.POSITIVE])
     schema = schema.exclude(path="/api/notifications/stream")  # endless by design
+    # Deleting an endpoint by id changes which ids later scenarios' links find,
+    # and hypothesis then replays a scenario with other draws (a flaky strategy):
+    # DELETE /api/webhooks/{id} is fuzzed statelessly (tests/api/test_openapi.py)
+    # and tested in tests/api/test_webhooks.py.
+    schema = schema.exclude(method="DELETE", path="/api/webhooks/{id}")
     statuses: collections.Counter[tuple[str, int]] = collections.Counter()
     excluded = [openapi_checks.positive_data_acceptance]
 
@@ -129,5 +137,6 @@ def test_stateful_schemathesis_finds_no_server_error_or_schema_violation(
     assert {
         "GET /api/notifications/{id}", "POST /api/notifications/{id}/read",
         "DELETE /api/watchlist/{id}", "POST /api/webhook/deliveries/{id}/redeliver",
-        "DELETE /internal/events/{id}",
+        "DELETE /internal/events/{id}", "GET /api/webhooks/{id}",
+        "POST /api/webhooks/{id}/recover", "POST /api/webhooks/{id}/test",
     } <= set(linked_ok)  # fmt: skip
