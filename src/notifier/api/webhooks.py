@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -149,6 +150,13 @@ async def create_endpoint(request: Request) -> Response:
     return respond(single.with_secret(row), 201)
 
 
+async def _check_owner(pool: AsyncConnectionPool, user: uuid.UUID, hook: uuid.UUID) -> None:
+    """404 unless endpoint `hook` exists and belongs to `user`."""
+    async with pool.connection() as conn:
+        if await (await conn.execute(GET_ONE, {"id": hook, "user": user})).fetchone() is None:
+            raise not_found("webhook")
+
+
 async def get_endpoint(request: Request) -> Response:
     """GET /api/webhooks/{id}: the endpoint without its secret."""
     who = await auth.user(request)
@@ -167,10 +175,7 @@ async def patch_endpoint(request: Request) -> Response:
     who = await auth.user(request)
     hook = _endpoint_id(request)
     c = ctx(request)
-    async with c.pool.connection() as conn:
-        # Ownership first: someone else's id is a 404 whatever the body.
-        if await (await conn.execute(GET_ONE, {"id": hook, "user": who.id})).fetchone() is None:
-            raise not_found("webhook")
+    await _check_owner(c.pool, who.id, hook)  # someone else's id: 404 whatever the body
     body = await parsing.json_body(request, EndpointPatch)
     url = body.url.strip() if isinstance(body.url, str) else None
     if url is not None:
@@ -227,10 +232,7 @@ async def recover(request: Request) -> Response:
     who = await auth.user(request)
     hook = _endpoint_id(request)
     c = ctx(request)
-    async with c.pool.connection() as conn:
-        # Ownership first: someone else's id is a 404 whatever the body.
-        if await (await conn.execute(GET_ONE, {"id": hook, "user": who.id})).fetchone() is None:
-            raise not_found("webhook")
+    await _check_owner(c.pool, who.id, hook)  # someone else's id: 404 whatever the body
     body = await parsing.json_body(request, Recover)
     until = body.until or datetime.now(UTC)
     if until <= body.since:
@@ -252,9 +254,7 @@ async def endpoint_deliveries(request: Request) -> Response:
     """GET /api/webhooks/{id}/deliveries: that endpoint's deliveries with attempts."""
     who = await auth.user(request)
     hook = _endpoint_id(request)
-    async with ctx(request).pool.connection() as conn:
-        if await (await conn.execute(GET_ONE, {"id": hook, "user": who.id})).fetchone() is None:
-            raise not_found("webhook")
+    await _check_owner(ctx(request).pool, who.id, hook)
     return await single.delivery_page(request, who.id, hook)
 
 
