@@ -134,9 +134,12 @@ def test_stateful_schemathesis_finds_no_server_error_or_schema_violation(
     assert transitions > 0
     assert not [s for s in by_status if s >= 500]
     # The chains reached real rows: ids taken from answers were found and acted on.
+    # The /api/webhooks/{id} chains are not required to succeed: whether they do
+    # depends on what earlier steps did to the endpoint (a PATCH may disable it,
+    # and recover then answers 409), which varied between identical runs; they
+    # are fuzzed for 5xx here and tested for success in tests/api/test_webhooks.py.
     assert {
         "GET /api/notifications/{id}", "POST /api/notifications/{id}/read",
         "DELETE /api/watchlist/{id}", "POST /api/webhook/deliveries/{id}/redeliver",
-        "DELETE /internal/events/{id}", "GET /api/webhooks/{id}",
-        "POST /api/webhooks/{id}/recover", "POST /api/webhooks/{id}/test",
+        "DELETE /internal/events/{id}",
     } <= set(linked_ok)  # fmt: skip
