@@ -107,6 +107,18 @@ def graph_db(graph_server: services.GraphService) -> Iterator[str]:
 
 
 @pytest.fixture
+async def platform_graph(
+    graph_server: services.GraphService, graph_driver: AsyncDriver, graph_db: str
+) -> AsyncIterator[str]:
+    """This test's graph database with schema-init's constraints and indexes (dropped after)."""
+    from notifier.graphbuilder import platform_schema_applied
+
+    neo4j = graph_server.admin_url is None  # an ArcadeDB server has an admin URL
+    async with platform_schema_applied(graph_driver, graph_db, neo4j=neo4j):
+        yield graph_db
+
+
+@pytest.fixture
 async def graph_driver(graph_server: services.GraphService) -> AsyncIterator[AsyncDriver]:
     """An async `neo4j` driver on the session's graph server."""
     driver = AsyncGraphDatabase.driver(

@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import psycopg
-import pytest
 from neo4j import AsyncDriver
 
 from notifier import services
 from notifier.api.watchlist import IMPORT_QUERIES, MAX_WATCHES_PER_USER
-from notifier.graphbuilder import GraphBuilder, platform_schema_applied
+from notifier.graphbuilder import GraphBuilder
 from tests.api.conftest import Api, bearer
 from tests.router.test_profile import operators
 
 IMPORT = "/api/watchlist/import"
-
-
-@pytest.fixture
-async def platform_graph(
-    graph_server: services.GraphService, graph_driver: AsyncDriver, graph_db: str
-) -> AsyncIterator[str]:
-    """This test's graph with schema-init's constraints and indexes (User.id among them)."""
-    neo4j = graph_server.admin_url is None  # an ArcadeDB server has an admin URL
-    async with platform_schema_applied(graph_driver, graph_db, neo4j=neo4j):
-        yield graph_db
 
 
 def _watches(pg_url: str, user: uuid.UUID) -> dict[tuple[str, str], str | None]:

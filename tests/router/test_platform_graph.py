@@ -15,28 +15,16 @@ make them, never the router.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from neo4j import AsyncDriver
 
-from notifier import services
-from notifier.graphbuilder import GraphBuilder, platform_schema_applied
+from notifier.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.router.conftest import Publish, cycle_done, q, signal_all, watch
 
 ALL_SIGNALS = ["artists", "labels", "masters", "releases"]
-
-
-@pytest.fixture
-async def platform_graph(
-    graph_server: services.GraphService, graph_driver: AsyncDriver, graph_db: str
-) -> AsyncIterator[str]:
-    """This test's graph database with schema-init's constraints and indexes (dropped after)."""
-    neo4j = graph_server.admin_url is None  # an ArcadeDB server has an admin URL
-    async with platform_schema_applied(graph_driver, graph_db, neo4j=neo4j):
-        yield graph_db
 
 
 def first_import(extras: bool) -> GraphBuilder:

@@ -22,7 +22,7 @@ import pytest
 from neo4j import AsyncDriver
 
 from notifier import graph, services
-from notifier.graphbuilder import GraphBuilder, platform_schema_applied
+from notifier.graphbuilder import GraphBuilder
 from tests.router.test_platform_graph import ALL_SIGNALS, first_import, second_import
 
 # The unit reads and real parameters (ids that exist, and one that does not).
@@ -47,16 +47,12 @@ ANCHOR = {
 
 
 @pytest.fixture
-async def indexed_graph(
-    graph_server: services.GraphService, graph_driver: AsyncDriver, graph_db: str
-) -> AsyncIterator[str]:
+async def indexed_graph(graph_driver: AsyncDriver, platform_graph: str) -> AsyncIterator[str]:
     """The platform-shaped test graph (both imports, extras) on schema-init's schema."""
-    neo4j = graph_server.admin_url is None  # an ArcadeDB server has an admin URL
-    async with platform_schema_applied(graph_driver, graph_db, neo4j=neo4j):
-        await first_import(True).write(graph_driver, graph_db)
-        await second_import(True).write(graph_driver, graph_db)
-        await GraphBuilder.latch(graph_driver, graph_db, "v2", ALL_SIGNALS)
-        yield graph_db
+    await first_import(True).write(graph_driver, platform_graph)
+    await second_import(True).write(graph_driver, platform_graph)
+    await GraphBuilder.latch(graph_driver, platform_graph, "v2", ALL_SIGNALS)
+    yield platform_graph
 
 
 def operators(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
