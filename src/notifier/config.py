@@ -95,6 +95,21 @@ class Settings:
     api_rate_limit_per_minute: int = 600
     api_rate_limit_burst: int = 120
     api_pool_size: int = 10
+    # Resource limits: slow clients, PostgreSQL timeouts, DNS, per-user sends.
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keepalive_timeout: float = 5.0
+    http_max_requests_per_connection: int = 1000
+    http_limit_concurrency: int = 2000
+    pg_statement_timeout: float = 30.0
+    pg_lock_timeout: float = 10.0
+    router_statement_timeout: float = 600.0
+    resolver_threads: int = 8
+    resolver_timeout: float = 5.0
+    api_send_quota_per_hour: int = 60
+    api_send_burst: int = 10
+    # Named service tokens (name, token): each caller's idempotency keys are its own.
+    service_tokens: tuple[tuple[str, str], ...] = ()
 
     @property
     def postgres_conninfo(self) -> str:
@@ -124,7 +139,7 @@ class Settings:
     def __repr__(self) -> str:
         # Never print secrets, even by accident in a traceback or a log line.
         hidden = {"postgres_password", "neo4j_password", "rabbitmq_password"}
-        hidden |= {"jwt_secret_key", "service_token"}
+        hidden |= {"jwt_secret_key", "service_token", "service_tokens"}
         parts = (f"{k}={'***' if k in hidden else repr(v)}" for k, v in self.__dict__.items())
         return f"Settings({', '.join(parts)})"
 
@@ -246,6 +261,7 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         **_delivery_settings(r),
         # API (issue 5).
         **_api_settings(r),
+        **_limit_settings(r),
     )
     _require(settings, role)
     return settings
@@ -380,3 +396,53 @@ def _api_settings(r: _Reader) -> dict[str, Any]:
         "api_rate_limit_burst": count("NOTIFIER_API_RATE_BURST", 120, 1, 10_000_000),
         "api_pool_size": count("NOTIFIER_API_POOL_SIZE", 10, 1, 1_000),
     }
+
+
+# Resource limits: the NOTIFIER_HTTP_*, NOTIFIER_PG_*, NOTIFIER_RESOLVER_* settings.
+def _limit_settings(r: _Reader) -> dict[str, Any]:
+    """Deadlines and bounds against slow clients, long statements and stuck DNS."""
+
+    def num(name: str, default: float, low: float, high: float) -> float:
+        return _router_number(r, name, default, low, high)
+
+    def whole(name: str, default: int, low: int, high: int) -> int:
+        return int(_router_number(r, name, default, low, high, int))
+
+    return {
+        "http_header_timeout": num("NOTIFIER_HTTP_HEADER_TIMEOUT", 10.0, 0.1, 3_600),
+        "http_body_timeout": num("NOTIFIER_HTTP_BODY_TIMEOUT", 30.0, 0.1, 3_600),
+        "http_keepalive_timeout": num("NOTIFIER_HTTP_KEEPALIVE_TIMEOUT", 5.0, 0.1, 3_600),
+        "http_max_requests_per_connection": whole(
+            "NOTIFIER_HTTP_MAX_REQUESTS_PER_CONNECTION", 1000, 1, 10_000_000
+        ),
+        "http_limit_concurrency": whole("NOTIFIER_HTTP_LIMIT_CONCURRENCY", 2000, 1, 1_000_000),
+        "pg_statement_timeout": num("NOTIFIER_PG_STATEMENT_TIMEOUT", 30.0, 0, 86_400),
+        "pg_lock_timeout": num("NOTIFIER_PG_LOCK_TIMEOUT", 10.0, 0, 86_400),
+        "router_statement_timeout": num("NOTIFIER_ROUTER_STATEMENT_TIMEOUT", 600.0, 0, 86_400),
+        "resolver_threads": whole("NOTIFIER_RESOLVER_THREADS", 8, 1, 256),
+        "resolver_timeout": num("NOTIFIER_RESOLVER_TIMEOUT", 5.0, 0.1, 600),
+        "api_send_quota_per_hour": whole("NOTIFIER_API_SEND_QUOTA", 60, 0, 1_000_000),
+        "api_send_burst": whole("NOTIFIER_API_SEND_BURST", 10, 1, 1_000_000),
+        "service_tokens": _service_tokens(r),
+    }
+
+
+SERVICE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _service_tokens(r: _Reader) -> tuple[tuple[str, str], ...]:
+    """NOTIFIER_SERVICE_TOKENS: `name=token` pairs, comma-separated (names lower-case)."""
+    raw = r.secret("NOTIFIER_SERVICE_TOKENS")
+    if raw is None or not raw.strip():
+        return ()
+    problem = "NOTIFIER_SERVICE_TOKENS: expected name=token pairs separated by commas"
+    pairs: dict[str, str] = {}
+    for item in raw.split(","):
+        name, sep, token = item.strip().partition("=")
+        name, token = name.strip(), token.strip()
+        if not sep or not name or not set(name) <= SERVICE_NAME_CHARS or len(token) < 16:
+            raise ConfigError(f"{problem} (names a-z 0-9 - _, tokens of 16+ characters)")
+        if name in pairs or token in pairs.values():
+            raise ConfigError(f"{problem}; {name!r} or its token appears twice")
+        pairs[name] = token
+    return tuple(pairs.items())
