@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from notifier import backoff
+from notifier import backoff, secretbox
 
 Role = Literal["migrate", "api", "router", "delivery", "all", "dev"]
 
@@ -73,6 +73,15 @@ class Settings:
     trigger: tuple[str, ...] = ("amqp",)
     graph_signals: tuple[str, ...] = ("artists", "labels", "masters", "releases")
     graph_poll_seconds: float = 60.0
+    # Webhook secrets at rest (secretbox.py): the 32-byte keys, current and previous.
+    encryption_key: bytes | None = None
+    encryption_key_previous: bytes | None = None
+    # Tokens: required `iss`/`aud` when set; the platform's Redis for revocations.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    redis_host: str | None = None
+    redis_port: int = 6379
+    redis_password: str | None = None
     # Router (issue 3): diff unit size, unit lease, broker prefetch, idle poll, workers.
     router_unit_size: int = 500
     router_lease_seconds: float = 120.0
@@ -140,6 +149,7 @@ class Settings:
         # Never print secrets, even by accident in a traceback or a log line.
         hidden = {"postgres_password", "neo4j_password", "rabbitmq_password"}
         hidden |= {"jwt_secret_key", "service_token", "service_tokens"}
+        hidden |= {"encryption_key", "encryption_key_previous", "redis_password"}
         parts = (f"{k}={'***' if k in hidden else repr(v)}" for k, v in self.__dict__.items())
         return f"Settings({', '.join(parts)})"
 
@@ -247,6 +257,7 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         smtp_port=r.port("NOTIFIER_SMTP_PORT", 587),
         smtp_from=r.optional("NOTIFIER_SMTP_FROM"),
         log_level=log_level,
+        **_token_settings(r),
         replica=r.text("NOTIFIER_REPLICA", socket.gethostname()),
         trigger=trigger,
         graph_signals=_names(r, "NOTIFIER_GRAPH_SIGNALS", "artists,labels,masters,releases"),
@@ -297,6 +308,35 @@ def _check_jwt_key(key: str) -> None:
             f"JWT_SECRET_KEY: must be at least {JWT_KEY_MIN_BYTES} bytes for HS256, "
             f"got {len(key.encode())}"
         )
+
+
+def _key(r: _Reader, name: str) -> bytes | None:
+    """An encryption key setting: None when unset, else its 32 bytes (one-line error)."""
+    value = r.secret(name)
+    if value is None or not value.strip():
+        return None
+    try:
+        return secretbox.parse_key(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _token_settings(r: _Reader) -> dict[str, Any]:
+    """Encryption keys, the JWT issuer/audience and the platform's Redis, validated."""
+    key, previous = _key(r, "NOTIFIER_ENCRYPTION_KEY"), _key(r, "NOTIFIER_ENCRYPTION_KEY_PREVIOUS")
+    if previous is not None and key is None:
+        raise ConfigError(
+            "NOTIFIER_ENCRYPTION_KEY: required when NOTIFIER_ENCRYPTION_KEY_PREVIOUS is set"
+        )
+    return {
+        "encryption_key": key,
+        "encryption_key_previous": None if previous == key else previous,
+        "jwt_issuer": r.optional("NOTIFIER_JWT_ISSUER"),
+        "jwt_audience": r.optional("NOTIFIER_JWT_AUDIENCE"),
+        "redis_host": r.optional("REDIS_HOST"),
+        "redis_port": r.port("REDIS_PORT", 6379),
+        "redis_password": r.secret("REDIS_PASSWORD"),
+    }
 
 
 def _require(s: Settings, role: str) -> None:
