@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ class Settings:
     delivery_timeout: float = 15.0
     delivery_poll_seconds: float = 0.5
     delivery_retry_schedule: tuple[float, ...] = backoff.DEFAULT_SCHEDULE
+    # Email digests link back to the feed under this base URL (None: no link).
+    public_url: str | None = None
     # API (issue 5): per-user rate limit (requests/minute, 0 = off; burst) and pool size.
     api_rate_limit_per_minute: int = 600
     api_rate_limit_burst: int = 120
@@ -256,6 +259,7 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         smtp_host=r.optional("NOTIFIER_SMTP_HOST"),
         smtp_port=r.port("NOTIFIER_SMTP_PORT", 587),
         smtp_from=r.optional("NOTIFIER_SMTP_FROM"),
+        public_url=_public_url(r),
         log_level=log_level,
         **_token_settings(r),
         replica=r.text("NOTIFIER_REPLICA", socket.gethostname()),
@@ -276,6 +280,20 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
     )
     _require(settings, role)
     return settings
+
+
+def _public_url(r: _Reader) -> str | None:
+    """NOTIFIER_PUBLIC_URL: an absolute http(s) URL without query or fragment, or None."""
+    value = r.optional("NOTIFIER_PUBLIC_URL")
+    if value is None:
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            f"NOTIFIER_PUBLIC_URL: expected an absolute http(s) URL such as "
+            f"https://discogsography.example/notifier, got {value!r}"
+        )
+    return value.rstrip("/")
 
 
 def _names(r: _Reader, name: str, default: str) -> tuple[str, ...]:

@@ -183,6 +183,16 @@ WITH done AS (
           SELECT 1 FROM notifier.diff_units u CROSS JOIN LATERAL unnest(u.entity_ids) AS x (id)
           WHERE u.version = (SELECT version FROM done ORDER BY fired_at DESC LIMIT 1)
             AND u.entity_type = s.entity_type AND x.id = s.entity_id)
+), digests AS (
+    -- One email digest per user with digest items of the finished cycle, due
+    -- now: every unit is done, so its fan-out is complete and the digest is
+    -- never split. email_digest_items primary key (version prefix); the
+    -- unique (user_id, version) makes a second attempt insert nothing.
+    INSERT INTO notifier.email_digests (user_id, version, event_count)
+    SELECT i.user_id, i.version, count(*) FROM notifier.email_digest_items i
+    WHERE i.version IN (SELECT version FROM done)
+    GROUP BY i.version, i.user_id
+    ON CONFLICT (user_id, version) DO NOTHING
 )
 SELECT version, seconds FROM done
 """

@@ -6,7 +6,10 @@ user. It runs inside the caller's transaction (the router's unit, the API's
 
 Rules:
 - Router events go to the watchers of the event's (entity_type, entity_id)
-  whose watch was created before the cycle started (`watches_before`).
+  whose watch was created before the cycle started (`watches_before`); an
+  event with an `audience` (release filters, `diff.filter_new_releases`) only
+  to those whose watch options equal one of its entries. Each feed row keeps
+  the watch that caused it (`watch_id`; NULL for explicit recipients).
 - A `release_count_threshold` event carries `detail.threshold`. A watch with
   `options.threshold` receives the events whose threshold equals its own; a
   watch without one receives those at a documented milestone
@@ -16,7 +19,8 @@ Rules:
   off) pick the channels: feed rows; webhook outbox rows, one (one message
   id) per endpoint of the user whose `event_types` takes the event: pending
   for an active endpoint, held (kept, never claimed, for a recovery) for a
-  disabled one; email rows only when the caller says the email channel is on.
+  disabled one; email rows only when the caller says the email channel is on
+  (a router unit's events: digest items instead, one mail a user per cycle).
 - Exactly once per event: the first statement sets `events.fanned_out_at` on
   the events not yet fanned out (and not cancelled), and only those are fanned
   out. Their row locks make a concurrent fan-out of the same event wait, then
@@ -75,7 +79,7 @@ LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%s)"
 # they are counted from `targets` rather than RETURNed.
 _TAIL = """
 , targets AS (
-    SELECT r.user_id, r.event_id, r.event, r.deliver_at,
+    SELECT r.user_id, r.event_id, r.event, r.deliver_at, r.watch_id,
            coalesce(p.feed, true) AS feed,
            coalesce(p.webhook, true) AS webhook,
            coalesce(p.email, false) AS email
@@ -84,8 +88,8 @@ _TAIL = """
     LEFT JOIN notifier.preferences p ON p.user_id = r.user_id AND p.event = r.event
 ),
 feed AS (
-    INSERT INTO notifier.notification_events (user_id, event_id)
-    SELECT user_id, event_id FROM targets WHERE feed ORDER BY user_id, event_id
+    INSERT INTO notifier.notification_events (user_id, event_id, watch_id)
+    SELECT user_id, event_id, watch_id FROM targets WHERE feed ORDER BY user_id, event_id
 ),
 hooks AS (
     INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, next_attempt_at, status)
@@ -116,26 +120,31 @@ SELECT (SELECT count(*) FROM targets WHERE feed),
 # the created_at filter.
 _EVENTS_HEAD = """
 WITH ev AS (
-    SELECT id, event, entity_type, entity_id, detail, deliver_at
+    SELECT id, event, entity_type, entity_id, detail, deliver_at, audience
     FROM notifier.events
     WHERE id = ANY(%(ids)s)
 ),"""
 _RECIPIENTS = """
 recipients AS (
-    SELECT w.user_id, ev.id AS event_id, ev.event, ev.deliver_at
+    SELECT w.user_id, ev.id AS event_id, ev.event, ev.deliver_at, w.id AS watch_id
     FROM ev
     CROSS JOIN LATERAL (
         -- OFFSET 0 keeps this an index range scan per event: joined freely,
         -- a small watchlists table and a guessed 100 events made the planner
         -- hash the whole table (4.6 ms for 50 events over 10,000 watches).
-        SELECT w.user_id, w.options FROM notifier.watchlists w
+        SELECT w.id, w.user_id, w.options FROM notifier.watchlists w
         WHERE w.entity_type = ev.entity_type AND w.entity_id = ev.entity_id
           AND w.created_at < %(before)s
         OFFSET 0
     ) AS w
-    WHERE ev.event <> 'release_count_threshold'
-       OR (w.options ? 'threshold' AND w.options -> 'threshold' = ev.detail -> 'threshold')
-       OR (NOT w.options ? 'threshold' AND %(milestones)s::jsonb @> (ev.detail -> 'threshold'))
+    -- An audience is compared by equality: jsonb containment (@>) would let
+    -- `{}` match any filter.
+    WHERE (ev.audience IS NULL
+           OR EXISTS (SELECT 1 FROM jsonb_array_elements(ev.audience) AS a (o)
+                      WHERE a.o = w.options))
+      AND (ev.event <> 'release_count_threshold'
+           OR (w.options ? 'threshold' AND w.options -> 'threshold' = ev.detail -> 'threshold')
+           OR (NOT w.options ? 'threshold' AND %(milestones)s::jsonb @> (ev.detail -> 'threshold')))
 )"""
 FAN_OUT_EVENTS = _EVENTS_HEAD + _RECIPIENTS + _TAIL + _COUNTS  # constants only, no input
 
@@ -145,7 +154,7 @@ WITH ev AS (
     SELECT id, event, deliver_at FROM notifier.events WHERE id = %(id)s
 ),
 recipients AS (
-    SELECT DISTINCT u.user_id, ev.id AS event_id, ev.event, ev.deliver_at
+    SELECT DISTINCT u.user_id, ev.id AS event_id, ev.event, ev.deliver_at, NULL::uuid AS watch_id
     FROM ev CROSS JOIN unnest(%(users)s::uuid[]) AS u (user_id)
 )"""
 FAN_OUT_TO_USERS = _USERS_HEAD + _TAIL + _COUNTS  # constants only, no input
@@ -154,29 +163,44 @@ FAN_OUT_TO_USERS = _USERS_HEAD + _TAIL + _COUNTS  # constants only, no input
 # the same statement (the events are new, so inserting them is their claim,
 # and a re-run's rows hit events_dedup_key and insert nothing). The caller's
 # statement defines `drafts`, one row per event of DRAFT_COLUMNS (k: dedup
-# key, e: event, t: entity type, i: entity id, n: entity name, d: detail),
+# key, e: event, t: entity type, i: entity id, n: entity name, d: detail,
+# a: audience),
 # usually from one JSON array (`draft_params`), and must hold FEED_LOCK_KEY
 # shared before the first feed row is written (units.FINISH_UNIT takes it in
 # the CTE the drafts come from). Each event is announced when the statement
 # wrote any feed row (as `fan_out_events` does). DRAFT_COUNTS: events, feed
 # rows, outbox rows, announcements. Indexes: events_dedup_key, then those of
 # FAN_OUT_EVENTS' recipients.
-DRAFT_COLUMNS = "x (k text, e text, t text, i text, n text, d jsonb)"
+DRAFT_COLUMNS = "x (k text, e text, t text, i text, n text, d jsonb, a jsonb)"
 _INSERTED = """
 ev AS (
     INSERT INTO notifier.events
         (dedup_key, source, version, event, entity_type, entity_id, entity_name, detail,
-         fanned_out_at)
-    SELECT k, 'router', %(version)s, e, t, i, n, coalesce(d, '{}'), now() FROM drafts
+         fanned_out_at, audience)
+    SELECT k, 'router', %(version)s, e, t, i, n, coalesce(d, '{}'), now(), a FROM drafts
     ON CONFLICT (dedup_key) DO NOTHING
-    RETURNING id, event, entity_type, entity_id, detail, deliver_at
+    RETURNING id, event, entity_type, entity_id, detail, deliver_at, audience
 ),"""
 _ANNOUNCED = """,
 announced AS (
     SELECT pg_notify(%(channel)s, jsonb_build_object('event_id', id)::text) FROM ev
     WHERE EXISTS (SELECT 1 FROM targets WHERE feed)
 )"""
-FAN_OUT_DRAFTS = _INSERTED + _RECIPIENTS + _TAIL + _ANNOUNCED  # constants only, no input
+# A cycle's email goes out as one digest a user (sql/013_email_digests.sql):
+# its events are recorded as digest items here, not as outbox rows (the
+# caller passes `email` false for `mails` and `digest` true instead), and the
+# cycle's end makes one digest row per user from them. Ordered by user, as the
+# feed rows. Index: email_digest_items primary key.
+_DIGESTED = """,
+digested AS (
+    INSERT INTO notifier.email_digest_items (version, user_id, event_id)
+    SELECT %(version)s, user_id, event_id FROM targets
+    WHERE email AND %(digest)s
+    ORDER BY user_id, event_id
+)"""
+FAN_OUT_DRAFTS = (
+    _INSERTED + _RECIPIENTS + _TAIL + _DIGESTED + _ANNOUNCED
+)  # constants only, no input
 DRAFT_COUNTS = """(SELECT count(*) FROM ev), (SELECT count(*) FROM targets WHERE feed),
        (SELECT count(*) FROM hooks) + (SELECT count(*) FROM mails),
        (SELECT count(*) FROM announced)"""
@@ -261,17 +285,21 @@ def draft_params(
     `events` is the JSON array the caller's `drafts` reads; only watches
     created before `watches_before` (the cycle's start) count.
     """
-    rows = [
+    rows: list[dict[str, object]] = [
         {"k": e.key(version), "e": e.event, "t": e.entity_type, "i": e.entity_id,
          "n": e.entity_name, "d": e.detail}
         for e in events
     ]  # fmt: skip
+    for row, e in zip(rows, events, strict=True):
+        if e.audience is not None:  # absent, not JSON null: SQL NULL, every watcher
+            row["a"] = e.audience
     return {
         "events": msgspec.json.encode(rows).decode(),
         "version": version,
         "before": watches_before,
         "milestones": _MILESTONES_JSON,
-        "email": email,
+        "email": False,  # no mail per event: the cycle's digest (_DIGESTED)
+        "digest": email,
         "channel": FEED_CHANNEL,
     }
 
