@@ -24,6 +24,7 @@ transaction for as long as the slowest receiver of the batch.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -33,7 +34,9 @@ from typing import Any
 import msgspec
 from psycopg import AsyncConnection
 
-from notifier import fanout
+from notifier import fanout, secretbox
+
+log = logging.getLogger("notifier.poller")
 
 # The inner SELECT walks outbox_due_idx (next_attempt_at) WHERE status =
 # 'pending' from the oldest due row, skipping rows under a running lease and
@@ -71,7 +74,7 @@ WITH claimed AS (
 SELECT c.id, c.user_id, c.channel, c.attempts, c.webhook_id, c.message_id,
        e.id, e.event, e.entity_type, e.entity_id, e.entity_name, e.detail, e.version,
        e.created, e.cancelled, w.url, w.active, w.secret, w.previous_secret, ue.email,
-       w.rate_limit
+       w.rate_limit, w.secret_enc, w.previous_secret_enc
 FROM claimed c
 CROSS JOIN LATERAL (
     SELECT e.id, e.event, e.entity_type, e.entity_id, e.entity_name, e.detail::text AS detail,
@@ -80,9 +83,11 @@ CROSS JOIN LATERAL (
     FROM notifier.events e WHERE e.id = c.event_id OFFSET 0
 ) e
 LEFT JOIN LATERAL (
-    SELECT w.url, w.active, w.secret, w.rate_limit,
+    SELECT w.url, w.active, w.secret, w.secret_enc, w.rate_limit,
            CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END
-               AS previous_secret
+               AS previous_secret,
+           CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_enc END
+               AS previous_secret_enc
     FROM notifier.webhook_configs w WHERE w.id = c.webhook_id OFFSET 0
 ) w ON true
 LEFT JOIN LATERAL (
@@ -96,7 +101,8 @@ LEFT JOIN LATERAL (
 # text format element by element in Python (about 5 ms for the 13 arrays of
 # a batch), msgspec encodes the same in about 0.15 ms.
 # - attempts: every attempt is recorded, even one whose lease was taken over
-#   meanwhile (delivery_attempts: its primary key, delivery_attempts_outbox_idx).
+#   meanwhile (delivery_attempts: its primary key, delivery_attempts_outbox_idx),
+#   except one whose row was erased meanwhile (`erasure`: nothing is left of it).
 # - outcomes: by outbox_pkey (`o.id = ANY(ARRAY(...))` keeps the index plan on
 #   small tables too). Only the current claim may write; a retry or pause
 #   never overrides a row someone set to cancelled/paused meanwhile, but a
@@ -116,7 +122,8 @@ WITH r AS MATERIALIZED (
 ), attempts AS (
     INSERT INTO notifier.delivery_attempts
         (outbox_id, user_id, attempted_at, duration_ms, status_code, error, response_excerpt)
-    SELECT id, user_id, at, ms, code, error, excerpt FROM r WHERE at IS NOT NULL
+    SELECT r.id, r.user_id, r.at, r.ms, r.code, r.error, r.excerpt FROM r
+    WHERE r.at IS NOT NULL AND EXISTS (SELECT 1 FROM notifier.outbox o WHERE o.id = r.id)
 ), outcomes AS (
     UPDATE notifier.outbox o
     SET status = r.status,
@@ -285,8 +292,13 @@ async def claim(
     limit: int,
     lease_seconds: float,
     replica: str,
+    keys: secretbox.Keyring | None = None,
 ) -> list[Job]:
-    """Claim up to `limit` due rows for `lease_seconds` (one committed transaction)."""
+    """Claim up to `limit` due rows for `lease_seconds` (one committed transaction).
+
+    Webhook secrets are decrypted with `keys`; a row whose secret cannot be
+    read gets none (its attempt fails with `bad_secret` and is retried).
+    """
     token = uuid.uuid4()
     async with _atomic(conn):
         cur = await conn.execute(
@@ -296,13 +308,33 @@ async def claim(
         rows = await cur.fetchall()
     jobs = []
     for r in rows:
-        secrets = (r[17],) if r[18] is None else (r[17], r[18])
+        secrets = _secrets(keys, r[4], r[17], r[21], r[18], r[22]) if r[4] is not None else ()
         jobs.append(
             Job(r[0], token, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
-                r[12], r[13], r[14], r[15], r[16], secrets if r[17] is not None else (), r[19],
+                r[12], r[13], r[14], r[15], r[16], secrets, r[19],
                 r[20])
         )  # fmt: skip
     return jobs
+
+
+def _secrets(
+    keys: secretbox.Keyring | None,
+    hook: uuid.UUID,
+    clear: str | None,
+    sealed: bytes | None,
+    previous_clear: str | None,
+    previous_sealed: bytes | None,
+) -> tuple[str, ...]:
+    """The secrets that sign for endpoint `hook`: current first, then the previous one."""
+    try:
+        current = secretbox.read(keys, hook, clear, sealed)
+        previous = secretbox.read(keys, hook, previous_clear, previous_sealed)
+    except secretbox.UnreadableSecret as exc:
+        log.error("webhook secret unreadable", extra={"webhook_id": str(hook), "error": str(exc)})
+        return ()
+    if current is None:
+        return ()
+    return (current,) if previous is None else (current, previous)
 
 
 async def seconds_to_next_due(conn: AsyncConnection[Any]) -> float | None:

@@ -10,6 +10,7 @@ dedup key: a repeat answers the first result and creates nothing.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC
 
@@ -17,12 +18,14 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from notifier import fanout
+from notifier import erasure, fanout
 from notifier.api import auth, parsing
 from notifier.api.context import ctx
 from notifier.api.errors import ApiError, FieldError, not_found
 from notifier.api.routing import Endpoint, no_content, respond
 from notifier.api.schemas import InternalEvent, InternalEventAccepted
+
+log = logging.getLogger(__name__)
 
 MAX_DETAIL_BYTES = 60 * 1024  # so that a webhook body stays under 64 KiB
 
@@ -102,6 +105,16 @@ async def cancel_event(request: Request) -> Response:
     return no_content()
 
 
+async def erase_user(request: Request) -> Response:
+    """DELETE /internal/users/{user_id}: every row of the user is gone (`erasure`)."""
+    auth.service(request)
+    user_id: uuid.UUID = parsing.path_uuid(request, "user_id", "user")
+    async with ctx(request).pool.connection() as conn:
+        removed = await erasure.erase_user(conn, user_id)
+    log.info("user erased", extra={"rows": sum(removed.values())})
+    return no_content()
+
+
 ENDPOINTS = [
     Endpoint("POST", "/internal/events", create_event, "Notify users (platform services)",
              "internal", status=202, response=InternalEventAccepted, body=InternalEvent,
@@ -110,4 +123,9 @@ ENDPOINTS = [
              "the same `idempotency_key` answers the same result and creates nothing."),
     Endpoint("DELETE", "/internal/events/{id}", cancel_event, "Cancel an event", "internal",
              status=204, path_params={"id": "uuid"}, auth="service", errors=(401, 404)),
+    Endpoint("DELETE", "/internal/users/{user_id}", erase_user, "Erase a user", "internal",
+             status=204, path_params={"user_id": "uuid"}, auth="service", errors=(401, 404),
+             description="Needs the service token. Every row of the user (watches, feed, "
+             "preferences, endpoints, outbox, attempts, tokens) is deleted in one transaction "
+             "and nothing more is sent to them. Erasing an unknown user answers 204 too."),
 ]  # fmt: skip
