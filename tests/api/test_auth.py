@@ -97,24 +97,36 @@ async def test_internal_routes_off_without_token(api_env: dict[str, str], pg_url
         server.stop()
 
 
-async def test_email_claim_is_recorded_for_the_email_channel(api: Api) -> None:
+async def test_email_claim_is_recorded_only_while_email_is_on(api: Api) -> None:
     import psycopg
 
     sub = uuid.uuid4()
 
-    def stored() -> list[tuple[object, ...]]:
+    def stored() -> list[object]:
         with psycopg.connect(api.pg_url) as conn:
-            return conn.execute(
-                "SELECT email, updated_at FROM notifier.user_emails WHERE user_id = %s", (sub,)
+            rows = conn.execute(
+                "SELECT email FROM notifier.user_emails WHERE user_id = %s", (sub,)
             ).fetchall()
+        return [row[0] for row in rows]
+
+    async def put(prefs: dict[str, object], email: str) -> None:
+        r = await api.client.put("/api/preferences", json=prefs, headers=bearer(sub, email=email))
+        assert r.status_code == 200
 
     await api.client.get("/api/notifications", headers=bearer(sub))
-    assert stored() == []
-    for _ in range(2):
-        r = await api.client.get("/api/notifications", headers=bearer(sub, email="a@example.com"))
-        assert r.status_code == 200
-    first = stored()
-    assert [row[0] for row in first] == ["a@example.com"]
+    # Email is off by default: the claim is not kept.
+    r = await api.client.get("/api/notifications", headers=bearer(sub, email="a@example.com"))
+    assert r.status_code == 200 and stored() == []
+    await put({"new_releases": {"email": True}}, "a@example.com")
+    assert stored() == ["a@example.com"]
     await api.client.get("/api/notifications", headers=bearer(sub, email="b@example.com"))
     await api.client.get("/api/notifications", headers=bearer(sub, email="not-an-address"))
-    assert [row[0] for row in stored()] == ["b@example.com"]
+    await api.client.get("/api/notifications", headers=bearer(sub, email="x@y.z\r\nBcc: e@v.il"))
+    assert stored() == ["b@example.com"]
+    # Turning the last email preference off forgets the address, and it stays forgotten.
+    await put({"new_releases": {"email": False}, "new_members": {"feed": False}}, "b@example.com")
+    assert stored() == []
+    await api.client.get("/api/notifications", headers=bearer(sub, email="c@example.com"))
+    assert stored() == []
+    await put({"new_members": {"email": True}}, "c@example.com")
+    assert stored() == ["c@example.com"]

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from notifier.api import auth, parsing
+from notifier.api import auth, emails, parsing
 from notifier.api.context import ctx
 from notifier.api.routing import Endpoint, respond
 from notifier.api.schemas import ChannelPrefs, PreferencesMap, PreferencesPatch
@@ -72,6 +72,8 @@ async def put_preferences(request: Request) -> Response:
             params = {"user": who.id, "event": event, "feed": p.feed, "webhook": p.webhook,
                       "email": p.email}  # fmt: skip
             await conn.execute(UPSERT, params)
+        # The address is kept only while email is on for some event.
+        await emails.sync(conn, who.id, who.email)
     return respond(await _current(request, who.id))
 
 
