@@ -18,9 +18,26 @@ import psycopg
 import pytest
 from neo4j import AsyncDriver, AsyncGraphDatabase
 
-from notifier import db, services
+from notifier import db, secretbox, services
 
 T = TypeVar("T")
+
+# The session's key for webhook secrets at rest (every process of a test shares it).
+ENCRYPTION_KEY = secretbox.new_key()
+KEYS = secretbox.Keyring(secretbox.parse_key(ENCRYPTION_KEY))
+
+
+def stored_secrets(pg_url: str, user: uuid.UUID) -> list[tuple[str | None, str | None]]:
+    """The user's endpoints' (secret, previous secret) as stored, decrypted; oldest first."""
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT id, secret, secret_enc, previous_secret, previous_secret_enc "
+            "FROM notifier.webhook_configs WHERE user_id = %s ORDER BY created_at, id",
+            (user,),
+        ).fetchall()
+    return [
+        (secretbox.read(KEYS, h, s, se), secretbox.read(KEYS, h, p, pe)) for h, s, se, p, pe in rows
+    ]
 
 
 def _start(request: pytest.FixtureRequest, name: str, cm: AbstractContextManager[T]) -> T:
@@ -170,6 +187,7 @@ def env_for(
         NEO4J_DATABASE=graph_db,
         NOTIFIER_COMPLETION_EXCHANGE=exchange_name,
         JWT_SECRET_KEY="test-jwt-secret-key-that-is-long-enough-for-hs256",
+        NOTIFIER_ENCRYPTION_KEY=ENCRYPTION_KEY,
         NOTIFIER_WEBHOOK_ALLOW_PRIVATE="true",
         LOG_LEVEL="INFO",
     )

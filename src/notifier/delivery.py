@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from notifier import backoff, config, db, fanout, poller
+from notifier import backoff, config, db, fanout, poller, secretbox
 from notifier.channels import Channel, Sent
 from notifier.channels.webhook import WebhookOptions, WebhookSender
 from notifier.serving import QuietServer, until_signalled
@@ -180,6 +180,8 @@ class Delivery:
     channels: Mapping[str, Channel]
     replica: str
     limits: Limits = field(default_factory=Limits)
+    # Decrypts the webhook secrets (None: only clear rows, as before sql/014, are readable).
+    keys: secretbox.Keyring | None = None
 
     def __post_init__(self) -> None:
         self._inflight: dict[int, asyncio.Task[None]] = {}
@@ -231,7 +233,7 @@ class Delivery:
                 async with self.pool.connection() as conn:
                     jobs = await poller.claim(
                         conn, limit=limit, lease_seconds=limits.lease_seconds,
-                        replica=self.replica,
+                        replica=self.replica, keys=self.keys,
                     )  # fmt: skip
                     if any(job.rate_limit is not None for job in jobs):
                         waits = await poller.pace(conn, jobs)
@@ -479,7 +481,8 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
     channels = channels_for(settings)
     pool = db.pool(settings.postgres_conninfo, min_size=2, max_size=6)
     await pool.open()
-    delivery = Delivery(pool, channels, settings.replica, Limits.from_settings(settings))
+    keys = secretbox.from_settings(settings.encryption_key, settings.encryption_key_previous)
+    delivery = Delivery(pool, channels, settings.replica, Limits.from_settings(settings), keys)
     http: asyncio.Task[None] | None = None
     server = QuietServer(
         uvicorn.Config(

@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notifier import config, db, logs, services, signing
+from notifier import config, db, logs, secretbox, services, signing
 from notifier.graphbuilder import GraphBuilder, platform_schema
 from notifier.serving import until_signalled
 
@@ -202,6 +202,7 @@ def dev_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("JWT_SECRET_KEY", secrets.token_urlsafe(32))
     env.setdefault("NOTIFIER_SERVICE_TOKEN", secrets.token_urlsafe(24))
+    env.setdefault("NOTIFIER_ENCRYPTION_KEY", secretbox.new_key())
     env.setdefault("NOTIFIER_WEBHOOK_ALLOW_PRIVATE", "true")
     env.setdefault("NOTIFIER_REPLICA", "dev")
     env.setdefault("LOG_LEVEL", "WARNING")
@@ -270,15 +271,28 @@ async def _seed_postgres(settings: config.Settings, hook_url: str, secret: str) 
                 (user, entity_type, entity_id, ENTITY_NAMES[entity_id], json.dumps(options)),
             )
         # Alice's endpoints (several are allowed since sql/010): point them all
-        # here, or make her first one.
-        await conn.execute(
-            "WITH updated AS (UPDATE notifier.webhook_configs SET url = %(url)s, "
-            "secret = %(secret)s, public_key = NULL, active = true, disabled_reason = NULL "
-            "WHERE user_id = %(user)s RETURNING 1) "
-            "INSERT INTO notifier.webhook_configs (user_id, url, secret) "
-            "SELECT %(user)s, %(url)s, %(secret)s WHERE NOT EXISTS (SELECT 1 FROM updated)",
-            {"user": ALICE, "url": hook_url, "secret": secret},
+        # here, or make her first one. Each secret is sealed with its row's id.
+        keys = secretbox.from_settings(settings.encryption_key, settings.encryption_key_previous)
+        if keys is None:
+            raise config.ConfigError("NOTIFIER_ENCRYPTION_KEY: required by `notifier dev`")
+        cur = await conn.execute(
+            "SELECT id FROM notifier.webhook_configs WHERE user_id = %s", (ALICE,)
         )
+        hooks = [row[0] for row in await cur.fetchall()]
+        if not hooks:
+            hooks = [uuid.uuid4()]
+            await conn.execute(
+                "INSERT INTO notifier.webhook_configs (id, user_id, url, secret_enc) "
+                "VALUES (%s, %s, %s, %s)",
+                (hooks[0], ALICE, hook_url, keys.encrypt(secret, hooks[0])),
+            )
+        for hook in hooks:
+            await conn.execute(
+                "UPDATE notifier.webhook_configs SET url = %s, secret = NULL, secret_enc = %s, "
+                "previous_secret = NULL, previous_secret_enc = NULL, public_key = NULL, "
+                "active = true, disabled_reason = NULL WHERE id = %s",
+                (hook_url, keys.encrypt(secret, hook), hook),
+            )
         await conn.commit()
 
 

@@ -1,4 +1,4 @@
-"""Throwaway backing services: PostgreSQL, RabbitMQ and a Bolt graph server.
+"""Throwaway backing services: PostgreSQL, RabbitMQ, a Bolt graph server, Redis.
 
 Used by the test suite and by `notifier dev`. Each service comes, in order of
 preference, from a URL in the environment, from testcontainers when a Docker
@@ -27,6 +27,8 @@ import httpx
 
 POSTGRES_URL_ENV = "NOTIFIER_TEST_POSTGRES_URL"
 RABBITMQ_URL_ENV = "NOTIFIER_TEST_RABBITMQ_URL"
+# Redis (the platform's token revocations): a URL, else a local redis-server.
+REDIS_URL_ENV = "NOTIFIER_TEST_REDIS_URL"
 NEO4J_URL_ENV = "NOTIFIER_TEST_NEO4J_URL"
 # ArcadeDB only: its HTTP admin URL, which lets each test get a database of its own.
 NEO4J_ADMIN_URL_ENV = "NOTIFIER_TEST_NEO4J_ADMIN_URL"
@@ -428,6 +430,67 @@ def _kill_epmd(port: int) -> None:
     env = {**os.environ, "ERL_EPMD_PORT": str(port)}
     if shutil.which("epmd"):
         subprocess.run(["epmd", "-kill"], env=env, capture_output=True, check=False)
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@dataclass
+class RedisService:
+    """A running Redis server."""
+
+    host: str
+    port: int
+    password: str | None
+    origin: str
+
+
+@contextlib.contextmanager
+def redis() -> Iterator[RedisService]:
+    """A Redis server for the lifetime of the context (a URL, else local redis-server)."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if url:
+        p = urllib.parse.urlsplit(url)
+        password = urllib.parse.unquote(p.password) if p.password else None
+        yield RedisService(p.hostname or "localhost", p.port or 6379, password, origin="env")
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceUnavailable(
+            "redis-server was not found. Install it (Debian: apt-get install redis-server) "
+            f"or set {REDIS_URL_ENV}."
+        )
+    top = Path(tempfile.mkdtemp(prefix="notifier-redis-"))
+    port, password = free_port(), uuid.uuid4().hex
+    log = top / "redis.log"
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(top), "--save", "",
+            "--appendonly", "no", "--daemonize", "no", "--logfile", str(log)]  # fmt: skip
+    # The password goes in through stdin's config, not the command line (ps shows that).
+    proc = subprocess.Popen(
+        [binary, "-", *args], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(f"requirepass {password}\n".encode())
+    proc.stdin.close()
+    try:
+        _wait("redis-server", lambda: _redis_ready(port, password), 30, log)
+        yield RedisService("127.0.0.1", port, password, origin="local")
+    finally:
+        _kill_group(proc)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _redis_ready(port: int, password: str) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        s.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+        answer = b""
+        while b"PONG" not in answer and len(answer) < 200:
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            answer += chunk
+        return b"+PONG" in answer
 
 
 # --------------------------------------------------------------------------- graph

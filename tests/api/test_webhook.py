@@ -9,6 +9,7 @@ import httpx
 import psycopg
 
 from tests.api.conftest import Api, bearer, serve
+from tests.conftest import stored_secrets
 
 URL = "http://127.0.0.1:9/hook"
 
@@ -32,11 +33,12 @@ async def test_register_read_rotate_delete(api: Api, user: uuid.UUID) -> None:
     assert rotated["secret"].startswith("whsec_") and rotated["secret"] != created["secret"]
     with psycopg.connect(api.pg_url) as conn:
         row = conn.execute(
-            "SELECT previous_secret, previous_secret_expires_at - now() > interval '23 hours' "
+            "SELECT previous_secret_expires_at - now() > interval '23 hours' "
             "FROM notifier.webhook_configs WHERE user_id = %s",
             (user,),
         ).fetchone()
-    assert row == (created["secret"], True)
+    assert row == (True,)
+    assert stored_secrets(api.pg_url, user) == [(rotated["secret"], created["secret"])]
 
     # The notifier disabled it: GET says why; registering again re-enables it.
     with psycopg.connect(api.pg_url) as conn:
@@ -185,21 +187,19 @@ async def test_an_ed25519_webhook_shows_its_public_key_never_its_private_key(
     assert got.json()["public_key"] == public and got.json()["signing"] == "ed25519"
     assert "whsk_" not in got.text and "whsec_" not in got.text
     with psycopg.connect(api.pg_url) as conn:
-        stored = conn.execute(
-            "SELECT secret, public_key FROM notifier.webhook_configs WHERE user_id = %s", (user,)
+        stored_public = conn.execute(
+            "SELECT public_key FROM notifier.webhook_configs WHERE user_id = %s", (user,)
         ).fetchone()
-    assert stored is not None and stored[0].startswith("whsk_") and stored[1] == public
+    assert stored_public == (public,)
+    ((private, _),) = stored_secrets(api.pg_url, user)
+    assert private is not None and private.startswith("whsk_")
     rotated = await api.client.post("/api/webhook/rotate-secret", headers=h)
     assert rotated.status_code == 200 and "whsk_" not in rotated.text
     assert (
         rotated.json()["public_key"].startswith("whpk_") and rotated.json()["public_key"] != public
     )
     assert rotated.json()["secret"] is None
-    with psycopg.connect(api.pg_url) as conn:
-        previous = conn.execute(
-            "SELECT previous_secret FROM notifier.webhook_configs WHERE user_id = %s", (user,)
-        ).fetchone()
-    assert previous == (stored[0],)  # the old key signs alongside for 24 h
+    assert stored_secrets(api.pg_url, user)[0][1] == private  # the old key signs for 24 h
     bad = await api.client.post("/api/webhook", json={"url": URL, "signing": "rsa"}, headers=h)
     assert bad.status_code == 422 and bad.json()["error"]["code"]
     # Back to HMAC: registering again with the default gives a whsec_ secret.

@@ -14,8 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from notifier import db, delivery, services
+from notifier import db, delivery, secretbox, services
 from notifier.channels.webhook import WebhookOptions, WebhookSender
+from tests.conftest import KEYS
 
 
 def new_secret() -> str:
@@ -101,7 +102,7 @@ async def wait_until(
 @asynccontextmanager
 async def running(
     pg_url: str, *, options: WebhookOptions | None = None, channels: dict[str, Any] | None = None,
-    **limits: Any,
+    keys: secretbox.Keyring | None = KEYS, **limits: Any,
 ) -> AsyncIterator[delivery.Delivery]:  # fmt: skip
     """An in-process delivery loop on `pg_url`, stopped (drained) on exit."""
     opts = options or WebhookOptions(allow_private=True, total_timeout=2.0, read_timeout=2.0)
@@ -110,7 +111,7 @@ async def running(
     limits.setdefault("poll_seconds", 0.05)
     pool = db.pool(pg_url, min_size=1, max_size=4)
     await pool.open()
-    d = delivery.Delivery(pool, chans, "test", delivery.Limits(**limits))
+    d = delivery.Delivery(pool, chans, "test", delivery.Limits(**limits), keys)
     stop = asyncio.Event()
     task = asyncio.create_task(d.run(stop))
     try:

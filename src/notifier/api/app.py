@@ -28,6 +28,7 @@ from notifier.api import webhooks as endpoint_routes
 from notifier.api.context import Context
 from notifier.api.metrics import Metrics, MetricsMiddleware
 from notifier.api.ratelimit import RateLimiter
+from notifier.api.revocation import Revocations
 from notifier.api.routing import Endpoint, routes
 from notifier.config import Settings
 
@@ -101,9 +102,18 @@ def create_app(settings: Settings, *, heartbeat_seconds: float = 15.0) -> Starle
             limiter=RateLimiter(settings.api_rate_limit_per_minute, settings.api_rate_limit_burst),
             metrics=metrics,
         )  # fmt: skip
+        # The platform's revoked tokens (auth.check_revoked); None: REDIS_HOST unset.
+        revocations = None
+        if settings.redis_host:
+            revocations = Revocations(
+                settings.redis_host, settings.redis_port, settings.redis_password
+            )
+        app.state.revocations = revocations
         try:
             yield
         finally:
+            if revocations is not None:
+                await revocations.aclose()
             hub.close()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,6 +4,8 @@ User tokens are HS256 JWTs signed with `JWT_SECRET_KEY` (the algorithm is
 pinned, so `alg: none` and RS256/HS256 confusion are refused), with `exp`
 required and enforced and `sub` a UUID. Tokens carrying a `type` claim other
 than `access` (the platform's `admin` and `2fa_challenge` tokens) are refused.
+With `NOTIFIER_JWT_ISSUER`/`NOTIFIER_JWT_AUDIENCE` set, `iss`/`aud` must match.
+With `REDIS_HOST` set, tokens the platform revoked are refused (`revocation.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from starlette.requests import Request
@@ -18,6 +21,7 @@ from starlette.requests import Request
 from notifier.api.context import ctx
 from notifier.api.errors import ApiError
 from notifier.api.ratelimit import retry_after_header
+from notifier.api.revocation import Revocations, RevocationUnavailable
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="notifier"'}
 
@@ -28,6 +32,9 @@ class User:
 
     id: uuid.UUID
     email: str | None
+    # What the platform's revocation keys are checked against (revocation.py).
+    jti: Any = None
+    iat: Any = None
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -45,17 +52,29 @@ def bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def decode_user(token: str, secret: str) -> User:
-    """Validate a user token; raise a 401 `ApiError` saying why it is refused."""
+def decode_user(
+    token: str, secret: str, *, issuer: str | None = None, audience: str | None = None
+) -> User:
+    """Validate a user token; raise a 401 `ApiError` saying why it is refused.
+
+    `issuer`/`audience`, when given, must be the token's `iss`/`aud` (both then required).
+    """
+    required = ["exp", "sub"] + (["iss"] if issuer else []) + (["aud"] if audience else [])
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=["HS256"],
-            options={"require": ["exp", "sub"]},
+            options={"require": required},
+            issuer=issuer,
+            audience=audience,
         )
     except jwt.ExpiredSignatureError:
         raise _unauthorized("token expired") from None
+    except jwt.InvalidIssuerError:
+        raise _unauthorized("token issuer not accepted") from None
+    except jwt.InvalidAudienceError:
+        raise _unauthorized("token audience not accepted") from None
     except jwt.InvalidTokenError:
         raise _unauthorized("invalid token") from None
     if "type" in claims and claims["type"] != "access":  # e.g. admin, 2fa_challenge, null
@@ -65,7 +84,8 @@ def decode_user(token: str, secret: str) -> User:
     except ValueError:
         raise _unauthorized("invalid token subject") from None
     email = claims.get("email")
-    return User(user_id, email if isinstance(email, str) else None)
+    return User(user_id, email if isinstance(email, str) else None, claims.get("jti"),
+                claims.get("iat"))  # fmt: skip
 
 
 async def user(request: Request) -> User:
@@ -74,7 +94,8 @@ async def user(request: Request) -> User:
     if token is None:
         raise _unauthorized("missing bearer token")
     c = ctx(request)
-    who = decode_user(token, c.settings.jwt_secret_key)
+    s = c.settings
+    who = decode_user(token, s.jwt_secret_key, issuer=s.jwt_issuer, audience=s.jwt_audience)
     wait = c.limiter.take(who.id)
     if wait is not None:
         raise ApiError(
@@ -82,9 +103,26 @@ async def user(request: Request) -> User:
             "too many requests; slow down",
             headers={"Retry-After": retry_after_header(wait)},
         )
+    await check_revoked(request, who)
     if who.email is not None:
         await c.emails.note(c.pool, who.id, who.email)
     return who
+
+
+async def check_revoked(request: Request, who: User) -> None:
+    """401 when the platform revoked this token (only with `REDIS_HOST`); 503 when unsure."""
+    revocations: Revocations | None = getattr(request.app.state, "revocations", None)
+    if revocations is None:
+        return
+    try:
+        reason = await revocations.reason(str(who.id), who.jti, who.iat)
+    except RevocationUnavailable:
+        raise ApiError(
+            503, "cannot check whether the token was revoked; try again",
+            code="revocation_unavailable", headers={"Retry-After": "5"},
+        ) from None  # fmt: skip
+    if reason is not None:
+        raise _unauthorized("token has been revoked")
 
 
 def service(request: Request) -> None:

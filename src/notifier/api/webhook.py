@@ -4,9 +4,12 @@ deliveries, redeliver), and what the `/api/webhooks…` routes share with them.
 A user has up to 10 endpoints (`webhooks.py`); these singular routes act on
 the oldest one. Registering again replaces its URL and secret and re-enables
 it when disabled (its paused deliveries resume). The secret is shown only
-when created or rotated; after a rotation the previous secret keeps signing
-alongside the new one for `PREVIOUS_SECRET_HOURS`. An ed25519 endpoint shows
-its `whpk_` public key instead; its `whsk_` private key is never shown.
+when created or rotated, in a `Cache-Control: no-store` answer; after a
+rotation or a re-registration the previous secret keeps signing alongside the
+new one for `PREVIOUS_SECRET_HOURS` (a second rotation meanwhile keeps the
+newest two). An ed25519 endpoint shows its `whpk_` public key instead; its
+`whsk_` private key is never shown. Secrets are stored encrypted
+(`secretbox.py`), bound to the endpoint's id.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from psycopg.rows import dict_row
 from starlette.requests import Request
 from starlette.responses import Response
 
-from notifier import signing, ssrf
+from notifier import secretbox, signing, ssrf
 from notifier.api import auth, cursor, parsing
 from notifier.api.context import ctx
 from notifier.api.errors import ApiError, FieldError, not_found
@@ -38,6 +41,7 @@ from notifier.api.schemas import (
     WebhookCreate,
     WebhookWithSecret,
 )
+from notifier.config import Settings
 
 CURSOR_KIND = "d"
 SECRET_BYTES = 32
@@ -49,9 +53,11 @@ MAX_ATTEMPTS_SHOWN = 50
 COLUMNS = """id, url, description, event_types,
 CASE WHEN public_key IS NULL THEN 'hmac' ELSE 'ed25519' END AS signing, public_key, rate_limit,
 active, disabled_reason, disabled_at, failing_since, created_at, updated_at"""
-# What creation and rotation answer (`with_secret` drops a private key).
-CREATED_COLUMNS = """id, url, secret, public_key, active, created_at, previous_secret_expires_at,
+# What creation and rotation answer, with the new secret (`with_secret`).
+CREATED_COLUMNS = """id, url, public_key, active, created_at, previous_secret_expires_at,
 description, event_types, rate_limit"""
+# An answer carrying a secret must not stay in any cache (browser, proxy).
+NO_STORE = {"Cache-Control": "no-store"}
 
 # One writer of a user's set of endpoints at a time: the count of 10 and "the
 # oldest" of the singular routes are read under it (transaction-scoped).
@@ -60,18 +66,26 @@ LOCK_USER = "SELECT pg_advisory_xact_lock(hashtextextended('notifier.webhooks:' 
 OLDEST = """
 SELECT id FROM notifier.webhook_configs WHERE user_id = %s ORDER BY created_at, id LIMIT 1
 """
+_SAME_KIND = "((public_key IS NULL) = (%(public_key)s::text IS NULL))"
 INSERT = f"""
 INSERT INTO notifier.webhook_configs
-    (user_id, url, secret, public_key, description, event_types, rate_limit)
-VALUES (%(user)s, %(url)s, %(secret)s, %(public_key)s, %(description)s, %(event_types)s,
-        %(rate_limit)s)
+    (id, user_id, url, secret_enc, public_key, description, event_types, rate_limit)
+VALUES (%(id)s, %(user)s, %(url)s, %(secret_enc)s, %(public_key)s, %(description)s,
+        %(event_types)s, %(rate_limit)s)
 RETURNING {CREATED_COLUMNS}
 """  # noqa: S608 - built from constants only, never from input
-# By primary key: POST /api/webhook again replaces the oldest endpoint's URL and key.
+# By primary key: POST /api/webhook again replaces the oldest endpoint's URL and
+# key. The old secret keeps signing for the grace period, as after a rotation,
+# unless the signing kind changes (an HMAC secret and an ed25519 key cannot
+# sign one delivery together).
 REPLACE = f"""
 UPDATE notifier.webhook_configs SET
-    url = %(url)s, secret = %(secret)s, public_key = %(public_key)s,
-    previous_secret = NULL, previous_secret_expires_at = NULL, rate_tokens = NULL,
+    url = %(url)s, secret = NULL, secret_enc = %(secret_enc)s, public_key = %(public_key)s,
+    previous_secret = CASE WHEN {_SAME_KIND} THEN secret END,
+    previous_secret_enc = CASE WHEN {_SAME_KIND} THEN secret_enc END,
+    previous_secret_expires_at = CASE WHEN {_SAME_KIND}
+        THEN now() + interval '{PREVIOUS_SECRET_HOURS} hours' END,
+    rate_tokens = NULL,
     active = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL,
     updated_at = now()
 WHERE id = %(id)s
@@ -106,9 +120,10 @@ FOR UPDATE
 # keeps the one that fits).
 ROTATE = f"""
 UPDATE notifier.webhook_configs SET
-    previous_secret = secret,
+    previous_secret = secret, previous_secret_enc = secret_enc,
     previous_secret_expires_at = now() + interval '{PREVIOUS_SECRET_HOURS} hours',
-    secret = CASE WHEN public_key IS NULL THEN %(secret)s ELSE %(private_key)s END,
+    secret = NULL,
+    secret_enc = CASE WHEN public_key IS NULL THEN %(secret_enc)s ELSE %(private_enc)s END,
     public_key = CASE WHEN public_key IS NULL THEN NULL ELSE %(public_key)s END,
     updated_at = now()
 WHERE id = %(id)s AND user_id = %(user)s
@@ -167,24 +182,38 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
 
 
-def new_keys(scheme: str) -> dict[str, str | None]:
-    """The stored key and public key of a new endpoint signed with `scheme`."""
+def keyring(settings: Settings) -> secretbox.Keyring:
+    """The keys that seal secrets; 503 when none is configured (nothing stored in clear)."""
+    keys = secretbox.from_settings(settings.encryption_key, settings.encryption_key_previous)
+    if keys is None:
+        raise ApiError(
+            503, "webhooks are unavailable: the server has no NOTIFIER_ENCRYPTION_KEY",
+            code="encryption_key_missing",
+        )  # fmt: skip
+    return keys
+
+
+def new_keys(scheme: str, keys: secretbox.Keyring, hook: uuid.UUID) -> dict[str, Any]:
+    """A new endpoint's id, its secret (sealed, and clear for the answer) and public key."""
     if scheme == "ed25519":
-        private, public = signing.new_ed25519()
-        return {"secret": private, "public_key": public}
-    return {"secret": new_secret(), "public_key": None}
+        secret, public = signing.new_ed25519()
+    else:
+        secret, public = new_secret(), None
+    return {"id": hook, "secret": secret, "secret_enc": keys.encrypt(secret, hook),
+            "public_key": public}  # fmt: skip
 
 
-def with_secret(row: dict[str, Any]) -> WebhookWithSecret:
-    """The creation/rotation answer: an HMAC secret, or an ed25519 endpoint's public key only.
+def with_secret(row: dict[str, Any], secret: str, status: int = 200) -> Response:
+    """The creation/rotation answer (no-store): the HMAC secret, or an ed25519 public key only.
 
-    A `whsk_` private key never leaves the database.
+    A `whsk_` private key never leaves the server.
     """
     public = row.pop("public_key")
-    secret = row.pop("secret")
     if public is not None:
-        return WebhookWithSecret(**row, secret=None, signing="ed25519", public_key=public)
-    return WebhookWithSecret(**row, secret=secret, signing="hmac")
+        body = WebhookWithSecret(**row, secret=None, signing="ed25519", public_key=public)
+    else:
+        body = WebhookWithSecret(**row, secret=secret, signing="hmac")
+    return respond(body, status, headers=NO_STORE)
 
 
 async def check_url(url: str, allow_private: bool) -> None:
@@ -222,16 +251,21 @@ async def oldest(conn: AsyncConnection[Any], user: uuid.UUID) -> uuid.UUID:
     return row[0]  # type: ignore[no-any-return]
 
 
-async def rotate_endpoint(conn: AsyncConnection[Any], user: uuid.UUID, hook: uuid.UUID) -> Response:
+async def rotate_endpoint(
+    conn: AsyncConnection[Any], keys: secretbox.Keyring, user: uuid.UUID, hook: uuid.UUID
+) -> Response:
     """Rotate one endpoint's secret (or key pair): 200 with the new secret (or public key)."""
     private, public = signing.new_ed25519()
-    keys = {"secret": new_secret(), "private_key": private, "public_key": public}
+    secret = new_secret()
+    params = {"user": user, "id": hook, "public_key": public,
+              "secret_enc": keys.encrypt(secret, hook),
+              "private_enc": keys.encrypt(private, hook)}  # fmt: skip
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(ROTATE, {"user": user, "id": hook, **keys})
+    await cur.execute(ROTATE, params)
     row = await cur.fetchone()
     if row is None:
         raise not_found("webhook")
-    return respond(with_secret(row))
+    return with_secret(row, secret)
 
 
 async def ping_endpoint(conn: AsyncConnection[Any], user: uuid.UUID, hook: uuid.UUID) -> Response:
@@ -288,23 +322,26 @@ async def register(request: Request) -> Response:
     who = await auth.user(request)
     body = await parsing.json_body(request, WebhookCreate)
     c = ctx(request)
+    keys = keyring(c.settings)
     url = body.url.strip()
     await check_url(url, c.settings.webhook_allow_private)
-    params: dict[str, Any] = {"user": who.id, "url": url, **new_keys(body.signing)}
     async with c.pool.connection() as conn, conn.transaction():
         await conn.execute(LOCK_USER, (str(who.id),))
         cur = conn.cursor(row_factory=dict_row)
         first = await (await conn.execute(OLDEST, (who.id,))).fetchone()
+        # The secret is sealed with the endpoint's id: a new one, or the oldest's.
+        made = new_keys(body.signing, keys, uuid.uuid4() if first is None else first[0])
+        params: dict[str, Any] = {"user": who.id, "url": url, **made}
         if first is None:
             await cur.execute(
                 INSERT, params | {"description": None, "event_types": None, "rate_limit": None}
             )
         else:
-            await cur.execute(REPLACE, params | {"id": first[0]})
+            await cur.execute(REPLACE, params)
         row = await cur.fetchone()
         assert row is not None
         await conn.execute(RESUME_PAUSED, (row["id"],))
-    return respond(with_secret(row), 201)
+    return with_secret(row, made["secret"], 201)
 
 
 async def get_webhook(request: Request) -> Response:
@@ -331,8 +368,10 @@ async def delete_webhook(request: Request) -> Response:
 async def rotate_secret(request: Request) -> Response:
     """POST /api/webhook/rotate-secret: 200 with the new secret."""
     who = await auth.user(request)
-    async with ctx(request).pool.connection() as conn:
-        return await rotate_endpoint(conn, who.id, await oldest(conn, who.id))
+    c = ctx(request)
+    keys = keyring(c.settings)
+    async with c.pool.connection() as conn:
+        return await rotate_endpoint(conn, keys, who.id, await oldest(conn, who.id))
 
 
 async def test_ping(request: Request) -> Response:

@@ -129,12 +129,13 @@ async def create_endpoint(request: Request) -> Response:
     who = await auth.user(request)
     body = await parsing.json_body(request, EndpointCreate)
     c = ctx(request)
+    keys = single.keyring(c.settings)
     url = body.url.strip()
     await single.check_url(url, c.settings.webhook_allow_private)
+    made = single.new_keys(body.signing, keys, uuid.uuid4())
     params: dict[str, Any] = {
         "user": who.id, "url": url, "description": body.description,
-        "event_types": body.event_types, "rate_limit": body.rate_limit,
-        **single.new_keys(body.signing),
+        "event_types": body.event_types, "rate_limit": body.rate_limit, **made,
     }  # fmt: skip
     async with c.pool.connection() as conn, conn.transaction():
         await conn.execute(single.LOCK_USER, (str(who.id),))
@@ -147,7 +148,7 @@ async def create_endpoint(request: Request) -> Response:
         await cur.execute(single.INSERT, params)
         row = await cur.fetchone()
     assert row is not None
-    return respond(single.with_secret(row), 201)
+    return single.with_secret(row, made["secret"], 201)
 
 
 async def _check_owner(pool: AsyncConnectionPool, user: uuid.UUID, hook: uuid.UUID) -> None:
@@ -215,8 +216,10 @@ async def rotate_endpoint(request: Request) -> Response:
     """POST /api/webhooks/{id}/rotate-secret: 200 with the new secret (or public key)."""
     who = await auth.user(request)
     hook = _endpoint_id(request)
-    async with ctx(request).pool.connection() as conn:
-        return await single.rotate_endpoint(conn, who.id, hook)
+    c = ctx(request)
+    keys = single.keyring(c.settings)
+    async with c.pool.connection() as conn:
+        return await single.rotate_endpoint(conn, keys, who.id, hook)
 
 
 async def ping_endpoint(request: Request) -> Response:
