@@ -17,6 +17,8 @@ Rules shared by every entity type (contract §6):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +139,10 @@ class EventDraft:
     entity_name: str | None
     detail: dict[str, Any]
     extra: tuple[object, ...] = ()
+    # new_releases: every new release id (detail's list is capped), for filters.
+    new_ids: Sequence[int] = ()
+    # The watch options this event is for (see `filter_new_releases`); None: every watcher.
+    audience: tuple[Any, ...] | None = None
 
     def key(self, version: str) -> str:
         """The dedup key of this event in cycle `version`."""
@@ -314,7 +320,113 @@ def _new_releases(
         "new_release_count": len(ids),
         "release_ids": [str(i) for i in ids[:RELEASE_ID_CAP]],
     }
-    return EventDraft("new_releases", entity_type, entity_id, name, fit_detail(detail))
+    return EventDraft("new_releases", entity_type, entity_id, name, fit_detail(detail), new_ids=ids)
+
+
+@dataclass(frozen=True)
+class ReleaseFilter:
+    """The release filter of an artist or label watch (its `options`, contract §5).
+
+    A release passes when it has one of `formats` (compared case-insensitively
+    with the graph's `formats` list, repeats and all; a release without one
+    fails) and its year lies within the inclusive bounds (a release without a
+    year, or with year 0, Discogs' "unknown", fails any bound).
+    """
+
+    formats: frozenset[str] | None = None
+    year_from: int | None = None
+    year_to: int | None = None
+
+    def passes(self, year: object, formats: object) -> bool:
+        """Whether a release with these raw graph values passes."""
+        if self.formats is not None and not _has_format(formats, self.formats):
+            return False
+        if self.year_from is not None or self.year_to is not None:
+            y = year if isinstance(year, int) and not isinstance(year, bool) and year > 0 else None
+            if y is None:
+                return False
+            if self.year_from is not None and y < self.year_from:
+                return False
+            if self.year_to is not None and y > self.year_to:
+                return False
+        return True
+
+
+def _has_format(formats: object, wanted: frozenset[str]) -> bool:
+    """Whether the graph's `formats` (a list, repeats and all) hold one of `wanted` (folded)."""
+    if not isinstance(formats, list):
+        return False
+    return any(isinstance(f, str) and f.casefold() in wanted for f in formats)
+
+
+def _bound(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and -100_000 <= value <= 100_000:
+        return value
+    raise ValueError(value)
+
+
+def parse_filter(options: object) -> ReleaseFilter | None:
+    """The filter of an artist or label watch's stored options; None when they are unusable.
+
+    `{}` is the filter that passes everything (`ReleaseFilter()`).
+    """
+    if not isinstance(options, Mapping) or options.keys() - {"formats", "year_from", "year_to"}:
+        return None
+    formats = options.get("formats")
+    if formats is not None and (
+        not isinstance(formats, list) or not formats
+        or not all(isinstance(f, str) for f in formats)
+    ):  # fmt: skip
+        return None
+    try:
+        year_from = None if options.get("year_from") is None else _bound(options["year_from"])
+        year_to = None if options.get("year_to") is None else _bound(options["year_to"])
+    except ValueError:
+        return None
+    folded = None if formats is None else frozenset(f.casefold() for f in formats)
+    return ReleaseFilter(folded, year_from, year_to)
+
+
+# Facets of a release for the filters: (year, formats) as the graph stores them.
+Facets = tuple[object, object]
+_NO_FACETS: Facets = (None, None)
+
+
+def filter_new_releases(
+    event: EventDraft,
+    audiences: Sequence[tuple[Any, ReleaseFilter]],
+    facets: Mapping[int, Facets],
+) -> list[EventDraft]:
+    """One new_releases event per distinct outcome of the watchers' filters.
+
+    `audiences` are the distinct stored options of the entity's watchers with
+    their filters (`{}` with `ReleaseFilter()` for unfiltered watches);
+    `facets` the (year, formats) of the new releases (a release missing there
+    fails every filter but the empty one). Options whose filters let the same
+    releases through share one event, whose `audience` lists them; options
+    that let none through get none. The outcome of every release keeps the
+    event's own dedup key; a narrower one adds `only:<digest of its ids>`, so
+    the key names the outcome, not the users, and a re-run makes nothing new.
+    """
+    everything = tuple(event.new_ids)
+    outcomes: dict[tuple[int, ...], list[Any]] = {}
+    for options, rule in audiences:
+        if rule == ReleaseFilter():
+            passing = everything
+        else:
+            passing = tuple(i for i in everything if rule.passes(*facets.get(i, _NO_FACETS)))
+        if passing:
+            outcomes.setdefault(passing, []).append(options)
+    out: list[EventDraft] = []
+    for passing, options_list in sorted(outcomes.items()):
+        audience = tuple(sorted(options_list, key=lambda o: msgspec.json.encode(o, order="sorted")))
+        if passing == everything:
+            out.append(dataclasses.replace(event, audience=audience))
+            continue
+        digest = hashlib.sha256(",".join(map(str, passing)).encode()).hexdigest()[:20]
+        narrowed = _new_releases(event.entity_type, event.entity_id, event.entity_name, passing)
+        out.append(dataclasses.replace(narrowed, extra=("only", digest), audience=audience))
+    return out
 
 
 def _vanished(snapshot: Snapshot | None, version: str, counters: Counters) -> DiffResult:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from neo4j import AsyncDriver
 
-from notifier.diff import ArtistState, LabelState, TagState
+from notifier.diff import ArtistState, Facets, LabelState, TagState, parse_id
 
 # Sublabels are followed this deep (a label's releases include those of its
 # sublabels, their sublabels, ... up to this depth).
@@ -53,6 +53,11 @@ ALL_RELEASE_IDS = "MATCH (r:Release) RETURN r.id AS id"
 RELEASE_PROPS = (
     "UNWIND $ids AS id MATCH (r:Release {id: id}) "
     "RETURN r.id AS id, r.title AS title, r.year AS year, r.formats AS formats"
+)
+# The year and formats of releases, for the release filters of artist and
+# label watches: one record, as ARTIST_STATES.
+RELEASE_FACETS = (
+    "UNWIND $ids AS id MATCH (r:Release {id: id}) RETURN collect([r.id, r.year, r.formats]) AS rows"
 )
 # An artist's size (its release count in the graph) ranks notable releases.
 RELEASE_ARTISTS = (
@@ -125,6 +130,16 @@ class Graph:
         """The genres (or styles) among `names` that exist, with their release counts."""
         rows = await self._rows(TAG_COUNTS[tag], ids=list(names))
         return {r["id"]: TagState(int(r["n"])) for r in rows if isinstance(r["id"], str)}
+
+    async def release_facets(self, ids: Sequence[int], batch: int) -> dict[int, Facets]:
+        """(year, formats) of each release among `ids` that exists, read `batch` ids a query."""
+        out: dict[int, Facets] = {}
+        for start in range(0, len(ids), batch):
+            chunk = [str(i) for i in ids[start : start + batch]]
+            for key, year, formats in await self._one(RELEASE_FACETS, ids=chunk):
+                if (rid := parse_id(key)) is not None:
+                    out[rid] = (year, formats)
+        return out
 
     async def release_ids(self, batch: int) -> AsyncIterator[list[object]]:
         """Every release id in the graph, streamed in lists of `batch`."""

@@ -158,6 +158,24 @@ FINISH_UNIT = (
     + _FINISH_TAIL
     + fanout.DRAFT_COUNTS
 )  # constants only, no input
+# The filtered watchers of some artists or labels (watchlists_filtered_idx,
+# whose predicate the fixed type proves): each entity's distinct filters, and
+# whether it also has an unfiltered watcher (watchlists_entity_idx, stopping
+# at the first). The type is fixed per query, never from input.
+_FILTERED_WATCHES = """
+SELECT f.entity_id, f.filters,
+       EXISTS (SELECT 1 FROM notifier.watchlists p
+               WHERE p.entity_type = '{type}' AND p.entity_id = f.entity_id
+                 AND p.created_at < %(before)s AND p.options = '{{}}'::jsonb) AS plain
+FROM (
+    SELECT entity_id, jsonb_agg(DISTINCT options) AS filters
+    FROM notifier.watchlists
+    WHERE entity_type = '{type}' AND entity_id = ANY(%(ids)s) AND created_at < %(before)s
+      AND options <> '{{}}'::jsonb
+    GROUP BY entity_id
+) AS f
+"""
+FILTERED_WATCHES = {t: _FILTERED_WATCHES.format(type=t) for t in ("artist", "label")}
 # Genre/style watchers' thresholds (watchlists_entity_idx). A usable threshold
 # is a positive integer JSON number; other values match no event (fan-out
 # compares the JSON values) and are counted.
@@ -441,6 +459,8 @@ class UnitRunner:
                     counters.add("already_diffed")  # not expected: a unit is written once
                     continue
                 events.extend(result.events)
+            if unit.entity_type in FILTERED_WATCHES:
+                events = await self._filter_releases(conn, unit, events, counters)
             digests = None
             if compare is not None and clean is not None:
                 digests = {
@@ -475,6 +495,50 @@ class UnitRunner:
             return None
         stats.update(events=int(row[1]), feed_rows=int(row[2]), outbox_rows=int(row[3]))
         return stats
+
+    async def _filter_releases(
+        self,
+        conn: AsyncConnection[Any],
+        unit: cycles.Unit,
+        events: list[diff.EventDraft],
+        counters: diff.Counters,
+    ) -> list[diff.EventDraft]:
+        """`events` with each filtered entity's new_releases split by its watchers' filters.
+
+        Only entities with new releases and a filtered watcher cost anything
+        more: one index probe each, then their new releases' year and formats
+        from the graph in batches (see `diff.filter_new_releases`).
+        """
+        news = {e.entity_id: e for e in events if e.event == "new_releases"}
+        if not news:
+            return events
+        params = {"ids": list(news), "before": unit.started_at}
+        rows = await (await conn.execute(FILTERED_WATCHES[unit.entity_type], params)).fetchall()
+        if not rows:
+            return events
+        wanted = sorted({i for entity_id, _, _ in rows for i in news[entity_id].new_ids})
+        facets = await self.graph.release_facets(wanted, self.batch)
+        split: dict[str, list[diff.EventDraft]] = {}
+        for entity_id, filters, plain in rows:
+            audiences: list[tuple[Any, diff.ReleaseFilter]] = []
+            if plain:
+                audiences.append(({}, diff.ReleaseFilter()))
+            for options in filters:
+                rule = diff.parse_filter(options)
+                if rule is None:  # not written by the API: let everything through
+                    counters.add("bad_filter_option")
+                    rule = diff.ReleaseFilter()
+                audiences.append((options, rule))
+            split[entity_id] = diff.filter_new_releases(news[entity_id], audiences, facets)
+        counters.add("filtered_entities", len(split))
+        counters.add("filtered_releases_read", len(wanted))
+        out: list[diff.EventDraft] = []
+        for e in events:
+            if e.event == "new_releases" and e.entity_id in split:
+                out.extend(split[e.entity_id])
+            else:
+                out.append(e)
+        return out
 
     async def _tags(self, unit: cycles.Unit, reading: Reading) -> dict[str, Any] | None:
         states: dict[str, diff.TagState] = reading.data

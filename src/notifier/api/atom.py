@@ -124,6 +124,9 @@ def document(
         else:
             _sub(entry, "link", rel="alternate", href=own)
         _sub(entry, "category", term=n.event)
+        for watch_id in n.watch_ids:  # the watches that caused it (`watch_ids`)
+            _sub(entry, "category", term=str(watch_id), label="watch",
+                 scheme=f"{base_url}api/watchlist")  # fmt: skip
         summary = f"{n.event} on {n.entity_type or '-'} {n.entity_id or '-'}"
         if n.version:
             summary += f" (import {n.version})"

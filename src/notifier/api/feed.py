@@ -50,7 +50,7 @@ READ_CHANNEL = "notifier_read"
 
 _COLUMNS = """
     ne.id, e.event, e.entity_type, e.entity_id, e.entity_name, e.detail::text AS detail,
-    e.version, ne.created_at, ne.read_at
+    e.version, ne.created_at, ne.read_at, ne.watch_id
 """
 
 # Index: notification_events_user_id_idx (user_id, id DESC); events by primary key.
@@ -187,6 +187,7 @@ def notification(row: dict[str, Any]) -> Notification:
         version=row["version"],
         created_at=row["created_at"],
         read_at=row["read_at"],
+        watch_ids=[] if row["watch_id"] is None else [row["watch_id"]],
     )
 
 

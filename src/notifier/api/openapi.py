@@ -15,11 +15,11 @@ import msgspec
 
 from notifier.api.errors import ErrorEnvelope
 from notifier.api.routing import Endpoint
-from notifier.api.schemas import SearchOptions, ThresholdOptions
+from notifier.api.schemas import ReleaseFilterOptions, SearchOptions, ThresholdOptions
 
 REF = "#/components/schemas/{name}"
 # Shapes a request carries inside a free-form field (a watch's `options`).
-DOCUMENTED: tuple[Any, ...] = (SearchOptions, ThresholdOptions)
+DOCUMENTED: tuple[Any, ...] = (SearchOptions, ThresholdOptions, ReleaseFilterOptions)
 MAX_BIGINT = 2**63 - 1
 
 _PATH_SCHEMAS: dict[str, dict[str, Any]] = {

@@ -56,6 +56,12 @@ class Notification(msgspec.Struct):
     version: str | None
     created_at: datetime
     read_at: datetime | None
+    watch_ids: Annotated[
+        list[uuid.UUID],
+        Meta(description="The user's watches that caused it: for a router event the watch "
+             "of its entity (it may have been deleted since); empty for events sent to "
+             "users by id (`/internal/events`, `ping`, `webhook.disabled`)."),
+    ]  # fmt: skip
 
 
 class NotificationPage(msgspec.Struct):
@@ -109,12 +115,35 @@ class ThresholdOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     threshold: Annotated[int, Meta(ge=1, le=1_000_000_000)] | None = None
 
 
+FormatName = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class ReleaseFilterOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The `options` of an artist or label watch: release filters, all optional.
+
+    Only new releases that pass count: one of `formats` (case-insensitive; a
+    release without formats fails), and a year within `year_from`..`year_to`
+    (inclusive; a release without a year fails a bound). None passing: no
+    notification.
+    """
+
+    formats: (
+        Annotated[
+            list[FormatName],
+            Meta(min_length=1, max_length=20, description="Format names, e.g. `Vinyl`, `CD`."),
+        ]
+        | None
+    ) = None
+    year_from: Year | None = None
+    year_to: Year | None = None
+
+
 class WatchCreate(msgspec.Struct, forbid_unknown_fields=True):
     """Body of `POST /api/watchlist`.
 
     `options` is `SearchOptions` for a search watch (then `entity_id` is
     ignored and set by the server), `ThresholdOptions` for a genre or style,
-    and empty for an artist or label.
+    and `ReleaseFilterOptions` (or nothing) for an artist or label.
     """
 
     entity_type: WatchEntityType
