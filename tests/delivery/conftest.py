@@ -16,7 +16,7 @@ import pytest
 
 from notifier import db, delivery, secretbox, services
 from notifier.channels.webhook import WebhookOptions, WebhookSender
-from tests.conftest import KEYS
+from tests.conftest import ENCRYPTION_KEY, KEYS
 
 
 def new_secret() -> str:
@@ -162,6 +162,7 @@ def delivery_env(pg_server: services.PostgresService, pg_url: str, **extra: Any)
         POSTGRES_PASSWORD=pg_server.password or "trust-auth-ignores-this",
         POSTGRES_DATABASE=pg_url.rsplit("/", 1)[1],
         NOTIFIER_WEBHOOK_ALLOW_PRIVATE="true",
+        NOTIFIER_ENCRYPTION_KEY=ENCRYPTION_KEY,
         NOTIFIER_PORT=str(services.free_port()),
         LOG_LEVEL="INFO",
     )
