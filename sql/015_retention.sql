@@ -3,8 +3,8 @@
 --
 -- Retention walks the feed, the outbox and the attempts by primary key in
 -- bounded batches (ids grow with time), so it needs no index there. Events
--- have uuid keys: their age is read through this index.
-CREATE INDEX events_created_idx ON notifier.events (created_at);
+-- have uuid keys: they are walked by age, keyset on (created_at, id).
+CREATE INDEX events_created_idx ON notifier.events (created_at, id);
 
 -- An outbox row may only go once no redelivery of it is left (the foreign key
 -- redelivery_of). Redeliveries are few: a partial index stays small.

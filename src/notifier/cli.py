@@ -20,6 +20,7 @@ ROLES: dict[str, tuple[str, str]] = {
     "router": ("notifier.router", "consume import-completed messages, diff, write events"),
     "delivery": ("notifier.delivery", "claim outbox rows and send signed webhooks"),
     "all": ("notifier.all", "every role in one process"),
+    "retention": ("notifier.retention", "run one retention pass now (old feed, outbox, events)"),
     "dev": ("notifier.dev", "throwaway services, sample data, everything running"),
 }
 

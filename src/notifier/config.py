@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from notifier import backoff, secretbox
 
-Role = Literal["migrate", "api", "router", "delivery", "all", "dev"]
+Role = Literal["migrate", "api", "router", "delivery", "all", "dev", "retention"]
 
 TRIGGERS = ("amqp", "graph")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -31,6 +31,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "api": ("postgres", "graph", "jwt"),
     "router": ("postgres", "graph", "rabbitmq"),
     "delivery": ("postgres",),
+    "retention": ("postgres",),
     "all": ("postgres", "graph", "rabbitmq", "jwt"),
     "dev": (),
 }
@@ -122,6 +123,13 @@ class Settings:
     api_send_burst: int = 10
     # Named service tokens (name, token): each caller's idempotency keys are its own.
     service_tokens: tuple[tuple[str, str], ...] = ()
+    # Retention (notifier.retention): days each kind of row is kept (0: forever).
+    retention_feed_days: float = 365.0
+    retention_events_days: float = 365.0
+    retention_outbox_days: float = 30.0
+    retention_attempts_days: float = 30.0
+    retention_batch: int = 5000
+    retention_interval_seconds: float = 3600.0
 
     @property
     def postgres_conninfo(self) -> str:
@@ -277,6 +285,7 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         # API (issue 5).
         **_api_settings(r),
         **_limit_settings(r),
+        **_retention_settings(r),
     )
     _require(settings, role)
     return settings
@@ -430,6 +439,26 @@ def _router_number(
     if not low <= number <= high:
         raise ConfigError(f"{name}: expected a number {low}-{high}, got {value!r}")
     return float(number)
+
+
+def _retention_settings(r: _Reader) -> dict[str, Any]:
+    """The NOTIFIER_RETENTION_* settings (0 days: keep forever)."""
+
+    def days(name: str, default: float) -> float:
+        return _router_number(r, name, default, 0, 36_500)
+
+    return {
+        "retention_feed_days": days("NOTIFIER_RETENTION_FEED_DAYS", 365),
+        "retention_events_days": days("NOTIFIER_RETENTION_EVENTS_DAYS", 365),
+        "retention_outbox_days": days("NOTIFIER_RETENTION_OUTBOX_DAYS", 30),
+        "retention_attempts_days": days("NOTIFIER_RETENTION_ATTEMPTS_DAYS", 30),
+        "retention_batch": int(
+            _router_number(r, "NOTIFIER_RETENTION_BATCH", 5000, 1, 100_000, int)
+        ),
+        "retention_interval_seconds": _router_number(
+            r, "NOTIFIER_RETENTION_INTERVAL_SECONDS", 3600, 1, 604_800
+        ),
+    }
 
 
 # API (issue 5): the NOTIFIER_API_* settings.

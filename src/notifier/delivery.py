@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from notifier import backoff, config, db, fanout, poller, secretbox
+from notifier import backoff, config, db, fanout, poller, retention, secretbox
 from notifier.channels import Channel, Sent
 from notifier.channels.webhook import WebhookOptions, WebhookSender
 from notifier.serving import QuietServer, until_signalled
@@ -493,9 +493,17 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
     if serve_http:
         http = asyncio.create_task(server.serve(), name="http")
     log.info("delivery started", extra={"port": settings.port if serve_http else None})
+    policy = retention.Policy.from_settings(settings)
+    keeper = asyncio.create_task(
+        retention.run_every(pool, policy, settings.retention_interval_seconds, stop),
+        name="retention",
+    )
     try:
         await delivery.run(stop)
     finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
         if http is not None:
             server.should_exit = True
             await http

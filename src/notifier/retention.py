@@ -1,0 +1,322 @@
+"""Retention: old feed rows, events, outbox rows and attempts go, in bounded batches.
+
+One pass walks each table by primary key from its oldest row, `batch` rows at
+a time, each batch its own short transaction, and stops at the first batch
+whose rows are all younger than the cutoff (ids grow with time). No statement
+deletes more than one batch, so no lock is held long and vacuum keeps up.
+
+- Feed rows (`notification_events`) older than `feed_days`, read or not. The
+  unread counter stays right: the batch's users' counter rows are locked first
+  (as every read does, `api.feed.LOCK_COUNTER`, which also changes the feed's
+  ETag), and unread rows at or below `counted_upto` are subtracted.
+- Outbox rows finished (delivered, dead, cancelled, recovered, held) and not
+  touched for `outbox_days`, with their attempts. A row a redelivery points at
+  waits for the redelivery to go (the next pass takes it).
+- Attempts older than `attempts_days`, whatever their row.
+- Events older than `events_days` once no feed row can point at them (fanned
+  out, or cancelled, before the oldest feed row left) and no outbox row does.
+
+`0` days keeps a table forever. One replica runs a pass at a time (a session
+advisory lock); the delivery role runs one every `interval` seconds, and
+`notifier retention` runs one now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from notifier import config, db
+
+log = logging.getLogger(__name__)
+
+# pg_try_advisory_lock key of a pass: "n-retain" in ASCII.
+RETENTION_LOCK_KEY = 0x6E2D72657461696E
+TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+UNLOCK = "SELECT pg_advisory_unlock(%s)"
+
+# The next `batch` feed rows after `after` (primary key), with those older
+# than the cutoff picked out. `young` is true when none of them is old: the
+# walk is over.
+FEED_WINDOW = """
+WITH w AS (
+    SELECT id, user_id, created_at FROM notifier.notification_events
+    WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
+)
+SELECT max(id) AS last_id,
+       coalesce(array_agg(id ORDER BY id) FILTER (WHERE created_at < %(cutoff)s), '{}') AS old_ids,
+       coalesce(array_agg(DISTINCT user_id) FILTER (WHERE created_at < %(cutoff)s), '{}')
+           AS old_users
+FROM w
+"""
+# The counter rows of the batch's users, locked in user order (reads lock one
+# row each; the order keeps two passes from deadlocking). Written like
+# api.feed.LOCK_COUNTER: created when missing, xmin changed (the ETag moves).
+LOCK_COUNTERS = """
+INSERT INTO notifier.unread_counters AS c (user_id, counted_upto)
+SELECT u, 0 FROM unnest(%(users)s::uuid[]) AS u ORDER BY u
+ON CONFLICT (user_id) DO UPDATE SET unread = c.unread
+"""
+# Delete the batch's rows; subtract the unread ones the counters had folded.
+DELETE_FEED = """
+WITH gone AS (
+    DELETE FROM notifier.notification_events WHERE id = ANY(%(ids)s::bigint[])
+    RETURNING id, user_id, read_at IS NULL AS unread
+), folded AS (
+    SELECT g.user_id, count(*) AS n
+    FROM gone g JOIN notifier.unread_counters c ON c.user_id = g.user_id
+    WHERE g.unread AND g.id <= c.counted_upto
+    GROUP BY g.user_id
+), fixed AS (
+    UPDATE notifier.unread_counters c SET unread = greatest(c.unread - f.n, 0)
+    FROM folded f WHERE c.user_id = f.user_id
+)
+SELECT count(*) FROM gone
+"""
+
+# The next `batch` outbox rows; the old finished ones nothing points at.
+# Index: outbox primary key; outbox_redelivery_of_idx for the redeliveries.
+OUTBOX_WINDOW = """
+WITH w AS (
+    SELECT id, status, created_at, updated_at FROM notifier.outbox
+    WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
+)
+SELECT max(w.id) AS last_id,
+       coalesce(array_agg(w.id ORDER BY w.id) FILTER (
+           WHERE w.status IN ('delivered', 'dead', 'cancelled', 'recovered', 'held')
+             AND w.updated_at < %(cutoff)s
+             AND NOT EXISTS (SELECT 1 FROM notifier.outbox r WHERE r.redelivery_of = w.id)
+       ), '{}') AS old_ids,
+       bool_and(w.created_at >= %(cutoff)s) AS young
+FROM w
+"""
+DELETE_OUTBOX_ATTEMPTS = """
+DELETE FROM notifier.delivery_attempts WHERE outbox_id = ANY(%(ids)s::bigint[])
+"""
+DELETE_OUTBOX = "DELETE FROM notifier.outbox WHERE id = ANY(%(ids)s::bigint[])"
+
+# Attempts: the next `batch` by primary key, the old ones deleted.
+DELETE_ATTEMPTS = """
+WITH w AS (
+    SELECT id, attempted_at FROM notifier.delivery_attempts
+    WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
+), gone AS (
+    DELETE FROM notifier.delivery_attempts a USING w
+    WHERE a.id = w.id AND w.attempted_at < %(cutoff)s
+    RETURNING 1
+)
+SELECT (SELECT max(id) FROM w) AS last_id, (SELECT count(*) FROM gone) AS removed,
+       (SELECT bool_and(attempted_at >= %(cutoff)s) FROM w) AS young
+"""
+
+# The creation time of the oldest feed row left: an event fanned out before
+# it has no feed row any more (fan-out writes an event's feed rows in the
+# transaction that sets fanned_out_at, so they share now()).
+OLDEST_FEED_ROW = """
+SELECT created_at FROM notifier.notification_events ORDER BY id LIMIT 1
+"""
+# Events by age (events_created_idx), keyset on (created_at, id) from
+# `after`; those done with (fanned out or cancelled before both cutoffs) and
+# pointed at by no outbox row (outbox_event_idx) go.
+DELETE_EVENTS = """
+WITH w AS (
+    SELECT id, created_at, coalesce(fanned_out_at, cancelled_at) AS done_at
+    FROM notifier.events
+    WHERE created_at < %(cutoff)s AND (created_at, id) > (%(after_at)s, %(after_id)s::uuid)
+    ORDER BY created_at, id LIMIT %(batch)s
+), gone AS (
+    DELETE FROM notifier.events e USING w
+    WHERE e.id = w.id AND w.done_at < %(cutoff)s AND w.done_at < %(feed_floor)s
+      AND NOT EXISTS (SELECT 1 FROM notifier.outbox o WHERE o.event_id = w.id)
+    RETURNING 1
+), last AS (
+    SELECT created_at, id FROM w ORDER BY created_at DESC, id DESC LIMIT 1
+)
+SELECT (SELECT created_at FROM last), (SELECT id FROM last), (SELECT count(*) FROM gone)
+"""
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How long each kind of row is kept, in days (0: forever), and the batch size."""
+
+    feed_days: float = 365
+    events_days: float = 365
+    outbox_days: float = 30
+    attempts_days: float = 30
+    batch: int = 5000
+
+    @classmethod
+    def from_settings(cls, s: config.Settings) -> Policy:
+        """The policy `s` configures (the NOTIFIER_RETENTION_* variables)."""
+        return cls(s.retention_feed_days, s.retention_events_days, s.retention_outbox_days,
+                   s.retention_attempts_days, s.retention_batch)  # fmt: skip
+
+
+class Removed(msgspec.Struct):
+    """Rows one pass removed, per table (`None` fields: the pass did not run)."""
+
+    feed: int = 0
+    events: int = 0
+    outbox: int = 0
+    attempts: int = 0
+    batches: int = 0
+    longest_batch_ms: float = 0.0
+
+
+def cutoff(now: datetime, days: float) -> datetime | None:
+    """The creation time before which rows go, or None when kept forever."""
+    return now - timedelta(days=days) if days > 0 else None
+
+
+@contextlib.asynccontextmanager
+async def _batch(conn: AsyncConnection[Any], out: Removed) -> AsyncIterator[None]:
+    """One batch: its own transaction, counted, the longest kept."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with conn.transaction():
+        yield
+    out.batches += 1
+    out.longest_batch_ms = max(out.longest_batch_ms, (loop.time() - started) * 1000)
+
+
+async def _one(conn: AsyncConnection[Any], query: str, params: dict[str, Any]) -> Any:
+    """The one row `query` answers (every query here aggregates)."""
+    row = await (await conn.execute(query, params)).fetchone()
+    assert row is not None
+    return row
+
+
+async def _feed(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
+    after = 0
+    while True:
+        async with _batch(conn, out):
+            params = {"after": after, "batch": batch, "cutoff": until}
+            last_id, ids, users = await _one(conn, FEED_WINDOW, params)
+            if ids:
+                await conn.execute(LOCK_COUNTERS, {"users": users})
+                out.feed += int((await _one(conn, DELETE_FEED, {"ids": ids}))[0])
+        if not ids:  # an empty window, or nothing old in it: the rest is younger
+            return
+        after = last_id
+
+
+async def _outbox(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
+    after = 0
+    while True:
+        async with _batch(conn, out):
+            params = {"after": after, "batch": batch, "cutoff": until}
+            last_id, ids, young = await _one(conn, OUTBOX_WINDOW, params)
+            if ids:
+                await conn.execute(DELETE_OUTBOX_ATTEMPTS, {"ids": ids})
+                await conn.execute(DELETE_OUTBOX, {"ids": ids})
+                out.outbox += len(ids)
+        if last_id is None or young:
+            return
+        after = last_id
+
+
+async def _attempts(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
+    after = 0
+    while True:
+        async with _batch(conn, out):
+            params = {"after": after, "batch": batch, "cutoff": until}
+            last_id, removed, young = await _one(conn, DELETE_ATTEMPTS, params)
+            out.attempts += int(removed)
+        if last_id is None or young:
+            return
+        after = last_id
+
+
+async def _events(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
+    row = await (await conn.execute(OLDEST_FEED_ROW)).fetchone()
+    await conn.commit()
+    feed_floor = row[0] if row else until
+    after_at, after_id = datetime.min.replace(tzinfo=until.tzinfo), NIL_UUID
+    while True:
+        async with _batch(conn, out):
+            params = {"cutoff": until, "feed_floor": feed_floor, "after_at": after_at,
+                      "after_id": after_id, "batch": batch}  # fmt: skip
+            last_at, last_id, removed = await _one(conn, DELETE_EVENTS, params)
+            out.events += int(removed)
+        if last_at is None:
+            return
+        after_at, after_id = last_at, last_id
+
+
+async def run_pass(pool: AsyncConnectionPool[Any], policy: Policy, now: datetime) -> Removed | None:
+    """One retention pass over every table; None when another replica is running one."""
+    removed = Removed()
+    async with pool.connection() as conn:
+        got = await (await conn.execute(TRY_LOCK, (RETENTION_LOCK_KEY,))).fetchone()
+        await conn.commit()
+        if not (got and got[0]):
+            return None
+        try:
+            # Feed first: the events step then sees how far it went.
+            if (until := cutoff(now, policy.feed_days)) is not None:
+                await _feed(conn, until, policy.batch, removed)
+            if (until := cutoff(now, policy.outbox_days)) is not None:
+                await _outbox(conn, until, policy.batch, removed)
+            if (until := cutoff(now, policy.attempts_days)) is not None:
+                await _attempts(conn, until, policy.batch, removed)
+            if (until := cutoff(now, policy.events_days)) is not None:
+                await _events(conn, until, policy.batch, removed)
+        finally:
+            await conn.execute(UNLOCK, (RETENTION_LOCK_KEY,))
+            await conn.commit()
+    log.info("retention pass", extra={"removed": msgspec.to_builtins(removed)})
+    return removed
+
+
+async def run_every(
+    pool: AsyncConnectionPool[Any], policy: Policy, interval: float, stop: asyncio.Event
+) -> None:
+    """Run a pass every `interval` seconds until `stop` is set; errors are logged, never raised.
+
+    The first pass runs a minute after start (sooner with a shorter interval),
+    so replicas restarted more often than `interval` still run passes.
+    """
+    wait = min(interval, 60.0)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await stop.wait()
+        wait = interval
+        if stop.is_set():
+            return
+        try:
+            await run_pass(pool, policy, datetime.now().astimezone())
+        except Exception:  # a failed pass is retried at the next interval
+            log.exception("retention pass failed")
+
+
+def main(settings: config.Settings) -> int:
+    """Entry point of `notifier retention`: one pass now; prints the rows removed as JSON."""
+
+    async def once() -> Removed | None:
+        async with db.pool(settings.postgres_conninfo, min_size=1, max_size=1) as pool:
+            return await run_pass(pool, Policy.from_settings(settings), datetime.now().astimezone())
+
+    try:
+        removed = asyncio.run(once())
+    except (psycopg.Error, OSError) as exc:
+        print(f"notifier: retention failed: {exc}", file=sys.stderr)
+        return 1
+    if removed is None:
+        print("another replica is running a retention pass", file=sys.stderr)
+        return 0
+    print(msgspec.json.encode(removed).decode())
+    return 0
