@@ -12,9 +12,8 @@ import asyncio
 import contextlib
 import logging
 
-import uvicorn
-
 from notifier import config, delivery
+from notifier.api import server
 from notifier.api.app import create_app
 from notifier.router import Router
 from notifier.serving import QuietServer, until_signalled
@@ -26,9 +25,9 @@ async def serve(settings: config.Settings, stop: asyncio.Event) -> None:
     """Run API, router and delivery until `stop` is set, then drain them all."""
     app = create_app(settings)
     api = QuietServer(
-        uvicorn.Config(
-            app, host="0.0.0.0", port=settings.port,  # noqa: S104 - a server
-            log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+        server.config(
+            app, settings, host="0.0.0.0", port=settings.port,  # noqa: S104 - a server
+            timeout_graceful_shutdown=5,
         )
     )  # fmt: skip
     router = Router(settings)

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
+
+from notifier.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,25 @@ CREATE TABLE IF NOT EXISTS notifier.schema_migrations (
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 """
+
+
+# Per role: (statement_timeout, lock_timeout) in seconds from the settings; 0 is "never".
+# Migrations wait for the migration lock and rewrite tables for as long as it takes.
+def conninfo_for(settings: Settings, role: str) -> str:
+    """The settings' conninfo with the session limits of `role` (api, delivery, router, migrate)."""
+    if role == "migrate":
+        statement, lock = 0.0, 0.0
+    elif role == "router":  # a unit's diff and fan-out statements run long on big installs
+        statement, lock = settings.router_statement_timeout, settings.pg_lock_timeout
+    else:
+        statement, lock = settings.pg_statement_timeout, settings.pg_lock_timeout
+    return with_timeouts(settings.postgres_conninfo, statement=statement, lock=lock)
+
+
+def with_timeouts(conninfo: str, *, statement: float, lock: float) -> str:
+    """`conninfo` cancelling statements after `statement` s and lock waits after `lock` s."""
+    options = f"-c statement_timeout={round(statement * 1000)} -c lock_timeout={round(lock * 1000)}"
+    return make_conninfo(conninfo, options=options)
 
 
 class MigrationError(RuntimeError):
@@ -71,6 +93,9 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
     """
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        # Whatever the server's or the conninfo's defaults: no limit here.
+        conn.execute("SET statement_timeout = 0")
+        conn.execute("SET lock_timeout = 0")
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
             with conn.transaction():

@@ -139,7 +139,7 @@ class Router:
     async def run(self, *, serve_http: bool = True) -> int:
         """Run until `stop` is set (SIGTERM); return the exit code."""
         s = self.settings
-        self.pool = db.pool(s.postgres_conninfo, min_size=1, max_size=s.router_workers + 3)
+        self.pool = db.pool(db.conninfo_for(s, "router"), min_size=1, max_size=s.router_workers + 3)
         await self.pool.open(wait=True, timeout=30)
         self.driver = AsyncGraphDatabase.driver(
             s.neo4j_uri, auth=(s.neo4j_username, s.neo4j_password)

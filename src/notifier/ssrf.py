@@ -13,6 +13,8 @@ import socket
 import urllib.parse
 from collections.abc import Callable
 
+from notifier.resolver import ResolveFailed, Resolver
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_LENGTH = 2048
@@ -131,27 +133,50 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
+def _target(url: str, *, allow_private: bool) -> tuple[str, int] | None:
+    """The (host, port) still to resolve and check, or None when `url` is settled without DNS."""
+    _, host, port = split_url(url, allow_private=allow_private)
+    if allow_private:
+        return None
+    literal = literal_ip(host)
+    if literal is not None:
+        reason = is_forbidden_ip(literal)
+        if reason:
+            raise UnsafeURL(f"the URL points at a {reason}")
+        return None
+    if host.lower() == "localhost" or host.lower().endswith((".localhost", ".internal")):
+        raise UnsafeURL(f"the host {host!r} is a local name")
+    return host, port
+
+
+def _check_addresses(host: str, addresses: list[IPAddress]) -> None:
+    for ip in addresses:
+        reason = is_forbidden_ip(ip)
+        if reason:  # the address itself is not told: the answer must not map a network
+            raise UnsafeURL(f"the host {host!r} resolves to a {reason}")
+
+
 def check_url(
     url: str, *, allow_private: bool, resolver: Callable[[str, int], list[IPAddress]] = resolve
 ) -> None:
     """Raise `UnsafeURL` unless `url` is a usable webhook URL.
 
     Without `allow_private`, the scheme must be https and every address the
-    host resolves to must be public. Blocking (DNS): call through
-    `asyncio.to_thread` from async code. `resolver` is replaceable for tests.
+    host resolves to must be public. Blocking (DNS): async code uses
+    `check_url_async`. `resolver` is replaceable for tests.
     """
-    _, host, port = split_url(url, allow_private=allow_private)
-    if allow_private:
+    target = _target(url, allow_private=allow_private)
+    if target is not None:
+        _check_addresses(target[0], resolver(*target))
+
+
+async def check_url_async(url: str, *, allow_private: bool, resolver: Resolver) -> None:
+    """`check_url` with DNS on the bounded `resolver` (`ResolveTimeout` past its deadline)."""
+    target = _target(url, allow_private=allow_private)
+    if target is None:
         return
-    literal = literal_ip(host)
-    if literal is not None:
-        reason = is_forbidden_ip(literal)
-        if reason:
-            raise UnsafeURL(f"the URL points at a {reason}")
-        return
-    if host.lower() == "localhost" or host.lower().endswith((".localhost", ".internal")):
-        raise UnsafeURL(f"the host {host!r} is a local name")
-    for ip in resolver(host, port):
-        reason = is_forbidden_ip(ip)
-        if reason:  # the address itself is not told: the answer must not map a network
-            raise UnsafeURL(f"the host {host!r} resolves to a {reason}")
+    try:
+        addresses = await resolver.resolve(*target)
+    except ResolveFailed as exc:
+        raise UnsafeURL(str(exc)) from None
+    _check_addresses(target[0], addresses)

@@ -22,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from notifier import db
 from notifier.api import atom, errors, feed, health, internal, openapi, preferences, sse, watchlist
+from notifier.api import server as serving
 from notifier.api import webhook as webhook_routes
 from notifier.api import webhooks as endpoint_routes
 from notifier.api.context import Context
@@ -31,6 +33,7 @@ from notifier.api.ratelimit import RateLimiter
 from notifier.api.revocation import Revocations
 from notifier.api.routing import Endpoint, routes
 from notifier.config import Settings
+from notifier.resolver import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +90,23 @@ def create_app(settings: Settings, *, heartbeat_seconds: float = 15.0) -> Starle
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Not db.pool(): the API wants a short checkout timeout, so a request
         # during a database outage answers 503 quickly instead of hanging.
+        conninfo = db.conninfo_for(settings, "api")
         pool = AsyncConnectionPool(
-            settings.postgres_conninfo, min_size=1, max_size=settings.api_pool_size,
+            conninfo, min_size=1, max_size=settings.api_pool_size,
             open=False, kwargs={"autocommit": True}, timeout=POOL_TIMEOUT_SECONDS,
         )  # fmt: skip
         await pool.open(wait=False)
         graph = AsyncGraphDatabase.driver(
             settings.neo4j_uri, auth=(settings.neo4j_username, settings.neo4j_password)
         )
-        hub = sse.Hub(settings.postgres_conninfo, pool)
+        hub = sse.Hub(conninfo, pool)
         listener = asyncio.create_task(hub.run(), name="sse-listener")
         app.state.ctx = Context(
             settings=settings, pool=pool, graph=graph, hub=hub,
             limiter=RateLimiter(settings.api_rate_limit_per_minute, settings.api_rate_limit_burst),
             metrics=metrics,
+            resolver=Resolver(threads=settings.resolver_threads, timeout=settings.resolver_timeout),
+            sends=RateLimiter(settings.api_send_quota_per_hour / 60, settings.api_send_burst),
         )  # fmt: skip
         # The platform's revoked tokens (auth.check_revoked); None: REDIS_HOST unset.
         revocations = None
@@ -120,6 +126,7 @@ def create_app(settings: Settings, *, heartbeat_seconds: float = 15.0) -> Starle
                 await listener
             await pool.close()
             await graph.close()
+            app.state.ctx.resolver.close()
 
     app = Starlette(
         routes=[*routes(eps), Route("/openapi.json", openapi_json, methods=["GET"])],
@@ -163,9 +170,9 @@ class _Server(uvicorn.Server):
 def main(settings: Settings) -> int:
     """`notifier api`: serve the API on NOTIFIER_PORT until SIGTERM/SIGINT."""
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="0.0.0.0", port=settings.port, log_config=None, access_log=False,  # noqa: S104
-        lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    config = serving.config(
+        app, settings, host="0.0.0.0", port=settings.port,  # noqa: S104 - a server
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )  # fmt: skip
     server = _Server(config, app)
     server.run()

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from notifier.api.emails import EmailBook
 from notifier.api.ratelimit import RateLimiter
 from notifier.config import Settings
+from notifier.resolver import Resolver
 
 if TYPE_CHECKING:
     from notifier.api.metrics import Metrics
@@ -29,6 +30,10 @@ class Context:
     limiter: RateLimiter
     metrics: Metrics
     emails: EmailBook = field(default_factory=EmailBook)
+    # Webhook hosts are resolved here, never in the default executor.
+    resolver: Resolver = field(default_factory=Resolver)
+    # Per-user quota of test pings, redeliveries and recoveries (each sends webhooks).
+    sends: RateLimiter = field(default_factory=lambda: RateLimiter(1, 10))
 
 
 def ctx(request: Request) -> Context:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from notifier.api.errors import ApiError
+
 # Past this many tracked users, buckets that have refilled completely are dropped.
 _PRUNE_AT = 10_000
 
@@ -20,7 +22,7 @@ _PRUNE_AT = 10_000
 class RateLimiter:
     """Token buckets keyed by user; `per_minute <= 0` turns the limit off."""
 
-    per_minute: int
+    per_minute: float
     burst: int
     clock: Callable[[], float] = time.monotonic
     _buckets: dict[object, tuple[float, float]] = field(default_factory=dict)
@@ -51,3 +53,15 @@ class RateLimiter:
 def retry_after_header(wait: float) -> str:
     """`Retry-After` in whole seconds, at least 1."""
     return str(max(1, math.ceil(wait)))
+
+
+# What the send quota covers, for its 429 message.
+SENDS = "test pings, redeliveries and recoveries"
+
+
+def spend(limiter: RateLimiter, key: object, what: str = SENDS) -> None:
+    """Take one token of `limiter` for `key`, or raise a 429 with `Retry-After`."""
+    wait = limiter.take(key)
+    if wait is not None:
+        raise ApiError(429, f"too many {what}; try again later",
+                       headers={"Retry-After": retry_after_header(wait)})  # fmt: skip

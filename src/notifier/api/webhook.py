@@ -14,7 +14,6 @@ newest two). An ed25519 endpoint shows its `whpk_` public key instead; its
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 import uuid
@@ -26,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from notifier import secretbox, signing, ssrf
-from notifier.api import auth, cursor, parsing
+from notifier.api import auth, cursor, parsing, ratelimit
 from notifier.api.context import ctx
 from notifier.api.errors import ApiError, FieldError, not_found
 from notifier.api.routing import Endpoint, no_content, respond
@@ -42,11 +41,11 @@ from notifier.api.schemas import (
     WebhookWithSecret,
 )
 from notifier.config import Settings
+from notifier.resolver import Resolver, ResolveTimeout
 
 CURSOR_KIND = "d"
 SECRET_BYTES = 32
 PREVIOUS_SECRET_HOURS = 24
-URL_CHECK_TIMEOUT_SECONDS = 10.0
 MAX_ATTEMPTS_SHOWN = 50
 
 # What GET answers (no secret).
@@ -216,16 +215,13 @@ def with_secret(row: dict[str, Any], secret: str, status: int = 200) -> Response
     return respond(body, status, headers=NO_STORE)
 
 
-async def check_url(url: str, allow_private: bool) -> None:
-    """The SSRF guard (DNS in a thread); a 422 naming the reason when refused."""
+async def check_url(url: str, allow_private: bool, resolver: Resolver) -> None:
+    """The SSRF guard (DNS on the bounded resolver); a 422 naming the reason when refused."""
     try:
-        await asyncio.wait_for(
-            asyncio.to_thread(ssrf.check_url, url, allow_private=allow_private),
-            URL_CHECK_TIMEOUT_SECONDS,
-        )
+        await ssrf.check_url_async(url, allow_private=allow_private, resolver=resolver)
     except ssrf.UnsafeURL as exc:
         reason = str(exc)
-    except TimeoutError:
+    except ResolveTimeout:
         reason = "the host did not resolve in time"
     else:
         return
@@ -324,7 +320,7 @@ async def register(request: Request) -> Response:
     c = ctx(request)
     keys = keyring(c.settings)
     url = body.url.strip()
-    await check_url(url, c.settings.webhook_allow_private)
+    await check_url(url, c.settings.webhook_allow_private, c.resolver)
     async with c.pool.connection() as conn, conn.transaction():
         await conn.execute(LOCK_USER, (str(who.id),))
         cur = conn.cursor(row_factory=dict_row)
@@ -377,6 +373,7 @@ async def rotate_secret(request: Request) -> Response:
 async def test_ping(request: Request) -> Response:
     """POST /api/webhook/test: a `ping` event through the normal outbox."""
     who = await auth.user(request)
+    ratelimit.spend(ctx(request).sends, who.id)
     async with ctx(request).pool.connection() as conn:
         return await ping_endpoint(conn, who.id, await oldest(conn, who.id))
 
@@ -390,6 +387,7 @@ async def deliveries(request: Request) -> Response:
 async def redeliver(request: Request) -> Response:
     """POST /api/webhook/deliveries/{id}/redeliver: same message to its endpoint, same id."""
     who = await auth.user(request)
+    ratelimit.spend(ctx(request).sends, who.id)
     did = parsing.path_int(request, "id", "delivery")
     async with ctx(request).pool.connection() as conn, conn.transaction():
         original = await (await conn.execute(ORIGINAL, {"id": did, "user": who.id})).fetchone()

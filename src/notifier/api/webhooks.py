@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from notifier.api import auth, parsing
+from notifier.api import auth, parsing, ratelimit
 from notifier.api import webhook as single
 from notifier.api.context import ctx
 from notifier.api.errors import ApiError, FieldError, not_found
@@ -131,7 +131,7 @@ async def create_endpoint(request: Request) -> Response:
     c = ctx(request)
     keys = single.keyring(c.settings)
     url = body.url.strip()
-    await single.check_url(url, c.settings.webhook_allow_private)
+    await single.check_url(url, c.settings.webhook_allow_private, c.resolver)
     made = single.new_keys(body.signing, keys, uuid.uuid4())
     params: dict[str, Any] = {
         "user": who.id, "url": url, "description": body.description,
@@ -180,7 +180,7 @@ async def patch_endpoint(request: Request) -> Response:
     body = await parsing.json_body(request, EndpointPatch)
     url = body.url.strip() if isinstance(body.url, str) else None
     if url is not None:
-        await single.check_url(url, c.settings.webhook_allow_private)
+        await single.check_url(url, c.settings.webhook_allow_private, c.resolver)
     fields = ("description", "event_types", "rate_limit")
     params: dict[str, Any] = {"id": hook, "user": who.id, "set_url": url is not None, "url": url}
     for name in fields:
@@ -225,6 +225,7 @@ async def rotate_endpoint(request: Request) -> Response:
 async def ping_endpoint(request: Request) -> Response:
     """POST /api/webhooks/{id}/test: a `ping` through the outbox (409 while disabled)."""
     who = await auth.user(request)
+    ratelimit.spend(ctx(request).sends, who.id)
     hook = _endpoint_id(request)
     async with ctx(request).pool.connection() as conn:
         return await single.ping_endpoint(conn, who.id, hook)
@@ -233,6 +234,7 @@ async def ping_endpoint(request: Request) -> Response:
 async def recover(request: Request) -> Response:
     """POST /api/webhooks/{id}/recover: 202 `{"redelivered": n}` (409 while disabled)."""
     who = await auth.user(request)
+    ratelimit.spend(ctx(request).sends, who.id)
     hook = _endpoint_id(request)
     c = ctx(request)
     await _check_owner(c.pool, who.id, hook)  # someone else's id: 404 whatever the body

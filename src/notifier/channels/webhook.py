@@ -28,7 +28,6 @@ import asyncio
 import functools
 import ipaddress
 import logging
-import socket
 import ssl
 import time
 import urllib.parse
@@ -42,6 +41,7 @@ from notifier import backoff, signing, ssrf
 from notifier.channels import Sent, asyncio_net, excerpt, http1
 from notifier.channels.gate import Gate
 from notifier.poller import Job
+from notifier.resolver import ResolveFailed, Resolver, ResolveTimeout
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +70,23 @@ class GuardedBackend:
     The `http1.Backend` of every endpoint pool.
     """
 
-    def __init__(self, *, allow_private: bool) -> None:
+    def __init__(self, *, allow_private: bool, resolver: Resolver | None = None) -> None:
         self.allow_private = allow_private
+        self.resolver = resolver or Resolver()
 
     async def _resolve(self, host: str, port: int, seconds: float | None) -> list[str]:
         literal = ssrf.literal_ip(host)
         if literal is not None:
             return [str(literal)]
-        loop = asyncio.get_running_loop()
+        # On the bounded resolver (its own threads and deadline), within the connect timeout.
         try:
             async with asyncio.timeout(seconds):
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except TimeoutError:
+                addresses = await self.resolver.resolve(host, port)
+        except (TimeoutError, ResolveTimeout):
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-        except OSError as exc:
-            raise ResolveError(f"cannot resolve {host}: {exc.strerror or exc}") from None
-        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+        except ResolveFailed as exc:
+            raise ResolveError(f"cannot resolve {host}: {exc}") from None
+        return [str(ip) for ip in addresses]
 
     async def connect_tcp(
         self,
@@ -121,9 +122,9 @@ class EndpointPools(httpx.AsyncBaseTransport):
 
     def __init__(
         self, *, allow_private: bool, per_endpoint: int, max_pools: int,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None, resolver: Resolver | None = None,
     ) -> None:  # fmt: skip
-        self._backend = GuardedBackend(allow_private=allow_private)
+        self._backend = GuardedBackend(allow_private=allow_private, resolver=resolver)
         self._ssl = ssl_context or httpx.create_ssl_context(trust_env=False)
         self._per_endpoint = per_endpoint
         self._max_pools = max_pools
@@ -233,6 +234,8 @@ class WebhookOptions:
     # TLS settings for receivers; None (production): httpx's default context.
     # Tests pass one that also trusts their own CA.
     ssl_context: ssl.SSLContext | None = None
+    # Where webhook hosts are resolved; None: a default `Resolver` of its own.
+    resolver: Resolver | None = None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -335,6 +338,7 @@ class WebhookSender:
                 per_endpoint=o.per_endpoint,
                 max_pools=IDLE_ENDPOINTS,
                 ssl_context=o.ssl_context,
+                resolver=o.resolver,
             ),
             follow_redirects=False,
             trust_env=False,
