@@ -105,7 +105,7 @@ async def _reader(url: str, users: list[uuid.UUID], stop: asyncio.Event) -> list
     return took
 
 
-def _p(values: list[float], q: float) -> float:
+def _p(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else float("nan")
 
 
