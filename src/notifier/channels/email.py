@@ -1,10 +1,12 @@
 """The email channel (contract §2): off unless `NOTIFIER_SMTP_HOST` is set.
 
-Sends one plain-text message per outbox row to the address the API recorded
-for the user (`notifier.user_emails`), through the configured SMTP relay,
-with STARTTLS when the server offers it. The `Message-ID` is derived from the
-event id, so a retried message can be recognised as the same one. smtplib
-blocks, so each send runs in a worker thread, a few at a time.
+Sends one plain-text message per outbox row (events from /internal/events and
+system notices), and one digest per user and cycle (`send_digest`, see
+channels/digest.py), to the address the API recorded for the user
+(`notifier.user_emails`), through the configured SMTP relay, with STARTTLS
+when the server offers it. The `Message-ID` is the row's message id, so a
+retried message can be recognised as the same one. smtplib blocks, so each
+send runs in a worker thread, a few at a time.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import json
 import smtplib
 import ssl
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
 from notifier import backoff, config
-from notifier.channels import Sent, excerpt
+from notifier.channels import Sent, digest, excerpt
+from notifier.digests import DigestEvent, DigestJob
 from notifier.poller import Job
 
 SMTP_TIMEOUT = 20.0
@@ -57,6 +61,7 @@ class EmailSender:
     host: str
     port: int
     sender: str
+    public_url: str | None = None  # digests link back to the feed under it
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(MAX_PARALLEL)
@@ -65,7 +70,7 @@ class EmailSender:
     def from_settings(cls, s: config.Settings) -> EmailSender:
         """The sender `s` configures (`smtp_host` must be set)."""
         assert s.smtp_host and s.smtp_from
-        return cls(s.smtp_host, s.smtp_port, s.smtp_from)
+        return cls(s.smtp_host, s.smtp_port, s.smtp_from, s.public_url)
 
     def _send_blocking(self, msg: EmailMessage) -> None:
         with smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT) as smtp:
@@ -77,11 +82,24 @@ class EmailSender:
 
     async def send(self, job: Job) -> Sent:
         """Send the event's email once; SMTP errors become a failed attempt."""
+        return await self._attempt(lambda: message(job, self.sender))
+
+    async def send_digest(self, job: DigestJob, events: Sequence[DigestEvent]) -> Sent:
+        """Send a user's digest of one cycle once; SMTP errors become a failed attempt."""
+        return await self._attempt(
+            lambda: digest.message(
+                job, events, sender=self.sender, public_url=self.public_url,
+                now=datetime.now(UTC),
+            )
+        )  # fmt: skip
+
+    async def _attempt(self, build: Callable[[], EmailMessage]) -> Sent:
+        """Build and send one mail; a bad header or an SMTP error is a failed attempt."""
         attempted_at = datetime.now(UTC)
         started = time.perf_counter()
         detail: str | None = None
         try:
-            msg = message(job, self.sender)
+            msg = build()
             async with self._slots:
                 await asyncio.to_thread(self._send_blocking, msg)
             result = backoff.Result(status_code=250, ok=True)
