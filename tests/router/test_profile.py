@@ -32,6 +32,7 @@ UNIT_READS: dict[str, tuple[str, list[str]]] = {
     "TAG_COUNTS[Genre]": (graph.TAG_COUNTS["Genre"], ["Jazz", "Nope"]),
     "TAG_COUNTS[Style]": (graph.TAG_COUNTS["Style"], ["Hard Bop", "Modal", "Nope"]),
     "RELEASE_PROPS": (graph.RELEASE_PROPS, ["101", "102", "103", "201", "404"]),
+    "RELEASE_FACETS": (graph.RELEASE_FACETS, ["101", "102", "103", "201", "404"]),
     "RELEASE_ARTISTS": (graph.RELEASE_ARTISTS, ["101", "102", "103", "201", "404"]),
     "RELEASE_LABELS": (graph.RELEASE_LABELS, ["101", "102", "103", "201", "404"]),
     "RELEASE_TAGS[Genre]": (graph.RELEASE_TAGS["Genre"], ["101", "102", "103", "201"]),
@@ -123,3 +124,7 @@ async def test_profiled_reads_return_what_the_graph_reads_return(
     infos = {i.id: i for i in await g.releases(["101", "201"])}
     assert infos["101"].title is None and infos["101"].formats == []
     assert infos["201"].formats == ["CD", "CD"] and infos["201"].rank == 2
+    # The release filters' read: year and formats as stored (none, empty, repeats).
+    assert await g.release_facets([101, 102, 103, 201, 404], batch=2) == {
+        101: (None, []), 102: (1965, ["LP", "LP"]), 103: (None, None), 201: (None, ["CD", "CD"]),
+    }  # fmt: skip
