@@ -74,6 +74,10 @@ def test_every_variable_is_read() -> None:
     )  # fmt: skip
     assert s.log_level == "DEBUG"
     assert s.replica == "r1"
+    assert config.load({**BASE, "NOTIFIER_PUBLIC_URL": "https://n.example/x/"}).public_url == (
+        "https://n.example/x"
+    )
+    assert config.load(BASE).public_url is None
     assert "port='6543'" in s.postgres_conninfo and "password='pgpw'" in s.postgres_conninfo
 
 
@@ -141,6 +145,8 @@ def test_roles_only_require_what_they_use() -> None:
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL: expected one of"),
         ({"NOTIFIER_REQUIRED_SERVICES": "a,,b"}, "NOTIFIER_REQUIRED_SERVICES: expected"),
         ({"NOTIFIER_SMTP_HOST": "smtp"}, "NOTIFIER_SMTP_FROM: required"),
+        ({"NOTIFIER_PUBLIC_URL": "notifier.example"}, "NOTIFIER_PUBLIC_URL: expected"),
+        ({"NOTIFIER_PUBLIC_URL": "https://n.example/?a=1"}, "NOTIFIER_PUBLIC_URL: expected"),
     ],
 )
 def test_malformed_values(env: dict[str, str], message: str) -> None:
