@@ -53,12 +53,14 @@ FROM generate_series(1, %(n)s) AS g
 # The user's rows, with every 101st row going to one of 100 other users instead;
 # and after each of them `m` rows of other users (`extra` in all, 0 by default),
 # inserted in that order so that the user's rows are spread over the table's
-# pages as they would be after months of fan-outs.
+# pages as they would be after months of fan-outs. Each row names a watch, as
+# a router event's row does (`watch_id`, sql/012).
 FEED = """
-INSERT INTO notifier.notification_events (user_id, event_id, read_at)
+INSERT INTO notifier.notification_events (user_id, event_id, read_at, watch_id)
 SELECT CASE WHEN j > 0 THEN md5('bench-other-' || ((e.n * %(m)s + j) %% %(users)s))::uuid
             WHEN e.n %% 101 = 0 THEN %(others)s[1 + e.n %% 100] ELSE %(user)s END,
-       e.id, CASE WHEN (e.n + j) %% 3 = 0 THEN now() END
+       e.id, CASE WHEN (e.n + j) %% 3 = 0 THEN now() END,
+       md5('bench-watch-' || e.n || ':' || j)::uuid
 FROM (SELECT id, row_number() OVER (ORDER BY entity_id::bigint) AS n
       FROM notifier.events WHERE dedup_key LIKE 'bench:%%') e,
      generate_series(0, %(m)s) AS j
