@@ -61,6 +61,12 @@ def rabbit_server(request: pytest.FixtureRequest) -> services.RabbitService:
     return _start(request, "RabbitMQ", services.rabbitmq())
 
 
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> services.RedisService:
+    """The session's Redis (where the platform keeps its token revocations)."""
+    return _start(request, "Redis", services.redis())
+
+
 _GRAPH_USED: list[str] = []
 
 
