@@ -1,6 +1,6 @@
 """Fan-out feed rows/s against a bare COPY of the same rows into the same table shape.
 
-The peer COPYs the (user_id, event_id) pairs fan-out wrote, in the same order,
+The peer COPYs the (user_id, event_id, watch_id) rows fan-out wrote, in the same order,
 into a table made `LIKE notifier.notification_events` with its indexes
 (primary key, the unique key and both (user_id, id DESC) indexes), identity,
 defaults and constraints, in one transaction: the same index work without the
@@ -30,14 +30,14 @@ PEER_TABLE = """
 CREATE TABLE notifier.copy_peer (LIKE notifier.notification_events
     INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES INCLUDING CONSTRAINTS)
 """
-COPY_SQL = "COPY notifier.copy_peer (user_id, event_id) FROM STDIN"
+COPY_SQL = "COPY notifier.copy_peer (user_id, event_id, watch_id) FROM STDIN"
 # Between rounds: an empty feed and outbox, and the events not fanned out yet.
 RESET = """
 TRUNCATE notifier.notification_events, notifier.outbox CASCADE;
 UPDATE notifier.events SET fanned_out_at = NULL
 """
 # The rows fan-out wrote, in the order it wrote them.
-PAIRS = "SELECT user_id, event_id FROM notifier.notification_events ORDER BY id"
+PAIRS = "SELECT user_id, event_id, watch_id FROM notifier.notification_events ORDER BY id"
 # Alternated rounds of ours and the peers; 2 at 1M rows keeps `full` to a few minutes.
 ROUNDS = {"full": 2}
 
@@ -63,7 +63,7 @@ async def _copy(
 
 
 async def fanout_rate(ctx: Context) -> Figure:
-    """Feed rows written per second by `fan_out_events`, vs COPY of (user_id, event_id)."""
+    """Feed rows written per second by `fan_out_events`, vs COPY of the same rows."""
     load = os.getloadavg()[0]
     rows = ctx.sizes["fanout_rows"]
     per_event = max(1, rows // EVENTS)
@@ -97,7 +97,7 @@ async def fanout_rate(ctx: Context) -> Figure:
             if not pairs:
                 cur = await conn.execute(PAIRS)
                 pairs = await cur.fetchall()
-                block = "".join(f"{u}\t{e}\n" for u, e in pairs).encode()
+                block = "".join(f"{u}\t{e}\t{w}\n" for u, e, w in pairs).encode()
             rates["copy"].append(await _copy(conn, pairs, None))
             rates["block"].append(await _copy(conn, pairs, block))
     ours, peer, block_peer = (max(rates[k]) for k in ("ours", "copy", "block"))
