@@ -208,24 +208,75 @@ def _listener_pids(pg_url: str) -> list[int]:
     return [r[0] for r in rows]
 
 
-async def test_listener_reconnects_after_losing_its_connection(api: Api, user: uuid.UUID) -> None:
+async def test_a_lost_listen_connection_ends_the_streams_and_clients_catch_up(
+    api: Api, user: uuid.UUID
+) -> None:
+    async def notify(key: str) -> None:
+        body = {"user_ids": [str(user)], "event": "price_drop", "idempotency_key": key}
+        r = await api.client.post("/internal/events", json=body, headers=SERVICE)
+        assert r.status_code == 202
+
     async with sse(api.url, user) as events:
         await events.until("notification.count")
+        await notify("before")
+        _, last_id = await events.until("notification")
         old = _listener_pids(api.pg_url)
         assert len(old) == 1
         with psycopg.connect(api.pg_url) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (old[0],))
-        for _ in range(100):
-            new = _listener_pids(api.pg_url)
-            if new and new != old and api.app.state.ctx.hub.ready.is_set():
-                break
-            await asyncio.sleep(0.1)
-        assert new and new != old
-        body = {"user_ids": [str(user)], "event": "price_drop", "idempotency_key": "after"}
-        r = await api.client.post("/internal/events", json=body, headers=SERVICE)
-        assert r.status_code == 202
+        with pytest.raises(EOFError):  # the stream ends: it would miss what comes meanwhile
+            while True:
+                await events.next()
+    await notify("while-deaf")
+    async with sse(api.url, user, **{"Last-Event-ID": str(last_id)}) as events:
+        note, _ = await events.until("notification")
+        assert note["event"] == "price_drop" and int(note["id"]) > int(str(last_id))
+    for _ in range(100):
+        new = _listener_pids(api.pg_url)
+        if new and new != old and api.app.state.ctx.hub.ready.is_set():
+            break
+        await asyncio.sleep(0.1)
+    assert new and new != old
+    async with sse(api.url, user) as events:  # and live notifications flow again
+        await events.until("notification.count")
+        await notify("after")
         note, _ = await events.until("notification")
         assert note["event"] == "price_drop"
+
+
+async def test_a_stream_ends_when_its_token_expires(api: Api, user: uuid.UUID) -> None:
+    short = bearer(user, exp_in=3)
+    async with sse(api.url, user, **short) as events:
+        await events.until("notification.count")
+        with pytest.raises(EOFError):  # heartbeats every 0.5 s would go on forever
+            while True:
+                await events.next(wait=20)
+    assert api.app.state.ctx.hub.streams_of(user) == 0
+
+
+async def test_concurrent_connects_cannot_exceed_the_per_user_stream_limit(
+    api: Api, user: uuid.UUID
+) -> None:
+    from notifier.api.sse import MAX_STREAMS_PER_USER
+
+    limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
+    async with httpx.AsyncClient(base_url=api.url, timeout=30, limits=limits) as client:
+        requests = [client.build_request("GET", "/api/notifications/stream",
+                                         headers=bearer(user)) for _ in range(25)]  # fmt: skip
+        answers = await asyncio.gather(*(client.send(q, stream=True) for q in requests))
+        try:
+            statuses = sorted(r.status_code for r in answers)
+            assert statuses.count(200) == MAX_STREAMS_PER_USER, statuses
+            assert statuses.count(429) == 25 - MAX_STREAMS_PER_USER
+            assert api.app.state.ctx.hub.streams_of(user) == MAX_STREAMS_PER_USER
+        finally:
+            for r in answers:
+                await r.aclose()
+    for _ in range(100):  # every slot is given back
+        if api.app.state.ctx.hub.streams_of(user) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert api.app.state.ctx.hub.streams_of(user) == 0
 
 
 async def test_sigterm_ends_open_streams_and_exits_zero(

@@ -35,6 +35,8 @@ class User:
     # What the platform's revocation keys are checked against (revocation.py).
     jti: Any = None
     iat: Any = None
+    # When the token expires (seconds since the epoch): an SSE stream ends then.
+    exp: float | None = None
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -85,7 +87,7 @@ def decode_user(
         raise _unauthorized("invalid token subject") from None
     email = claims.get("email")
     return User(user_id, email if isinstance(email, str) else None, claims.get("jti"),
-                claims.get("iat"))  # fmt: skip
+                claims.get("iat"), float(claims["exp"]))  # fmt: skip
 
 
 async def user(request: Request) -> User:
@@ -125,11 +127,22 @@ async def check_revoked(request: Request, who: User) -> None:
         raise _unauthorized("token has been revoked")
 
 
-def service(request: Request) -> None:
-    """Allow only callers holding `NOTIFIER_SERVICE_TOKEN`; 404 when it is unset."""
-    expected = ctx(request).settings.service_token
-    if not expected:
+def service(request: Request) -> str:
+    """The caller: "" for `NOTIFIER_SERVICE_TOKEN`, else its name in `NOTIFIER_SERVICE_TOKENS`.
+
+    401 for any other token; 404 while no service token is configured.
+    """
+    settings = ctx(request).settings
+    known = list(settings.service_tokens)
+    if settings.service_token:
+        known.append(("", settings.service_token))
+    if not known:
         raise ApiError(404, f"no route {request.url.path}")
-    token = bearer(request)
-    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+    token = (bearer(request) or "").encode()
+    caller = None
+    for name, expected in known:  # every one compared, in constant time each
+        if hmac.compare_digest(token, expected.encode()) and token:
+            caller = name
+    if caller is None:
         raise _unauthorized("invalid service token")
+    return caller

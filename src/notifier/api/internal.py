@@ -1,10 +1,12 @@
 """`/internal/events`: other platform services notify users through the notifier.
 
-Guarded by `NOTIFIER_SERVICE_TOKEN` (the routes answer 404 while it is unset).
+Guarded by `NOTIFIER_SERVICE_TOKEN` and the named `NOTIFIER_SERVICE_TOKENS`
+(the routes answer 404 while none is set).
 An event for now is fanned out in the request's transaction; one with a
 future `deliver_at` is stored with its recipients and fanned out when due by
 the delivery role (`fanout.fan_out_due`). The idempotency key is the event's
-dedup key: a repeat answers the first result and creates nothing.
+dedup key, scoped per calling service: a repeat from the same caller answers
+the first result and creates nothing; another service's equal key is its own.
 `notifications` is the number of distinct users the event is addressed to.
 """
 
@@ -56,14 +58,20 @@ WHERE event_id = %s AND status IN ('pending', 'paused')
 """
 
 
-def dedup_key(idempotency_key: str) -> str:
-    """The events.dedup_key of an /internal/events idempotency key."""
-    return f"internal:{idempotency_key}"
+def dedup_key(idempotency_key: str, service: str = "") -> str:
+    """The events.dedup_key of an /internal/events idempotency key of `service`.
+
+    Keys of `NOTIFIER_SERVICE_TOKEN` keep their original form; a named
+    service's keys are its own ("internal@" never begins an unnamed one).
+    """
+    if not service:
+        return f"internal:{idempotency_key}"
+    return f"internal@{service}:{idempotency_key}"
 
 
 async def create_event(request: Request) -> Response:
     """POST /internal/events: 202 `{"id", "notifications"}`."""
-    auth.service(request)
+    caller = auth.service(request)
     body = await parsing.json_body(request, InternalEvent, parsing.INTERNAL_BODY_LIMIT)
     detail = msgspec.json.encode(body.detail)
     if len(detail) > MAX_DETAIL_BYTES:
@@ -72,7 +80,7 @@ async def create_event(request: Request) -> Response:
             422, message, details=[FieldError(location="body", field="detail", message=message)]
         )
     users = list(dict.fromkeys(body.user_ids))
-    key = dedup_key(body.idempotency_key)
+    key = dedup_key(body.idempotency_key, caller)
     c = ctx(request)
     params = {
         "key": key, "event": body.event, "entity_type": body.entity_type,

@@ -11,7 +11,11 @@ any process, or read on any replica, reaches every open stream of its user.
 A stream starts with `notification.count`, replays up to `REPLAY_LIMIT`
 notifications newer than `Last-Event-ID` when the client reconnects, and sends
 a comment line every `heartbeat` seconds. A client too slow to drain its
-queue is disconnected (it reconnects with `Last-Event-ID`).
+queue is disconnected (it reconnects with `Last-Event-ID`). A stream ends
+when its token expires (the client reconnects with a fresh token), and every
+stream ends when the LISTEN connection is lost (notifications sent meanwhile
+would never reach it) and again when LISTEN is back, for the streams opened
+while it was down: their clients catch up with `Last-Event-ID`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +35,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from notifier import fanout
 from notifier.api import auth, feed
@@ -108,10 +114,17 @@ class Hub:
         """Open streams of one user on this replica."""
         return len(self.subscribers.get(user_id, ()))
 
-    def subscribe(self, user_id: uuid.UUID) -> Subscriber:
-        """Register a stream."""
+    def subscribe(self, user_id: uuid.UUID, limit: int | None = None) -> Subscriber | None:
+        """Register a stream; None when the user already has `limit` open here.
+
+        No await between the count and the registration: concurrent connects
+        cannot all pass the check.
+        """
+        subs = self.subscribers.setdefault(user_id, set())
+        if limit is not None and len(subs) >= limit:
+            return None
         sub = Subscriber(user_id)
-        self.subscribers.setdefault(user_id, set()).add(sub)
+        subs.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -125,6 +138,10 @@ class Hub:
     def close(self) -> None:
         """End every stream (shutdown)."""
         self.closed = True
+        self.end_streams()
+
+    def end_streams(self) -> None:
+        """End every open stream; clients reconnect with `Last-Event-ID` and catch up."""
         for subs in list(self.subscribers.values()):
             for sub in list(subs):
                 sub.push(None)
@@ -147,6 +164,7 @@ class Hub:
 
     async def _listen(self) -> None:
         delay = 0.2
+        lost = False
         while not self.closed:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -154,6 +172,9 @@ class Hub:
                 ) as conn:
                     await conn.execute(f"LISTEN {fanout.FEED_CHANNEL}")  # constant names
                     await conn.execute(f"LISTEN {feed.READ_CHANNEL}")
+                    if lost:  # streams opened while deaf missed what was sent meanwhile
+                        self.end_streams()
+                        lost = False
                     self.ready.set()
                     delay = 0.2
                     async for note in conn.notifies():
@@ -162,6 +183,10 @@ class Hub:
                 raise
             except Exception as exc:  # any failure: reconnect, never die
                 self.ready.clear()
+                # Notifications sent until LISTEN is back are lost to this
+                # replica: end the streams so clients replay from Last-Event-ID.
+                self.end_streams()
+                lost = True
                 log.warning("sse listener lost its connection; reconnecting",
                             extra={"error": type(exc).__name__})  # fmt: skip
                 await asyncio.sleep(delay)
@@ -244,15 +269,15 @@ async def stream(request: Request) -> Response:
     who = await auth.user(request)
     c = ctx(request)
     heartbeat: float = request.app.state.heartbeat_seconds
-    if c.hub.streams_of(who.id) >= MAX_STREAMS_PER_USER:
+    after = _last_event_id(request)
+    # Subscribed before reading any state, so nothing falls in between.
+    sub = c.hub.subscribe(who.id, MAX_STREAMS_PER_USER)
+    if sub is None:
         raise ApiError(429, f"at most {MAX_STREAMS_PER_USER} open streams per user",
                        headers={"Retry-After": "5"})  # fmt: skip
-    after = _last_event_id(request)
+    expires = who.exp
 
     async def events() -> AsyncIterator[bytes]:
-        # Subscribed inside the generator, so its `finally` always unsubscribes;
-        # and before reading any state, so nothing falls in between.
-        sub = c.hub.subscribe(who.id)
         c.metrics.sse_clients.inc()
         try:
             with contextlib.suppress(TimeoutError):
@@ -271,9 +296,15 @@ async def stream(request: Request) -> Response:
                 yield frame("notification", n, n.id)
             yield frame("notification.count", {"count": count})
             while True:
+                # The stream ends when the token does: the client reconnects with a fresh one.
+                left = heartbeat if expires is None else min(heartbeat, expires - time.time())
+                if left <= 0:
+                    return
                 try:
-                    message = await asyncio.wait_for(sub.queue.get(), heartbeat)
+                    message = await asyncio.wait_for(sub.queue.get(), left)
                 except TimeoutError:
+                    if expires is not None and time.time() >= expires:
+                        return
                     yield HEARTBEAT
                     continue
                 if message is None:
@@ -284,7 +315,24 @@ async def stream(request: Request) -> Response:
             c.metrics.sse_clients.dec()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return _Stream(events(), lambda: c.hub.unsubscribe(sub), headers)
+
+
+class _Stream(StreamingResponse):
+    """An SSE response that gives its slot back however it ends, even if never started."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], release: Callable[[], None], headers: dict[str, str]
+    ) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream, then unsubscribe."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 ENDPOINTS = [
