@@ -42,6 +42,7 @@ K8S = ROOT / "deploy" / "k8s"
 ROLES = ("api", "router", "delivery")
 # What an operator puts in place of the shipped placeholders.
 REAL_JWT_KEY = "a-real-key-generated-by-openssl-rand-0123456789"
+REAL_ENCRYPTION_KEY = "3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs="  # 32 bytes, base64
 BACKING = ("postgres", "rabbitmq", "neo4j")
 # The services each role talks to: the router all three; the API PostgreSQL and
 # the graph (its /health probes both); delivery PostgreSQL only.
@@ -169,6 +170,10 @@ def test_k8s_configuration_is_accepted_by_each_role(role: str, tmp_path: Path) -
             key = item["value"].rsplit("/", 1)[1]
             assert key in secrets, f"{item['name']} points at a missing secret key"
             env[item["name"]] = str(tmp_path / key)
+    if role in ("api", "delivery"):  # they seal webhook secrets: the placeholder is refused
+        with pytest.raises(config.ConfigError, match=r"^NOTIFIER_ENCRYPTION_KEY: "):
+            config.load(env, role=role)
+        (tmp_path / "NOTIFIER_ENCRYPTION_KEY").write_text(REAL_ENCRYPTION_KEY)
     if role == "api":  # the shipped key is a placeholder: refused until replaced
         with pytest.raises(config.ConfigError, match=r"^JWT_SECRET_KEY: .*placeholder"):
             config.load(env, role=role)
@@ -295,9 +300,8 @@ def test_compose_stop_grace_outlasts_each_drain_and_matches_k8s() -> None:
     services_ = _compose()["services"]
     grace = {r: _seconds(services_[r]["stop_grace_period"]) for r in ROLES}
     assert grace == {r: _grace(r) for r in ROLES}
-    delivery = config.load(
-        {k: str(v) for k, v in services_["delivery"]["environment"].items()}, role="delivery"
-    )
+    env = {k: str(v) for k, v in services_["delivery"]["environment"].items()}
+    delivery = config.load(env | {"NOTIFIER_ENCRYPTION_KEY": REAL_ENCRYPTION_KEY}, role="delivery")
     assert grace["delivery"] > Limits.from_settings(delivery).drain_seconds
     assert grace["api"] > GRACEFUL_SHUTDOWN_SECONDS
     # The router gives its unit back between batches; it gets the longest.
@@ -307,6 +311,11 @@ def test_compose_stop_grace_outlasts_each_drain_and_matches_k8s() -> None:
 @pytest.mark.parametrize("role", [*ROLES, "migrate"])
 def test_compose_configuration_is_accepted_by_each_role(role: str) -> None:
     env = {k: str(v) for k, v in _compose()["services"][role]["environment"].items()}
+    # `${NAME:?…}`: compose stops unless the operator sets it; as given, it is refused.
+    assert env["NOTIFIER_ENCRYPTION_KEY"].startswith("${NOTIFIER_ENCRYPTION_KEY:?")
+    with pytest.raises(config.ConfigError, match=r"^NOTIFIER_ENCRYPTION_KEY: "):
+        config.load(env, role=role)
+    env["NOTIFIER_ENCRYPTION_KEY"] = REAL_ENCRYPTION_KEY
     if role == "api":  # `${JWT_SECRET_KEY:?…}`: compose stops unless the operator sets it
         assert env["JWT_SECRET_KEY"].startswith("${JWT_SECRET_KEY:?")
         with pytest.raises(config.ConfigError, match=r"^JWT_SECRET_KEY: .*placeholder"):
@@ -818,7 +827,10 @@ def test_platform_fragment_fits_the_platforms_compose_file() -> None:
         assert svc["command"] == [role] and svc["networks"] == ["discogsography"]
         env = {k: str(v) for k, v in svc["environment"].items()}
         assert env["JWT_SECRET_KEY"].startswith("${JWT_SECRET_KEY:?")  # set by the operator
-        settings = config.load({**env, "JWT_SECRET_KEY": REAL_JWT_KEY}, role=role)
+        assert env["NOTIFIER_ENCRYPTION_KEY"].startswith("${NOTIFIER_ENCRYPTION_KEY:?")
+        real = {"JWT_SECRET_KEY": REAL_JWT_KEY, "NOTIFIER_ENCRYPTION_KEY": REAL_ENCRYPTION_KEY}
+        settings = config.load(env | real, role=role)
+        assert settings.redis_host == "redis"  # the platform's Redis: its token revocations
         # The platform's names: its user, database, services, and the trigger it supports today.
         assert (settings.postgres_username, settings.rabbitmq_username) == ("discogsography",) * 2
         assert (settings.postgres_host, settings.neo4j_host, settings.rabbitmq_host) == (
