@@ -41,6 +41,13 @@ ERASE_ROWS: dict[str, str] = {
     "preferences": "DELETE FROM notifier.preferences WHERE user_id = %(user)s",
     "user_emails": "DELETE FROM notifier.user_emails WHERE user_id = %(user)s",
     "feed_tokens": "DELETE FROM notifier.feed_tokens WHERE user_id = %(user)s",
+    # Email digests (sql/013): attempts through email_digests_user_version_key
+    # and email_digest_attempts_digest_idx; items by email_digest_items_user_idx.
+    "email_digest_attempts": """
+        DELETE FROM notifier.email_digest_attempts a USING notifier.email_digests d
+        WHERE d.user_id = %(user)s AND a.digest_id = d.id""",
+    "email_digests": "DELETE FROM notifier.email_digests WHERE user_id = %(user)s",
+    "email_digest_items": "DELETE FROM notifier.email_digest_items WHERE user_id = %(user)s",
 }
 # Index: events_recipients_idx (gin). Events made for this user alone go (no
 # feed or outbox row of any other user points at them); shared ones lose the id.

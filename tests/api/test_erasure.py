@@ -69,6 +69,17 @@ async def _give_everything(api: Api, user: uuid.UUID, key: str) -> None:
             " SELECT id, user_id, 5, 500 FROM notifier.outbox WHERE user_id = %s",
             (user,),
         )
+        # A cycle's email digest, as the router and delivery leave it.
+        conn.execute(
+            "WITH i AS (INSERT INTO notifier.email_digest_items (version, user_id, event_id)"
+            "           VALUES ('v1', %(u)s, gen_random_uuid())),"
+            " d AS (INSERT INTO notifier.email_digests (user_id, version, event_count)"
+            "       VALUES (%(u)s, 'v1', 1) RETURNING id)"
+            " INSERT INTO notifier.email_digest_attempts"
+            " (digest_id, user_id, attempted_at, duration_ms, status_code)"
+            " SELECT id, %(u)s, now(), 5, 451 FROM d",
+            {"u": user},
+        )
 
 
 async def test_erasure_removes_every_row_of_the_user_and_only_theirs(api: Api) -> None:
