@@ -325,16 +325,23 @@ def _secrets(
     previous_clear: str | None,
     previous_sealed: bytes | None,
 ) -> tuple[str, ...]:
-    """The secrets that sign for endpoint `hook`: current first, then the previous one."""
-    try:
-        current = secretbox.read(keys, hook, clear, sealed)
-        previous = secretbox.read(keys, hook, previous_clear, previous_sealed)
-    except secretbox.UnreadableSecret as exc:
-        log.error("webhook secret unreadable", extra={"webhook_id": str(hook), "error": str(exc)})
-        return ()
-    if current is None:
-        return ()
-    return (current,) if previous is None else (current, previous)
+    """The secrets that sign for endpoint `hook`: current first, then the previous one.
+
+    An unreadable previous secret is left out (the current one still signs);
+    an unreadable current one leaves none (the attempt fails `bad_secret`).
+    """
+    found: list[str] = []
+    for clear_value, sealed_value in ((clear, sealed), (previous_clear, previous_sealed)):
+        try:
+            value = secretbox.read(keys, hook, clear_value, sealed_value)
+        except secretbox.UnreadableSecret as exc:
+            log.error("webhook secret unreadable",
+                      extra={"webhook_id": str(hook), "error": str(exc)})  # fmt: skip
+            value = None
+        if value is None:
+            break
+        found.append(value)
+    return tuple(found)
 
 
 async def seconds_to_next_due(conn: AsyncConnection[Any]) -> float | None:

@@ -160,3 +160,21 @@ async def test_replicas_sealing_at_once_move_each_row_once(pg_url: str, conn: Co
     assert sum(p.moved for p in passes) == 60 and all(p.unreadable == 0 for p in passes)
     for hook, clear, sealed, *_ in await _stored(pg_url):
         assert clear is None and KEYS.decrypt(sealed, hook) == made[hook]
+
+
+async def test_an_unreadable_previous_secret_does_not_stop_signing(pg_url: str, conn: Conn) -> None:
+    current, previous = new_secret(), new_secret()
+    foreign = secretbox.Keyring(secretbox.parse_key(secretbox.new_key()))
+    with receiver() as r:
+        _, _, hook, _ = await add_delivery(conn, r.url)
+        await conn.execute(
+            "UPDATE notifier.webhook_configs SET secret = NULL, secret_enc = %s,"
+            " previous_secret = NULL, previous_secret_enc = %s,"
+            " previous_secret_expires_at = now() + interval '1 day' WHERE id = %s",
+            (KEYS.encrypt(current, hook), foreign.encrypt(previous, hook), hook),
+        )
+        async with running(pg_url):
+            await wait_until(lambda: r.requests, "the delivery")
+    got = r.requests[0]
+    assert Webhook(current).verify(got.body, got.headers)
+    assert " " not in got.headers["webhook-signature"]  # the previous one left out
