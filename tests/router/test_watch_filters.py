@@ -79,6 +79,9 @@ async def test_filters_split_new_releases_by_outcome(
     }
     for name, user in users.items():
         watch(pg_url, user, "artist", "1", filters[name])
+    for name in ("vinyl", "cassette"):  # a webhook each: what is sent there follows the feed
+        q(pg_url, "INSERT INTO notifier.webhook_configs (user_id, url, secret) VALUES (%s, %s, %s)",
+          users[name], "http://127.0.0.1:9/", "whsec_" + "A" * 44)  # fmt: skip
     # Label 10: one unfiltered watcher, one whose filter lets every new release
     # through (they share one event); the unfiltered one also watches the
     # sublabel 11. Label 20: a filter nothing passes, and no other watcher.
@@ -139,6 +142,8 @@ async def test_filters_split_new_releases_by_outcome(
         assert row[:3] == ("artist", "1", list(ids)), name
         assert row[4] == _watch_id(pg_url, users[name], "artist", "1"), name
     assert rows["cassette"] == []  # nothing passed: nothing sent
+    hooks = q(pg_url, "SELECT user_id, event_id FROM notifier.outbox WHERE channel = 'webhook'")
+    assert hooks == [(users["vinyl"], rows["vinyl"][0][3])]
     assert rows["vinyl"][0][3] == rows["vinyl_too"][0][3]  # the same outcome, the same event
     assert len({rows[n][0][3] for n in expected}) == 5  # five outcomes, five events
 
