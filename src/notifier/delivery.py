@@ -10,6 +10,8 @@ One asyncio loop runs:
   per batch (`poller.complete`), so the database cost per delivery stays small;
 - the scheduler: fans out scheduled events when they fall due
   (`fanout.fan_out_due`);
+- the digest loop, when the email channel is on: mails each cycle's email
+  digests (`digest_sender`, one a user per cycle);
 - `/health` and `/metrics` on `NOTIFIER_PORT`.
 
 SIGTERM drains: no new claims, rows in flight get until the send timeout to
@@ -26,7 +28,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import prometheus_client
 import psycopg
@@ -37,9 +39,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from notifier import backoff, config, db, fanout, poller, retention, secretbox
+from notifier import backoff, config, db, digest_sender, fanout, poller, retention, secretbox
 from notifier.channels import Channel, Sent
 from notifier.channels.webhook import WebhookOptions, WebhookSender
+from notifier.resolver import Resolver
 from notifier.serving import QuietServer, until_signalled
 
 log = logging.getLogger(__name__)
@@ -203,6 +206,7 @@ class Delivery:
         """Deliver until `stop` is set, then drain."""
         completer = asyncio.create_task(self._complete_loop(), name="completer")
         scheduler = asyncio.create_task(self._schedule_loop(stop), name="scheduler")
+        digester = self._digests(stop)
         self._stop = stop
         stopper = asyncio.create_task(_set_when(stop, self._room), name="stopper")
         try:
@@ -215,6 +219,19 @@ class Delivery:
             await completer
             with contextlib.suppress(asyncio.CancelledError):
                 await scheduler
+            if digester is not None:  # ends after its batch in flight
+                await digester
+
+    def _digests(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """The cycles' email digests (digest_sender), when the email channel sends them."""
+        mail = self.channels.get("email")
+        if mail is None or not hasattr(mail, "send_digest"):
+            return None
+        loop = digest_sender.DigestLoop(
+            self.pool, cast(digest_sender.DigestMailer, mail), self.replica,
+            self.limits.lease_seconds, self.limits.poll_seconds, self.limits.schedule,
+        )  # fmt: skip
+        return asyncio.create_task(loop.run(stop), name="digests")
 
     async def _poll_loop(self, stop: asyncio.Event) -> None:
         limits = self.limits
@@ -436,6 +453,7 @@ def channels_for(s: config.Settings) -> dict[str, Channel]:
                 allow_private=s.webhook_allow_private,
                 max_wait=s.delivery_lease_seconds - 2 * s.delivery_timeout,
                 max_queue=min(16 * s.delivery_per_endpoint, max_inflight(s) // 4),
+                resolver=Resolver(threads=s.resolver_threads, timeout=s.resolver_timeout),
             )
         )
     }
@@ -479,7 +497,7 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
     to the process's API server; the metrics share the default registry.
     """
     channels = channels_for(settings)
-    pool = db.pool(settings.postgres_conninfo, min_size=2, max_size=6)
+    pool = db.pool(db.conninfo_for(settings, "delivery"), min_size=2, max_size=6)
     await pool.open()
     keys = secretbox.from_settings(settings.encryption_key, settings.encryption_key_previous)
     delivery = Delivery(pool, channels, settings.replica, Limits.from_settings(settings), keys)
