@@ -1,0 +1,508 @@
+"""One month on a Discogs-shaped graph: `uv run python -m bench.discogs --scale S`.
+
+Scales: `discogs` (1/10 of the catalogue: 1.9M releases, 1M artists, 230k
+labels, 250k masters; 1M users, 10M watches), `discogs-small` (1/100, the
+same shape in a few minutes) and `tiny` (the test).
+
+1. The graph (bench.discogs_graph): written into an empty Neo4j over Bolt
+   (batched CREATE, the platform's constraints first, its other indexes
+   after), then graphinator's latch for version v1.
+2. The users, in PostgreSQL with INSERT … SELECT generate_series: watches
+   of the most popular artists and labels (every one of the distinct
+   entities at least once, the rest drawn by a power law), thousands of
+   users watching the hub artist "Various" and the hub label "Not On
+   Label", genre and style watches, saved searches watched by two users
+   each, a webhook for one user in five.
+3. `notifier router` (NOTIFIER_TRIGGER=graph) and `notifier delivery`
+   start; the v1 latch fires the baseline cycle (untimed).
+4. The month: +2 % of every record type written as graphinator writes it
+   (GraphBuilder(platform=True): MERGE by id, stubs, sha256), one data type
+   after the other, the latch of v2 growing after each; the clock starts
+   when the latch is complete (PostgreSQL's clock, like every end time).
+5. Figures: feed rows visible (the cycle is done: every unit committed its
+   feed rows), webhooks delivered, the router's peak RSS, the 'releases'
+   unit's span (finding the month's new releases), and the cost of the
+   units holding the hubs beside the median unit (diff_units.stats); then
+   PROFILE of the reads that grow with a hub, in the bench process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from neo4j import AsyncGraphDatabase, GraphDatabase
+
+from bench.core import Context, Figure, cpu_seconds, peak_rss_mb, table, timer
+from bench.delivery_rate import receiver
+from bench.discogs_graph import (
+    GENRES,
+    SIGNALS,
+    Generator,
+    Loader,
+    Month,
+    Shape,
+    month_builders,
+    vocabulary,
+    write_latch,
+)
+from notifier import graph as graph_reads
+from notifier import services
+
+# fraction: of the real catalogue. users, watches (all kinds), entities (distinct
+# artists and labels watched), tag_watches, searches (distinct; two watchers
+# each), hub_watchers (each hub). heap/pagecache: MB for a Neo4j we start.
+SCALES: dict[str, dict[str, Any]] = {
+    "tiny": {"fraction": 0.0001, "users": 1_000, "watches": 10_000, "entities": 300,
+             "tag_watches": 100, "searches": 50, "hub_watchers": 30,
+             "heap": 1024, "pagecache": 512, "limit": 300},
+    "discogs-small": {"fraction": 0.01, "users": 100_000, "watches": 1_000_000,
+                      "entities": 30_000, "tag_watches": 10_000, "searches": 5_000,
+                      "hub_watchers": 1_000, "heap": 2048, "pagecache": 1536, "limit": 900},
+    "discogs": {"fraction": 0.1, "users": 1_000_000, "watches": 10_000_000,
+                "entities": 300_000, "tag_watches": 100_000, "searches": 50_000,
+                "hub_watchers": 5_000, "heap": 4096, "pagecache": 4096, "limit": 3600},
+}  # fmt: skip
+HUB_ID = "1"  # the hub artist's and the hub label's id (popularity rank 0)
+ARTIST_SHARE = 0.73  # of the distinct watched entities; the rest are labels
+USER = "discogs-user-"  # md5(USER || n)::uuid is user n
+
+# Artist and label watches: slot s belongs to user s % users; the first
+# `entities` slots walk the watched ranks (every one watched), the others
+# draw a rank by a power law (popular entities have many watchers). Watched
+# rank k is artist rank k + 1 (k < artists) else label rank k - artists + 1,
+# id = rank * step % n + 1 as bench.discogs_graph.Ids. A user drawing the
+# same entity twice keeps one watch (ON CONFLICT). Created a day ago.
+WATCHES = """
+INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, entity_name, created_at)
+SELECT md5(%(user)s || (s %% %(users)s))::uuid,
+       CASE WHEN k < %(artists)s THEN 'artist' ELSE 'label' END,
+       CASE WHEN k < %(artists)s THEN ((k + 1) * %(astep)s %% %(an)s + 1)::text
+            ELSE ((k - %(artists)s + 1) * %(lstep)s %% %(ln)s + 1)::text END,
+       NULL, now() - interval '1 day'
+FROM (SELECT s, CASE WHEN s < %(entities)s THEN s
+                     ELSE floor(%(entities)s * power(random(), 2.0))::bigint END AS k
+      FROM generate_series(0, %(slots)s - 1) AS s) AS x
+ON CONFLICT DO NOTHING
+"""
+HUB_WATCHES = """
+INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, entity_name, created_at)
+SELECT md5(%(user)s || ((j * 37 + d) %% %(users)s))::uuid, t, %(hub)s, n, now() - interval '1 day'
+FROM generate_series(0, %(hubs)s - 1) AS j,
+     (VALUES ('artist', 'Various', 0), ('label', 'Not On Label', 1)) AS h (t, n, d)
+ON CONFLICT DO NOTHING
+"""
+# Tag n (1-based) of `tags` is a genre when n <= genres, else a style.
+TAG_WATCHES = """
+INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, entity_name, created_at)
+SELECT md5(%(user)s || ((j * 13 + 5) %% %(users)s))::uuid,
+       CASE WHEN t <= %(genres)s THEN 'genre' ELSE 'style' END,
+       (%(tags)s::text[])[t], (%(tags)s::text[])[t], now() - interval '1 day'
+FROM (SELECT j, j %% cardinality(%(tags)s::text[]) + 1 AS t
+      FROM generate_series(0, %(n)s - 1) AS j) AS x
+ON CONFLICT DO NOTHING
+"""
+# Saved search k: one of four forms over title words drawn by a power law
+# (golden-ratio sequences, so both watchers of a search share its options).
+SEARCH_WATCHES = """
+INSERT INTO notifier.watchlists
+    (user_id, entity_type, entity_id, entity_name, options, created_at)
+SELECT md5(%(user)s || ((j * 17 + 3) %% %(users)s))::uuid, 'search',
+       'search:' || substr(md5('discogs-search-' || k), 1, 40), o::text, o,
+       now() - interval '1 day'
+FROM (
+    SELECT j, k, CASE k %% 4
+        WHEN 0 THEN jsonb_build_object('q', w1)
+        WHEN 1 THEN jsonb_build_object('q', w1, 'genre', g)
+        WHEN 2 THEN jsonb_build_object('q', w1 || ' ' || w2)
+        ELSE jsonb_build_object('q', w2, 'year_from', 2020) END AS o
+    FROM (
+        SELECT j, k,
+               (%(words)s::text[])[1 + floor(cardinality(%(words)s::text[])
+                   * power(k * 0.6180339887 - floor(k * 0.6180339887), 2))::int] AS w1,
+               (%(words)s::text[])[1 + floor(cardinality(%(words)s::text[])
+                   * power(k * 0.7548776662 - floor(k * 0.7548776662), 2))::int] AS w2,
+               (%(genre_names)s::text[])[1 + k %% cardinality(%(genre_names)s::text[])] AS g
+        FROM (SELECT j, j %% %(searches)s AS k
+              FROM generate_series(0, 2 * %(searches)s - 1) AS j) AS a
+    ) AS b
+) AS c
+ON CONFLICT DO NOTHING
+"""
+WEBHOOKS = """
+INSERT INTO notifier.webhook_configs (user_id, url, secret)
+SELECT md5(%(user)s || u)::uuid, %(url)s,
+       'whsec_' || encode(decode(md5(random()::text) || md5(random()::text), 'hex'), 'base64')
+FROM generate_series(0, %(users)s - 1, 5) AS u
+"""
+SEEDED = """
+SELECT count(*), count(DISTINCT (entity_type, entity_id)),
+       count(*) FILTER (WHERE entity_type IN ('genre', 'style')),
+       count(DISTINCT entity_id) FILTER (WHERE entity_type = 'search'),
+       count(*) FILTER (WHERE entity_type = 'artist' AND entity_id = %(hub)s),
+       count(*) FILTER (WHERE entity_type = 'label' AND entity_id = %(hub)s),
+       (SELECT count(*) FROM notifier.webhook_configs),
+       count(DISTINCT user_id)
+FROM notifier.watchlists
+"""
+CYCLE = "SELECT status, finished_at, stats, fired_at FROM notifier.cycles WHERE version = %s"
+FEED_ROWS = """
+SELECT count(*) FROM notifier.notification_events n
+JOIN notifier.events e ON e.id = n.event_id WHERE e.version = %s
+"""
+EVENTS = """
+SELECT entity_type || ':' || event, count(*) FROM notifier.events WHERE version = %s
+GROUP BY 1 ORDER BY 1
+"""
+OUTBOX = """
+SELECT count(*) FILTER (WHERE status = 'delivered'), count(*), max(delivered_at)
+FROM notifier.outbox
+"""
+# The measured cycle's units: type, whether it holds a hub, its cost (unit_ms
+# includes its graph read), the releases unit's span from the firing.
+UNITS = """
+SELECT u.entity_type, %(hub)s = ANY (u.entity_ids) OR 'Electronic' = ANY (u.entity_ids),
+       (u.stats ->> 'unit_ms')::int, (u.stats ->> 'graph_ms')::int,
+       extract(epoch FROM u.finished_at - c.fired_at)::float8, u.stats
+FROM notifier.diff_units u JOIN notifier.cycles c ON c.version = u.version
+WHERE u.version = %(version)s
+"""
+ROUTER_BATCH = 1000  # the release reads' batch as the router runs them (its default)
+
+
+def _progress(what: str) -> None:
+    print(f"  discogs: {what}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def graph_server(sizes: dict[str, Any]) -> Iterator[services.GraphService]:
+    """NOTIFIER_TEST_NEO4J_URL's server, else a local Neo4j sized for the scale."""
+    if os.environ.get(services.NEO4J_URL_ENV):
+        with services.graph() as svc:
+            yield svc
+        return
+    with services.local_neo4j(heap_mb=sizes["heap"], pagecache_mb=sizes["pagecache"]) as svc:
+        yield svc
+
+
+def _env(pg: services.PostgresService, url: str, svc: services.GraphService) -> dict[str, str]:
+    """Contract §2 variables: the graph latch trigger, polled every second."""
+    prefixes = ("POSTGRES_", "NEO4J_", "RABBITMQ_", "NOTIFIER_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(
+        POSTGRES_HOST=pg.host, POSTGRES_PORT=str(pg.port), POSTGRES_USERNAME=pg.user,
+        POSTGRES_PASSWORD=pg.password or "trust", POSTGRES_DATABASE=url.rsplit("/", 1)[1],
+        NEO4J_HOST=svc.host, NEO4J_PORT=str(svc.port), NEO4J_USERNAME=svc.user,
+        NEO4J_PASSWORD=svc.password, NEO4J_DATABASE="neo4j",
+        NOTIFIER_TRIGGER="graph", NOTIFIER_GRAPH_POLL_SECONDS="1",
+        NOTIFIER_WEBHOOK_ALLOW_PRIVATE="true", LOG_LEVEL="WARNING",
+        NOTIFIER_ENCRYPTION_KEY=base64.b64encode(secrets.token_bytes(32)).decode(),
+    )  # fmt: skip
+    return env
+
+
+class Roles:
+    """`notifier router` and `notifier delivery`."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.procs = {
+            role: subprocess.Popen(  # noqa: S603 - our interpreter and CLI
+                [sys.executable, "-m", "notifier.cli", role],
+                env=dict(env, NOTIFIER_PORT=str(services.free_port())),
+            )
+            for role in ("router", "delivery")
+        }
+
+    def check(self) -> None:
+        """Raise if a role has exited."""
+        for role, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"notifier {role} exited with {proc.returncode}")
+
+    def usage(self) -> dict[str, tuple[float, float]]:
+        """(peak RSS MB, CPU s) of each role."""
+        return {r: (peak_rss_mb(p.pid), cpu_seconds(p.pid)) for r, p in self.procs.items()}
+
+    def stop(self) -> None:
+        """SIGTERM each, then wait."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _until(
+    conn: psycopg.AsyncConnection[Any], roles: Roles, sql: str, params: Any, done: Any,
+    limit: float, what: str, every: float = 0.2,
+) -> tuple[Any, ...]:  # fmt: skip
+    deadline = time.monotonic() + limit
+    while True:
+        row = await (await conn.execute(sql, params)).fetchone()
+        if row is not None and done(row):
+            return tuple(row)
+        roles.check()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {limit:.0f} s waiting for {what} ({row})")
+        await asyncio.sleep(every)
+
+
+async def seed(url: str, shape: Shape, sizes: dict[str, Any], hook_url: str) -> dict[str, Any]:
+    """The users' watches and webhooks; what was seeded."""
+    users, hubs = sizes["users"], sizes["hub_watchers"]
+    searches, tags_n = sizes["searches"], sizes["tag_watches"]
+    entities = min(sizes["entities"], shape.artists + shape.labels - 2)
+    artists = min(shape.artists - 1, round(entities * ARTIST_SHARE))
+    slots = sizes["watches"] - 2 * hubs - tags_n - 2 * searches
+    gen = Generator(shape)
+    tags = [*GENRES, *gen.style_list]
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("SET max_parallel_workers_per_gather = 0")  # one random() stream
+        await conn.execute("SELECT setseed(0.17)")
+        await conn.execute(WATCHES, {
+            "user": USER, "users": users, "artists": artists, "entities": entities,
+            "slots": slots, "astep": shape.artist_ids.step, "an": shape.artist_ids.n,
+            "lstep": shape.label_ids.step, "ln": shape.label_ids.n,
+        })  # fmt: skip
+        await conn.execute(HUB_WATCHES, {"user": USER, "users": users, "hub": HUB_ID, "hubs": hubs})
+        await conn.execute(TAG_WATCHES, {"user": USER, "users": users, "genres": len(GENRES),
+                                         "tags": tags, "n": tags_n})  # fmt: skip
+        await conn.execute(SEARCH_WATCHES, {"user": USER, "users": users, "searches": searches,
+                                            "words": vocabulary()[:1000],
+                                            "genre_names": list(GENRES)})  # fmt: skip
+        await conn.execute(WEBHOOKS, {"user": USER, "users": users, "url": hook_url})
+        await conn.execute("VACUUM ANALYZE notifier.watchlists, notifier.webhook_configs")
+        row = await (await conn.execute(SEEDED, {"hub": HUB_ID})).fetchone()
+    assert row is not None
+    keys = ("watches", "distinct_entities", "tag_watches", "distinct_searches",
+            "hub_artist_watchers", "hub_label_watchers", "webhooks",
+            "users_with_watches")  # fmt: skip
+    return dict(zip(keys, row, strict=True))
+
+
+async def write_month(svc: services.GraphService, gen: Generator, month: Month) -> float:
+    """The month as graphinator writes it, its latch growing per data type; seconds taken."""
+    driver = AsyncGraphDatabase.driver(svc.uri, auth=(svc.user, svc.password))
+    flushed: list[str] = []
+    try:
+        with timer() as took:
+            current = None
+            for kind, builder in month_builders(gen, month):
+                if current is not None and kind != current:
+                    flushed.append(current)
+                    await builder.latch(driver, "neo4j", "v2", flushed)
+                current = kind
+                await builder.write(driver, "neo4j")
+    finally:
+        await driver.close()
+    return took()
+
+
+def profile_hubs(svc: services.GraphService, month: Month) -> dict[str, Any]:
+    """PROFILE (db hits, rows, ms) of the reads that grow with a hub, and the release scan."""
+    new_ids = [str(i) for i in month.releases][:ROUTER_BATCH]
+    queries = {
+        "ARTIST_STATES [hub]": (graph_reads.ARTIST_STATES, {"ids": [HUB_ID]}),
+        "LABEL_STATES [hub]": (graph_reads.LABEL_STATES, {"ids": [HUB_ID]}),
+        "TAG_COUNTS Genre [Electronic]": (graph_reads.TAG_COUNTS["Genre"], {"ids": ["Electronic"]}),
+        f"RELEASE_ARTISTS [{len(new_ids)} new]": (graph_reads.RELEASE_ARTISTS, {"ids": new_ids}),
+        f"RELEASE_PROPS [{len(new_ids)} new]": (graph_reads.RELEASE_PROPS, {"ids": new_ids}),
+    }
+    out: dict[str, Any] = {}
+    with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as d:
+        for name, (cypher, params) in queries.items():
+            d.execute_query(cypher, params, database_="neo4j")  # planned and warm
+            start = time.perf_counter()
+            _, summary, _ = d.execute_query("PROFILE " + cypher, params, database_="neo4j")
+            ms = (time.perf_counter() - start) * 1000
+            hits, ops = _hits(summary.profile or {})
+            out[name] = {"ms": round(ms, 1), "db_hits": hits, "top": ops[:3]}
+        start = time.perf_counter()
+        with d.session(database="neo4j", fetch_size=ROUTER_BATCH) as session:
+            n = sum(1 for _ in session.run(graph_reads.ALL_RELEASE_IDS))
+        out["ALL_RELEASE_IDS (streamed)"] = {"ms": round((time.perf_counter() - start) * 1000),
+                                             "rows": n}  # fmt: skip
+    return out
+
+
+def _hits(plan: dict[str, Any]) -> tuple[int, list[tuple[str, int]]]:
+    """Total db hits of a profiled plan and its operators by hits, biggest first."""
+    ops: list[tuple[str, int]] = []
+
+    def walk(p: dict[str, Any]) -> None:
+        ops.append((str(p.get("operatorType", "?")), int(p.get("dbHits", 0))))
+        for child in p.get("children", []):
+            walk(child)
+
+    walk(plan)
+    ops.sort(key=lambda o: -o[1])
+    return sum(h for _, h in ops), ops
+
+
+async def run(ctx: Context, sizes: dict[str, Any], svc: services.GraphService) -> dict[str, Any]:
+    """Load, seed, baseline, the month; every measurement."""
+    shape = Shape.at(sizes["fraction"])
+    gen, month = Generator(shape), Month.after(shape)
+    out: dict[str, Any] = {"shape": shape.__dict__ | {}, "load_average_start": os.getloadavg()}
+    svc.new_database()  # empty (and schema-free) on a shared server
+    with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as d, timer() as took:
+        stats = Loader(d, "neo4j", _progress).load(gen)
+        write_latch(d, "neo4j", "v1", SIGNALS)
+    out["load"] = stats.__dict__ | {"total_s": round(took(), 1)}
+    _progress(
+        f"graph loaded in {took():.0f} s ({stats.nodes:,} nodes in {stats.node_s:.1f} s, "
+        f"{stats.rels:,} rels in {stats.rel_s:.1f} s, indexes {stats.index_s:.1f} s)"
+    )
+    url = ctx.fresh_database()
+    limit = float(sizes["limit"])
+    roles: Roles | None = None
+    try:
+        with receiver() as hook_url:
+            with timer() as took:
+                out["seeded"] = await seed(url, shape, sizes, hook_url)
+            out["seed_s"] = round(took(), 1)
+            _progress(f"users seeded in {took():.0f} s: {out['seeded']}")
+            roles = Roles(_env(ctx.pg, url, svc))
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                with timer() as took:
+                    await _until(conn, roles, CYCLE, ("v1",), lambda r: r[0] == "done", limit,
+                                 "the baseline cycle", every=0.5)  # fmt: skip
+                out["baseline_cycle_s"] = round(took(), 1)
+                _progress(f"baseline cycle done in {took():.0f} s")
+                out["month_write_s"] = round(await write_month(svc, gen, month), 1)
+                with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as d:
+                    write_latch(d, "neo4j", "v2", SIGNALS)
+                (start,) = await (await conn.execute("SELECT clock_timestamp()")).fetchone()  # type: ignore[misc]
+                _progress(f"month written in {out['month_write_s']} s; latch complete")
+                _, finished, stats_v2, fired = await _until(
+                    conn, roles, CYCLE, ("v2",), lambda r: r[0] == "done", limit, "cycle v2"
+                )
+                out["feed_s"] = (finished - start).total_seconds()
+                out["fired_after_s"] = (fired - start).total_seconds()
+                out["cycle_stats"] = stats_v2
+                (out["feed_rows"],) = await (await conn.execute(FEED_ROWS, ("v2",))).fetchone()  # type: ignore[misc]
+                out["events"] = dict(await (await conn.execute(EVENTS, ("v2",))).fetchall())  # type: ignore[arg-type]
+                _progress(f"feed complete after {out['feed_s']:.1f} s")
+                _, total, last = await _until(conn, roles, OUTBOX, (), lambda r: r[0] == r[1],
+                                              limit, "the webhooks", every=0.5)  # fmt: skip
+                out["webhooks"] = total
+                out["webhooks_s"] = (last - start).total_seconds() if last is not None else 0.0
+                _progress(f"webhooks delivered after {out['webhooks_s']:.1f} s")
+                out["usage"] = roles.usage()
+                units = await (
+                    await conn.execute(UNITS, {"hub": HUB_ID, "version": "v2"})
+                ).fetchall()
+        out["units"] = _unit_costs(units)
+        out["expected_new_releases"] = len(month.releases)
+        out["profile"] = profile_hubs(svc, month)
+    finally:
+        if roles is not None:
+            roles.stop()
+        if svc.origin == "env":
+            svc.new_database()  # leave a shared server empty
+    return out
+
+
+def _unit_costs(rows: list[Any]) -> dict[str, Any]:
+    """The releases unit's span and stats; the hub units' cost beside the median unit."""
+    out: dict[str, Any] = {}
+    costs = sorted(r[2] for r in rows if r[0] != "releases" and r[2] is not None)
+    median = costs[len(costs) // 2] if costs else 0
+    out["median_unit_ms"] = median
+    out["units"] = len(rows)
+    by_type: dict[str, list[int]] = {}
+    for kind, hub, unit_ms, graph_ms, span, stats in rows:
+        if kind == "releases":
+            out["releases_unit"] = {"span_s": round(span, 1), **stats}
+            continue
+        by_type.setdefault(kind, []).append(unit_ms or 0)
+        if hub and kind in ("artist", "label", "genre"):
+            out[f"hub_{kind}"] = {"unit_ms": unit_ms, "graph_ms": graph_ms,
+                                  "ratio": round((unit_ms or 0) / max(median, 1), 1)}  # fmt: skip
+    out["by_type"] = {k: {"units": len(v), "median_ms": sorted(v)[len(v) // 2], "max_ms": max(v)}
+                      for k, v in by_type.items()}  # fmt: skip
+    return out
+
+
+def figures(m: dict[str, Any]) -> list[Figure]:
+    """The table: each figure beside its target from the issue."""
+    load, units = m["load"], m["units"]
+    rss = m["usage"]["router"][0]
+    found = units.get("releases_unit", {}).get("span_s", float("nan"))
+    out = [
+        Figure("graph load: nodes/s (batched CREATE over Bolt)",
+               load["nodes"] / max(load["node_s"], 1e-9), "nodes/s",
+               notes={"nodes": load["nodes"], "s": round(load["node_s"], 1)}),
+        Figure("graph load: relationships/s", load["rels"] / max(load["rel_s"], 1e-9), "rels/s",
+               notes={"rels": load["rels"], "s": round(load["rel_s"], 1),
+                      "by_type": load["by_type"]}),
+        Figure("graph load: total incl. indexes", load["total_s"], "s",
+               notes={"index_s": round(load["index_s"], 1)}),
+        Figure("month written as graphinator (MERGE)", m["month_write_s"], "s"),
+        Figure("feed rows visible after the latch", m["feed_s"], "s", target="<= 120 s",
+               passed=m["feed_s"] <= 120,
+               notes={"feed_rows": m["feed_rows"], "events": m["events"]}),
+        Figure("webhooks delivered after the latch", m["webhooks_s"], "s", target="<= 300 s",
+               passed=m["webhooks_s"] <= 300, notes={"webhooks": m["webhooks"]}),
+        Figure("peak RSS: router", rss, "MB", target="<= 500 MB", passed=rss <= 500),
+        Figure("month's new releases found (releases unit)", found, "s", target="<= 30 s",
+               passed=found <= 30, notes=units.get("releases_unit", {})),
+    ]  # fmt: skip
+    for kind, what in (("artist", "hub artist"), ("label", "hub label"), ("genre", "genre unit")):
+        hub = units.get(f"hub_{kind}")
+        if hub is None:
+            continue
+        out.append(Figure(f"{what} unit cost / median unit", hub["ratio"], "x",
+                          target="<= 10x", passed=hub["ratio"] <= 10,
+                          notes=hub | {"median_unit_ms": units["median_unit_ms"]}))  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one scale; print the table (and write JSON); 1 when a target is missed."""
+    p = argparse.ArgumentParser(prog="python -m bench.discogs", description=__doc__)
+    p.add_argument("--scale", choices=sorted(SCALES), default="discogs-small")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    sizes = SCALES[args.scale]
+    with contextlib.ExitStack() as stack, timer() as took:
+        pg = stack.enter_context(services.postgres())
+        svc = stack.enter_context(graph_server(sizes))
+        ctx = Context(args.scale, {}, pg, stack)
+        m = asyncio.run(run(ctx, sizes, svc))
+        ctx.drop_databases()
+    m["wall_s"] = round(took(), 1)
+    m["load_average_end"] = os.getloadavg()
+    figs = figures(m)
+    print(table(figs))
+    print(json.dumps({k: m[k] for k in ("shape", "seeded", "units", "profile", "wall_s",
+                                        "load_average_start", "load_average_end")},
+                     indent=1, default=str), file=sys.stderr)  # fmt: skip
+    if args.json:
+        meta = {"scale": args.scale, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": f"{platform.machine()} python {platform.python_version()}"}  # fmt: skip
+        with open(args.json, "w") as out:
+            json.dump({**meta, "figures": [f.as_dict() for f in figs], "run": m}, out,
+                      indent=2, default=str)  # fmt: skip
+    return 0 if all(f.passed is not False for f in figs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
