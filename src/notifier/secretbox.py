@@ -128,8 +128,13 @@ def from_settings(current: bytes | None, previous: bytes | None) -> Keyring | No
 def read(
     keys: Keyring | None, row: uuid.UUID, clear: str | None, sealed: bytes | None
 ) -> str | None:
-    """A secret as stored: `sealed` decrypted, else the clear value of a row not yet migrated."""
-    if sealed is None:
+    """A secret as stored: the clear value of a row not yet sealed, else `sealed` decrypted.
+
+    This version always empties the clear column when it writes a sealed
+    value, so a row holding both was written in clear afterwards, by a
+    replica of an older version during a rollout: the clear value is newer.
+    """
+    if clear is not None or sealed is None:
         return clear
     if keys is None:
         raise UnreadableSecret("NOTIFIER_ENCRYPTION_KEY is not set")
