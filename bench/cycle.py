@@ -57,7 +57,7 @@ from neo4j import AsyncGraphDatabase
 from bench.core import SCALES, Context, Figure, cpu_seconds, peak_rss_mb, table, timer
 from bench.delivery_rate import receiver
 from bench.diff_rate import drop_constraints, index_keys
-from notifier import services
+from notifier import secretbox, services
 from notifier.config import Settings
 from notifier.graphbuilder import GraphBuilder
 from notifier.router import queue_names
@@ -237,6 +237,7 @@ def _env(ctx: Context, url: str, database: str, exchange: str) -> dict[str, str]
         NOTIFIER_REQUIRED_SERVICES=",".join(REQUIRED), JWT_SECRET_KEY=JWT_KEY,
         NOTIFIER_WEBHOOK_ALLOW_PRIVATE="true", NOTIFIER_API_RATE_LIMIT="0",
         NOTIFIER_ROUTER_WORKERS=str(ROUTER_WORKERS), LOG_LEVEL="WARNING",
+        NOTIFIER_ENCRYPTION_KEY=secretbox.new_key(),
     )  # fmt: skip
     return env
 

@@ -40,7 +40,7 @@ import httpx
 import psycopg
 
 from bench.core import Context, Figure, cpu_seconds, peak_rss_mb, timer
-from notifier import services
+from notifier import secretbox, services
 
 WEBHOOKS = 500
 _CONTENT_LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
@@ -144,7 +144,7 @@ async def _ours(
             POSTGRES_HOST=ctx.pg.host, POSTGRES_PORT=str(ctx.pg.port),
             POSTGRES_USERNAME=ctx.pg.user, POSTGRES_PASSWORD=ctx.pg.password or "trust",
             POSTGRES_DATABASE=url.rsplit("/", 1)[1], NOTIFIER_WEBHOOK_ALLOW_PRIVATE="true",
-            LOG_LEVEL="WARNING",
+            LOG_LEVEL="WARNING", NOTIFIER_ENCRYPTION_KEY=secretbox.new_key(),
             NOTIFIER_DELIVERY_CONCURRENCY=str(concurrency),
             NOTIFIER_DELIVERY_PER_ENDPOINT=str(concurrency),  # one receiver for every webhook
             NOTIFIER_DELIVERY_BATCH=str(max(200, concurrency)),
