@@ -37,3 +37,13 @@ async def test_new_routes_are_documented(api: Api) -> None:
     assert body["properties"]["min_releases"]["minimum"] == 1
     assert set(schemas["WatchImported"]["properties"]) == {"created", "existing", "skipped"}
     assert {"200", "401", "422", "503"} <= set(imp["responses"])
+
+
+async def test_watch_filters_and_watch_ids_are_documented(api: Api) -> None:
+    schemas = (await api.client.get("/openapi.json")).json()["components"]["schemas"]
+    notification = schemas["Notification"]
+    assert "watch_ids" in notification["required"]
+    assert notification["properties"]["watch_ids"]["items"] == {"type": "string", "format": "uuid"}
+    filters = schemas["ReleaseFilterOptions"]
+    assert set(filters["properties"]) == {"formats", "year_from", "year_to"}
+    assert filters["additionalProperties"] is False
