@@ -12,7 +12,9 @@ deletes more than one batch, so no lock is held long and vacuum keeps up.
 - Outbox rows finished (delivered, dead, cancelled, recovered, held) and not
   touched for `outbox_days`, with their attempts. A row a redelivery points at
   waits for the redelivery to go (the next pass takes it).
-- Attempts older than `attempts_days`, whatever their row.
+- Email digests sent or dead and not touched for `outbox_days`, with their
+  attempts and items.
+- Attempts (webhook and digest) older than `attempts_days`, whatever their row.
 - Events older than `events_days` once no feed row can point at them (fanned
   out, or cancelled, before the oldest feed row left) and no outbox row does.
 
@@ -106,18 +108,48 @@ DELETE FROM notifier.delivery_attempts WHERE outbox_id = ANY(%(ids)s::bigint[])
 """
 DELETE_OUTBOX = "DELETE FROM notifier.outbox WHERE id = ANY(%(ids)s::bigint[])"
 
-# Attempts: the next `batch` by primary key, the old ones deleted.
-DELETE_ATTEMPTS = """
+# Attempts (webhook and digest): the next `batch` by primary key, the old ones deleted.
+_DELETE_ATTEMPTS = """
 WITH w AS (
-    SELECT id, attempted_at FROM notifier.delivery_attempts
+    SELECT id, attempted_at FROM notifier.{table}
     WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
 ), gone AS (
-    DELETE FROM notifier.delivery_attempts a USING w
+    DELETE FROM notifier.{table} a USING w
     WHERE a.id = w.id AND w.attempted_at < %(cutoff)s
     RETURNING 1
 )
 SELECT (SELECT max(id) FROM w) AS last_id, (SELECT count(*) FROM gone) AS removed,
        (SELECT bool_and(attempted_at >= %(cutoff)s) FROM w) AS young
+"""
+DELETE_ATTEMPTS = _DELETE_ATTEMPTS.format(table="delivery_attempts")
+DELETE_DIGEST_ATTEMPTS = _DELETE_ATTEMPTS.format(table="email_digest_attempts")
+
+# Email digests sent or dead, not touched for outbox_days, with their attempts
+# and items (email_digest_attempts_digest_idx; the items' primary key
+# (version, user_id, …)). A pending digest and its items stay.
+DIGEST_WINDOW = """
+WITH w AS (
+    SELECT id, status, created_at, updated_at FROM notifier.email_digests
+    WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
+)
+SELECT max(w.id) AS last_id,
+       coalesce(array_agg(w.id ORDER BY w.id) FILTER (
+           WHERE w.status IN ('delivered', 'dead') AND w.updated_at < %(cutoff)s
+       ), '{}') AS old_ids,
+       bool_and(w.created_at >= %(cutoff)s) AS young
+FROM w
+"""
+DELETE_DIGESTS = """
+WITH d AS (
+    DELETE FROM notifier.email_digests WHERE id = ANY(%(ids)s::bigint[])
+    RETURNING id, user_id, version
+), attempts AS (
+    DELETE FROM notifier.email_digest_attempts a USING d WHERE a.digest_id = d.id
+), items AS (
+    DELETE FROM notifier.email_digest_items i USING d
+    WHERE i.version = d.version AND i.user_id = d.user_id
+)
+SELECT count(*) FROM d
 """
 
 # The creation time of the oldest feed row left: an event fanned out before
@@ -171,6 +203,7 @@ class Removed(msgspec.Struct):
     feed: int = 0
     events: int = 0
     outbox: int = 0
+    digests: int = 0
     attempts: int = 0
     batches: int = 0
     longest_batch_ms: float = 0.0
@@ -228,16 +261,30 @@ async def _outbox(conn: AsyncConnection[Any], until: datetime, batch: int, out: 
         after = last_id
 
 
-async def _attempts(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
+async def _digests(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
     after = 0
     while True:
         async with _batch(conn, out):
             params = {"after": after, "batch": batch, "cutoff": until}
-            last_id, removed, young = await _one(conn, DELETE_ATTEMPTS, params)
-            out.attempts += int(removed)
+            last_id, ids, young = await _one(conn, DIGEST_WINDOW, params)
+            if ids:
+                out.digests += int((await _one(conn, DELETE_DIGESTS, {"ids": ids}))[0])
         if last_id is None or young:
             return
         after = last_id
+
+
+async def _attempts(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
+    for query in (DELETE_ATTEMPTS, DELETE_DIGEST_ATTEMPTS):
+        after = 0
+        while True:
+            async with _batch(conn, out):
+                params = {"after": after, "batch": batch, "cutoff": until}
+                last_id, removed, young = await _one(conn, query, params)
+                out.attempts += int(removed)
+            if last_id is None or young:
+                break
+            after = last_id
 
 
 async def _events(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
@@ -270,6 +317,7 @@ async def run_pass(pool: AsyncConnectionPool[Any], policy: Policy, now: datetime
                 await _feed(conn, until, policy.batch, removed)
             if (until := cutoff(now, policy.outbox_days)) is not None:
                 await _outbox(conn, until, policy.batch, removed)
+                await _digests(conn, until, policy.batch, removed)
             if (until := cutoff(now, policy.attempts_days)) is not None:
                 await _attempts(conn, until, policy.batch, removed)
             if (until := cutoff(now, policy.events_days)) is not None:

@@ -196,3 +196,40 @@ def test_settings_and_the_command(pg_url: str, notifier_env: dict[str, str],
     assert cli.main(["retention"]) == 0
     out = capsys.readouterr().out
     assert '"feed":1,' in out
+
+
+ADD_DIGEST = """
+INSERT INTO notifier.email_digests (user_id, version, event_count, status, created_at, updated_at)
+VALUES (%s, %s, 1, %s, %s, %s) RETURNING id
+"""
+
+
+async def test_sent_digests_go_with_their_items_and_attempts(pg_url: str) -> None:
+    u = uuid.uuid4()
+    with psycopg.connect(pg_url) as conn:
+        e = _event(conn, OLD)
+        digests = (("v1", "delivered", OLD), ("v2", "dead", OLD),
+                   ("v3", "pending", OLD), ("v4", "delivered", RECENT))  # fmt: skip
+        for version, status, at in digests:
+            row = conn.execute(ADD_DIGEST, (u, version, status, at, at)).fetchone()
+            assert row is not None
+            conn.execute(
+                "INSERT INTO notifier.email_digest_items (version, user_id, event_id)"
+                " VALUES (%s, %s, %s)",
+                (version, u, e),
+            )
+            conn.execute(
+                "INSERT INTO notifier.email_digest_attempts"
+                " (digest_id, user_id, attempted_at, duration_ms) VALUES (%s, %s, %s, 1)",
+                (row[0], u, RECENT),
+            )
+    policy = retention.Policy(feed_days=0, events_days=0, outbox_days=30, attempts_days=0)
+    removed = await _pass(pg_url, policy)
+    assert removed is not None and removed.digests == 2
+    with psycopg.connect(pg_url) as conn:
+        left = conn.execute("SELECT version FROM notifier.email_digests ORDER BY 1").fetchall()
+        items = conn.execute(
+            "SELECT version FROM notifier.email_digest_items ORDER BY 1"
+        ).fetchall()
+        assert left == items == [("v3",), ("v4",)]
+        assert _count(conn, "email_digest_attempts") == 2
