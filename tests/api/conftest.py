@@ -84,9 +84,11 @@ class Api:
 
 @pytest.fixture
 def api_env(notifier_env: dict[str, str]) -> dict[str, str]:
-    """The environment of the API under test (rate limit off unless a test sets it)."""
+    """The environment of the API under test (rate limit and send quota off unless a test
+    sets them)."""
     env = dict(notifier_env)
-    env.update(NOTIFIER_SERVICE_TOKEN=SERVICE_TOKEN, NOTIFIER_API_RATE_LIMIT="0")
+    env.update(NOTIFIER_SERVICE_TOKEN=SERVICE_TOKEN, NOTIFIER_API_RATE_LIMIT="0",
+               NOTIFIER_API_SEND_QUOTA="0")  # fmt: skip
     return env
 
 
