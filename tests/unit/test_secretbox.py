@@ -112,3 +112,17 @@ def test_the_key_from_a_file(tmp_path: Path) -> None:
     path.write_text(key + "\n")
     s = config.load(BASE | {"NOTIFIER_ENCRYPTION_KEY_FILE": str(path)}, role="migrate")
     assert s.encryption_key == base64.b64decode(key)
+
+
+def test_token_settings_and_their_secrets_stay_out_of_repr() -> None:
+    env = BASE | {"NOTIFIER_JWT_ISSUER": "discogsography", "NOTIFIER_JWT_AUDIENCE": "notifier",
+                  "REDIS_HOST": "redis", "REDIS_PASSWORD": "redis-pw-0123"}  # fmt: skip
+    s = config.load(env, role="migrate")
+    assert (s.jwt_issuer, s.jwt_audience, s.redis_host, s.redis_port) == (
+        "discogsography", "notifier", "redis", 6379,
+    )  # fmt: skip
+    assert s.redis_password == "redis-pw-0123" and "redis-pw-0123" not in repr(s)
+    with pytest.raises(config.ConfigError, match=r"^REDIS_PORT: "):
+        config.load(env | {"REDIS_PORT": "99999"}, role="migrate")
+    unset = config.load(BASE, role="migrate")
+    assert (unset.jwt_issuer, unset.redis_host, unset.encryption_key) == (None, None, None)
