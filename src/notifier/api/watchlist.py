@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 from neo4j.exceptions import DriverError, Neo4jError
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,6 +35,7 @@ from notifier.api.errors import ApiError, FieldError, not_found, validation_erro
 from notifier.api.routing import Endpoint, no_content, respond
 from notifier.api.schemas import (
     PageQuery,
+    ReleaseFilterOptions,
     SearchOptions,
     ThresholdOptions,
     Watch,
@@ -43,6 +45,8 @@ from notifier.api.schemas import (
 
 CURSOR_KIND = "w"
 MAX_WATCHES_PER_USER = 1000
+# Saved searches cost a graph query each per cycle, far more than an entity watch.
+MAX_SEARCH_WATCHES_PER_USER = 50
 GRAPH_TIMEOUT_SECONDS = 5.0
 # An import reads a whole collection (tens of thousands of releases).
 IMPORT_TIMEOUT_SECONDS = 30.0
@@ -63,7 +67,11 @@ SELECT {_COLUMNS} FROM notifier.watchlists
 WHERE user_id = %(user)s AND entity_type = %(type)s AND entity_id = %(entity)s
 """  # noqa: S608 - built from constants only, never from input
 # Index: watchlists_user_created_idx (user_id, created_at DESC, id DESC).
-COUNT = "SELECT count(*) FROM notifier.watchlists WHERE user_id = %s"
+COUNTS = """
+SELECT count(*), count(*) FILTER (WHERE entity_type = 'search')
+FROM notifier.watchlists WHERE user_id = %s
+"""
+LOCK_USER = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 # Index: watchlists_user_entity_key absorbs a concurrent duplicate.
 INSERT = f"""
 INSERT INTO notifier.watchlists (user_id, entity_type, entity_id, entity_name, options)
@@ -212,6 +220,34 @@ def threshold_options(options: dict[str, Any]) -> dict[str, Any]:
     return msgspec.to_builtins(opts)  # type: ignore[no-any-return]
 
 
+def release_filter_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Validate an artist or label watch's options (`ReleaseFilterOptions`), as stored.
+
+    Format names are trimmed and kept once each (case-insensitively, first
+    spelling), sorted, so the same filter is stored the same way.
+    """
+    try:
+        opts = msgspec.convert(options, ReleaseFilterOptions)
+    except msgspec.ValidationError as exc:
+        raise _options_error(exc) from None
+    stored: dict[str, Any] = {}
+    if opts.formats is not None:
+        names: dict[str, str] = {}
+        for i, raw in enumerate(opts.formats):
+            name = " ".join(raw.split())
+            if not name:
+                raise _invalid(f"options.formats[{i}]", "must not be blank")
+            names.setdefault(name.casefold(), name)
+        stored["formats"] = [names[k] for k in sorted(names)]
+    if opts.year_from is not None:
+        stored["year_from"] = opts.year_from
+    if opts.year_to is not None:
+        stored["year_to"] = opts.year_to
+    if opts.year_from is not None and opts.year_to is not None and opts.year_from > opts.year_to:
+        raise _invalid("options.year_to", "must not be before year_from")
+    return stored
+
+
 async def graph_name(c: Context, entity_type: str, key: str) -> str | None:
     """The entity's name in the graph; 404 when absent, 503 when the graph is down."""
     try:
@@ -249,10 +285,8 @@ async def create_watch(request: Request) -> Response:
         entity_id = body.entity_id.strip()
         if body.entity_type in ("genre", "style"):
             options = threshold_options(body.options)
-        elif body.options:
-            raise _invalid("options", f"a {body.entity_type} watch takes no options")
         else:
-            options = {}
+            options = release_filter_options(body.options)
     params: dict[str, Any] = {"user": who.id, "type": body.entity_type, "entity": entity_id}
     async with c.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
@@ -260,27 +294,37 @@ async def create_watch(request: Request) -> Response:
         existing = await cur.fetchone()
         if existing is not None:
             return respond(watch(existing), 200)
-        count_row = await (await conn.execute(COUNT, (who.id,))).fetchone()
-        if count_row is not None and count_row[0] >= MAX_WATCHES_PER_USER:
-            raise ApiError(
-                409,
-                f"a user may watch at most {MAX_WATCHES_PER_USER} entities",
-                code="watchlist_full",
-            )
+        await check_caps(conn, who.id, body.entity_type)  # early: spares the graph lookup
     if body.entity_type != "search":
         name = await graph_name(c, body.entity_type, entity_id)
     params |= {"name": name, "options": msgspec.json.encode(options).decode()}
-    async with c.pool.connection() as conn:
+    async with c.pool.connection() as conn, conn.transaction():
+        # One writer per user at a time (the import takes the same lock), so
+        # concurrent requests cannot all see room under the cap and all insert.
+        await conn.execute(LOCK_USER, (IMPORT_LOCK, str(who.id)))
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(INSERT, params)
-        row = await cur.fetchone()
-        if row is not None:
-            return respond(watch(row), 201)
         await cur.execute(FIND, params)
         row = await cur.fetchone()
-    if row is None:  # inserted and deleted by a concurrent request
+        if row is not None:
+            return respond(watch(row), 200)
+        await check_caps(conn, who.id, body.entity_type)
+        await cur.execute(INSERT, params)
+        row = await cur.fetchone()
+    if row is None:  # written without the lock (never by the API)
         raise ApiError(409, "the watch changed meanwhile; try again")
-    return respond(watch(row), 200)
+    return respond(watch(row), 201)
+
+
+async def check_caps(conn: AsyncConnection[Any], user: uuid.UUID, entity_type: str) -> None:
+    """409 when the user is at the watch cap, or at the search cap for a search watch."""
+    row = await (await conn.execute(COUNTS, (user,))).fetchone()
+    total, searches = row if row is not None else (0, 0)
+    if total >= MAX_WATCHES_PER_USER:
+        raise ApiError(409, f"a user may watch at most {MAX_WATCHES_PER_USER} entities",
+                       code="watchlist_full")  # fmt: skip
+    if entity_type == "search" and searches >= MAX_SEARCH_WATCHES_PER_USER:
+        raise ApiError(409, f"a user may keep at most {MAX_SEARCH_WATCHES_PER_USER} saved searches",
+                       code="watchlist_full")  # fmt: skip
 
 
 async def collection_entities(
@@ -326,8 +370,7 @@ async def import_watches(request: Request) -> Response:
         "names": [n for _, _, n in found],
     }  # fmt: skip
     async with c.pool.connection() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                           (IMPORT_LOCK, str(who.id)))  # fmt: skip
+        await conn.execute(LOCK_USER, (IMPORT_LOCK, str(who.id)))
         row = await (await conn.execute(IMPORT_WATCHES, params)).fetchone()
     created, existing, skipped = (int(v) for v in row) if row else (0, 0, 0)
     return respond(WatchImported(created=created, existing=existing, skipped=skipped))
