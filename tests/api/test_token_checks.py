@@ -7,6 +7,7 @@ the way Discogsography's API writes them: `revoked:jti:<jti>` on logout and
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -148,3 +149,22 @@ async def test_without_redis_host_redis_is_never_contacted(
     finally:
         server.stop()
     assert connections() == before  # the fixture's own client reconnects to nothing new
+
+
+async def test_an_open_stream_ends_when_its_token_is_revoked(
+    revoking_api: str, redis_server: services.RedisService
+) -> None:
+    user, jti = uuid.uuid4(), uuid.uuid4().hex
+    h = {"Authorization": f"Bearer {token(user, jti=jti, iat=int(time.time()))}"}
+    async with (
+        httpx.AsyncClient(base_url=revoking_api, timeout=30) as client,
+        client.stream("GET", STREAM, headers=h) as r,
+    ):
+        assert r.status_code == 200
+        lines = r.aiter_lines()
+        while await anext(lines) != "event: notification.count":
+            pass  # the stream is set up; heartbeats follow every 0.5 s
+        _client(redis_server).set(f"revoked:jti:{jti}", "1", ex=600)  # logged out elsewhere
+        with pytest.raises(StopAsyncIteration):
+            while True:  # the next heartbeat finds the revocation and ends the stream
+                await asyncio.wait_for(anext(lines), 20)

@@ -127,6 +127,18 @@ async def check_revoked(request: Request, who: User) -> None:
         raise _unauthorized("token has been revoked")
 
 
+async def still_valid(request: Request, who: User) -> bool:
+    """False once the platform revoked `who`'s token, or when that cannot be checked.
+
+    For long-lived answers (an SSE stream): checked again at every heartbeat.
+    """
+    try:
+        await check_revoked(request, who)
+    except ApiError:
+        return False
+    return True
+
+
 def service(request: Request) -> str:
     """The caller: "" for `NOTIFIER_SERVICE_TOKEN`, else its name in `NOTIFIER_SERVICE_TOKENS`.
 

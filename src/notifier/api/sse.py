@@ -305,6 +305,9 @@ async def stream(request: Request) -> Response:
                 except TimeoutError:
                     if expires is not None and time.time() >= expires:
                         return
+                    # A token revoked meanwhile (REDIS_HOST) ends the stream too.
+                    if not await auth.still_valid(request, who):
+                        return
                     yield HEARTBEAT
                     continue
                 if message is None:
