@@ -414,18 +414,20 @@ async def redeliver(request: Request) -> Response:
 ENDPOINTS = [
     Endpoint("POST", "/api/webhook", register, "Register (or replace) the webhook", "webhook",
              status=201, response=WebhookWithSecret, body=WebhookCreate,
-             errors=(400, 413, 422),
+             errors=(400, 413, 422, 503),
              description="Acts on the user's oldest endpoint (creates one when there is none). "
              "The URL must be https (http too when private addresses are allowed) "
              "and must not resolve to a private address. The secret is shown only here and "
-             "on rotation."),
+             "on rotation (`Cache-Control: no-store`); the previous one keeps signing for 24 "
+             "hours. 503 `encryption_key_missing` while the server has no encryption key."),
     Endpoint("GET", "/api/webhook", get_webhook, "The webhook, without its secret", "webhook",
              response=Webhook, errors=(404,)),
     Endpoint("DELETE", "/api/webhook", delete_webhook, "Remove the webhook", "webhook",
              status=204, errors=(404,)),
     Endpoint("POST", "/api/webhook/rotate-secret", rotate_secret, "Rotate the signing secret",
-             "webhook", response=WebhookWithSecret, errors=(404,),
-             description="The previous secret keeps signing alongside for 24 hours."),
+             "webhook", response=WebhookWithSecret, errors=(404, 503),
+             description="The previous secret keeps signing alongside for 24 hours (a second "
+             "rotation meanwhile keeps the newest two)."),
     Endpoint("POST", "/api/webhook/test", test_ping, "Send a ping event", "webhook",
              status=202, response=PingAccepted, errors=(404, 409)),
     Endpoint("GET", "/api/webhook/deliveries", deliveries, "Recent deliveries with attempts",

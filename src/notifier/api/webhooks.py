@@ -267,7 +267,7 @@ ENDPOINTS = [
     Endpoint("GET", "/api/webhooks", list_endpoints, "The user's webhook endpoints", "webhook",
              response=WebhookList),
     Endpoint("POST", "/api/webhooks", create_endpoint, "Add a webhook endpoint", "webhook",
-             status=201, response=WebhookWithSecret, body=EndpointCreate, errors=(409,),
+             status=201, response=WebhookWithSecret, body=EndpointCreate, errors=(409, 503),
              description=f"Up to {MAX_ENDPOINTS} a user (then 409 `webhook_limit`). The secret "
              "(or, for ed25519 signing, the `whpk_` public key) is shown here and on "
              "rotation only."),
@@ -282,7 +282,7 @@ ENDPOINTS = [
              status=204, path_params={"id": "uuid"}, errors=(404,)),
     Endpoint("POST", "/api/webhooks/{id}/rotate-secret", rotate_endpoint,
              "Rotate an endpoint's secret", "webhook", response=WebhookWithSecret,
-             path_params={"id": "uuid"}, errors=(404,),
+             path_params={"id": "uuid"}, errors=(404, 503),
              description="The previous secret (or key) keeps signing alongside for 24 hours."),
     Endpoint("POST", "/api/webhooks/{id}/test", ping_endpoint, "Send a ping to an endpoint",
              "webhook", status=202, response=PingAccepted, path_params={"id": "uuid"},
