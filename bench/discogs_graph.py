@@ -7,10 +7,12 @@ genres, 1.9 styles), 1.4 BY, 1.1 ON and 0.97 DERIVED_FROM; per artist 0.5
 ALIAS_OF and 0.23 MEMBER_OF; per label 0.12 SUBLABEL_OF; per master one BY
 and one or two IS (a master's edges are not a release's).
 
-Degrees follow a power law in popularity rank (p(rank k) ∝ k^-0.6 for the
-artists and labels a release is by or on, drawn as `rank = N * u**2.5`):
-the most popular ordinary artist holds about 0.4 % of the releases at
-1/10 scale, most artists a handful, many none. Two hubs are drawn apart:
+Degrees follow a power law in popularity rank (Zipf-like, p(rank k) ∝
+k^-(1 - 1/p) for the artists and labels a release is by or on, drawn as
+`rank = N * u**p`, p = 2.6 for 1M artists and 2.3 for 230k labels): the
+power is chosen per N so that the most popular ordinary artist or label
+holds 0.5 % of the draws at every scale; most artists hold a handful of
+releases, many none. Two hubs are drawn apart:
 artist rank 0, "Various", is the only artist of 5.5 % of releases, and label
 rank 0, "Not On Label", the only label of 6 %; the biggest genre
 ("Electronic") is on about 35 % of releases. A rank maps to an id through a
@@ -50,7 +52,9 @@ SIGNALS = ("artists", "labels", "masters", "releases")  # graphinator's data typ
 
 HUB_ARTIST_SHARE = 0.055  # releases by "Various" alone
 HUB_LABEL_SHARE = 0.06  # releases on "Not On Label" alone
-RANK_POWER = 2.5  # rank = N * u**RANK_POWER: p(rank k) ∝ k^-(1 - 1/2.5)
+# rank = N * u**power: p(rank k) ∝ k^-(1 - 1/power), the power chosen per N so
+# that rank 1 (after the hub) holds TOP_SHARE of the draws at every scale.
+TOP_SHARE = 0.005
 BY_COUNTS = ((1, 0.72), (2, 0.18), (3, 0.07), (4, 0.03))  # ordinary releases: mean 1.41
 ON_COUNTS = ((1, 0.88), (2, 0.10), (3, 0.02))  # mean 1.14
 GENRE_COUNTS = ((1, 0.72), (2, 0.23), (3, 0.05))  # mean 1.33
@@ -161,8 +165,15 @@ def _count(rng: random.Random, table: Sequence[tuple[int, float]]) -> int:
     return table[-1][0]
 
 
-def _rank(rng: random.Random, n: int, power: float = RANK_POWER, lo: int = 0) -> int:
+def rank_power(n: int) -> float:
+    """The power that gives the most popular of n ranks TOP_SHARE of the draws (at least 1)."""
+    return max(1.0, math.log(max(n, 2)) / math.log(1 / TOP_SHARE))
+
+
+def _rank(rng: random.Random, n: int, power: float | None = None, lo: int = 0) -> int:
     """A popularity rank in [lo, n): a power law favouring lo."""
+    if power is None:
+        power = rank_power(n - lo)
     return lo + int((n - lo) * rng.random() ** power)
 
 
@@ -349,8 +360,21 @@ CREATE_RELS[("Style", "PART_OF", "Genre")] = (
     "UNWIND $rows AS p MATCH (a:Style {name: p[0]}) MATCH (b:Genre {name: p[1]}) "
     "CREATE (a)-[:PART_OF]->(b)"
 )
+# A batch of releases with all their relationships, one statement: each
+# release is created once and its edges hang off it, so only the far end of
+# an edge is looked up (by its unique constraint).
+CREATE_RELEASES = """
+UNWIND $rows AS row
+CREATE (r:Release) SET r = row.p
+WITH r, row
+CALL (r, row) { UNWIND row.a AS x MATCH (a:Artist {id: x}) CREATE (r)-[:BY]->(a) }
+CALL (r, row) { UNWIND row.l AS x MATCH (l:Label {id: x}) CREATE (r)-[:ON]->(l) }
+CALL (r, row) { UNWIND row.g AS x MATCH (g:Genre {name: x}) CREATE (r)-[:IS]->(g) }
+CALL (r, row) { UNWIND row.s AS x MATCH (s:Style {name: x}) CREATE (r)-[:IS]->(s) }
+CALL (r, row) { UNWIND row.m AS x MATCH (m:Master {id: x}) CREATE (r)-[:DERIVED_FROM]->(m) }
+"""
 NODE_BATCH = 20_000
-RELEASE_BATCH = 10_000
+RELEASE_BATCH = 5_000
 
 
 @dataclass
@@ -362,6 +386,9 @@ class LoadStats:
     node_s: float = 0.0
     rel_s: float = 0.0
     index_s: float = 0.0
+    # Releases are written with their edges in one statement (CREATE_RELEASES).
+    release_s: float = 0.0
+    release_rels: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
 
     def add_rels(self, key: str, n: int) -> None:
@@ -451,8 +478,7 @@ class Loader:
                 self._rels(key, chunk)
         done = 0
         for chunk in _chunks(gen.releases(), RELEASE_BATCH):
-            self._nodes("Release", [r.props for r in chunk])
-            self._release_rels(chunk)
+            self._releases(chunk)
             done += len(chunk)
             if done % (RELEASE_BATCH * 20) == 0:
                 self.progress(f"releases: {done:,}, {self.stats.rels:,} relationships")
@@ -460,21 +486,22 @@ class Loader:
         self.indexes()
         return self.stats
 
-    def _release_rels(self, chunk: list[Release]) -> None:
-        self._rels(
-            ("Release", "BY", "Artist"), [[r.props["id"], a] for r in chunk for a in r.artists]
-        )
-        self._rels(
-            ("Release", "ON", "Label"), [[r.props["id"], x] for r in chunk for x in r.labels]
-        )
-        self._rels(
-            ("Release", "IS", "Genre"), [[r.props["id"], g] for r in chunk for g in r.genres]
-        )
-        self._rels(
-            ("Release", "IS", "Style"), [[r.props["id"], s] for r in chunk for s in r.styles]
-        )
-        self._rels(("Release", "DERIVED_FROM", "Master"),
-                   [[r.props["id"], r.master] for r in chunk if r.master is not None])  # fmt: skip
+    def _releases(self, chunk: list[Release]) -> None:
+        """A batch of releases and their BY, ON, IS and DERIVED_FROM edges (CREATE_RELEASES)."""
+        rows = [{"p": r.props, "a": r.artists, "l": r.labels, "g": r.genres, "s": r.styles,
+                 "m": [] if r.master is None else [r.master]} for r in chunk]  # fmt: skip
+        start = time.perf_counter()
+        self._run(CREATE_RELEASES, rows)
+        self.stats.release_s += time.perf_counter() - start
+        self.stats.nodes += len(chunk)
+        for key, n in (("Release-BY-Artist", sum(len(r.artists) for r in chunk)),
+                       ("Release-ON-Label", sum(len(r.labels) for r in chunk)),
+                       ("Release-IS-Genre", sum(len(r.genres) for r in chunk)),
+                       ("Release-IS-Style", sum(len(r.styles) for r in chunk)),
+                       ("Release-DERIVED_FROM-Master",
+                        sum(r.master is not None for r in chunk))):  # fmt: skip
+            self.stats.add_rels(key, n)
+            self.stats.release_rels += n
 
 
 # ----------------------------------------------------------------------------- the month
