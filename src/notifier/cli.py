@@ -71,7 +71,7 @@ def _seal_at_start(settings: config.Settings) -> None:
     """
     keys = _keys(settings)
     try:
-        with psycopg.connect(settings.postgres_conninfo, autocommit=True,
+        with psycopg.connect(db.conninfo_for(settings, "delivery"), autocommit=True,
                              connect_timeout=10) as conn:  # fmt: skip
             if keys is None:
                 if secretbox.any_webhook(conn):
@@ -92,7 +92,8 @@ def _encrypt_secrets(settings: config.Settings) -> int:
         raise config.ConfigError(
             "NOTIFIER_ENCRYPTION_KEY: required (or NOTIFIER_ENCRYPTION_KEY_FILE)"
         )
-    with psycopg.connect(settings.postgres_conninfo, autocommit=True, connect_timeout=10) as conn:
+    conninfo = db.conninfo_for(settings, "delivery")
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
         done = secretbox.reencrypt(conn, keys)
     print(f"moved {done.moved} webhook secret(s) to the current key; "
           f"{done.unreadable} unreadable with the configured keys")  # fmt: skip

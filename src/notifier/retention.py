@@ -355,7 +355,7 @@ def main(settings: config.Settings) -> int:
     """Entry point of `notifier retention`: one pass now; prints the rows removed as JSON."""
 
     async def once() -> Removed | None:
-        async with db.pool(settings.postgres_conninfo, min_size=1, max_size=1) as pool:
+        async with db.pool(db.conninfo_for(settings, "delivery"), min_size=1, max_size=1) as pool:
             return await run_pass(pool, Policy.from_settings(settings), datetime.now().astimezone())
 
     try:
