@@ -39,7 +39,9 @@ async def test_pages_newest_first(api: Api, user: uuid.UUID) -> None:
         "version",
         "created_at",
         "read_at",
+        "watch_ids",
     }
+    assert first["watch_ids"] == []  # seeded rows name no watch
     assert first["entity_id"] == "45" and first["detail"] == {
         "new_release_count": 45,
         "release_ids": ["45"],

@@ -48,7 +48,7 @@ async def test_document_lists_every_route(api: Api) -> None:
     schemas = doc["components"]["schemas"]
     assert set(schemas["Notification"]["required"]) == {
         "id", "event", "entity_type", "entity_id", "entity_name", "detail", "version",
-        "created_at", "read_at",
+        "created_at", "read_at", "watch_ids",
     }  # fmt: skip
     assert "SearchOptions" in schemas and "ErrorEnvelope" in schemas
     # Every component is a valid JSON Schema 2020-12 (the dialect of OpenAPI 3.1).
