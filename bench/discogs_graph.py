@@ -34,6 +34,7 @@ and seed give the same graph whatever the batch size.
 from __future__ import annotations
 
 import bisect
+import csv
 import functools
 import itertools
 import math
@@ -41,6 +42,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from neo4j import Driver
@@ -389,6 +391,9 @@ class LoadStats:
     # Releases are written with their edges in one statement (CREATE_RELEASES).
     release_s: float = 0.0
     release_rels: int = 0
+    # The import tool's run (`write_csv`, then neo4j-admin): CSV writing, import.
+    csv_s: float = 0.0
+    import_s: float = 0.0
     by_type: dict[str, int] = field(default_factory=dict)
 
     def add_rels(self, key: str, n: int) -> None:
@@ -580,3 +585,88 @@ def write_latch(driver: Driver, database: str, version: str, signals: Sequence[s
     """graphinator's ExtractionCompletion latch (notifier.graphbuilder.LATCH)."""
     with driver.session(database=database) as session:
         session.run(LATCH, version=version, signals=sorted(set(signals))).consume()
+
+
+# ----------------------------------------------------------------------------- import tool
+
+# `neo4j-admin database import full` input: one CSV per node label and per
+# relationship (label, type, label), ids in a space per label. An empty
+# field is an absent property, so a release without formats gets none
+# (graphinator writes `[]`); everything else is as the Bolt loader writes it.
+_CSV_NODES = {
+    "Artist": ("id:ID(Artist)", "name", "resource_url", "releases_url", "sha256"),
+    "Label": ("id:ID(Label)", "name", "sha256"),
+    "Master": ("id:ID(Master)", "title", "year:int", "sha256"),
+    "Release": ("id:ID(Release)", "title", "year:int", "formats:string[]", "sha256"),
+    "Genre": ("name:ID(Genre)",),
+    "Style": ("name:ID(Style)",),
+}
+
+
+def write_csv(gen: Generator, folder: Path) -> tuple[list[str], dict[str, int]]:
+    """The graph as import CSV files in `folder`: the import tool's arguments, rows per file."""
+    args: list[str] = []
+    counts: dict[str, int] = {}
+    files: dict[str, Any] = {}
+    writers: dict[str, Any] = {}
+
+    def writer(name: str, header: Sequence[str]) -> Any:
+        if name not in writers:
+            files[name] = (folder / f"{name}.csv").open("w", newline="")
+            writers[name] = csv.writer(files[name])
+            writers[name].writerow(header)
+        counts[name] = counts.get(name, 0) + 1  # the row the caller writes next
+        return writers[name]
+
+    def rel(a: str, t: str, b: str) -> Any:
+        name = f"{a}-{t}-{b}"
+        if name not in writers:
+            args.append(f"--relationships={t}={folder / name}.csv")
+        return writer(name, (f":START_ID({a})", f":END_ID({b})"))
+
+    def node(label: str, props: dict[str, Any]) -> None:
+        cols = _CSV_NODES[label]
+        row = []
+        for col in cols:
+            value = props.get(col.split(":")[0])
+            row.append(";".join(value) if isinstance(value, list) else value)
+        writer(label, cols).writerow(row)
+
+    for label in _CSV_NODES:
+        args.append(f"--nodes={label}={folder / label}.csv")
+    for g in GENRES:
+        node("Genre", {"name": g})
+    for i, s in enumerate(gen.style_list):
+        node("Style", {"name": s})
+        rel("Style", "PART_OF", "Genre").writerow((s, GENRES[home_genre(i)]))
+    for props in gen.artists():
+        node("Artist", props)
+    for props in gen.labels():
+        node("Label", props)
+    for props, by, genres in gen.masters():
+        node("Master", props)
+        for a in by:
+            rel("Master", "BY", "Artist").writerow((props["id"], a))
+        for g in genres:
+            rel("Master", "IS", "Genre").writerow((props["id"], g))
+    for key, pairs in ((("Artist", "ALIAS_OF", "Artist"), gen.aliases()),
+                       (("Artist", "MEMBER_OF", "Artist"), gen.members()),
+                       (("Label", "SUBLABEL_OF", "Label"), gen.sublabels())):  # fmt: skip
+        for pair in pairs:
+            rel(*key).writerow(pair)
+    for r in gen.releases():
+        rid = r.props["id"]
+        node("Release", r.props)
+        for a in r.artists:
+            rel("Release", "BY", "Artist").writerow((rid, a))
+        for x in r.labels:
+            rel("Release", "ON", "Label").writerow((rid, x))
+        for g in r.genres:
+            rel("Release", "IS", "Genre").writerow((rid, g))
+        for s in r.styles:
+            rel("Release", "IS", "Style").writerow((rid, s))
+        if r.master is not None:
+            rel("Release", "DERIVED_FROM", "Master").writerow((rid, r.master))
+    for f in files.values():
+        f.close()
+    return args, counts
