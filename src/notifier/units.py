@@ -67,7 +67,8 @@ LOAD_UNIT_SNAPSHOTS = _LOAD_HEAD + _SEEN_VERSION + _LOAD_TAIL  # constants only,
 # unit's row digests (row_digests: DIGEST_SIZE bytes per id, in unit order).
 # The statement returns the unit's other ids, in unit order, with their
 # snapshots (LOAD_UNIT_SNAPSHOTS' columns, NULL when there is none), the
-# stored digest and their row's, for the Python diff. Only a unit still
+# stored digest and their row's, and whether a filtered watch watches them,
+# for the Python diff. Only a unit still
 # pending and claimed by `me` is read (without locks, as LOAD_UNIT_SNAPSHOTS).
 # Indexes: diff_units primary key; entity_snapshots
 # primary key, one range scan from the unit's smallest id to its largest,
@@ -85,7 +86,13 @@ WITH x AS (
     WHERE d.id = %(unit)s AND d.status = 'pending' AND d.claimed_by = %(me)s
 )
 SELECT id, version, entity_name, release_ids, alias_ids, member_ids, release_count,
-       graph_digest, h
+       graph_digest, h,
+       -- Has it a filtered watcher (watchlists_filtered_idx)? Asked only of
+       -- the artists returned, so the unit needs no query of its own when
+       -- none has (units.FILTERED_WATCHES).
+       EXISTS (SELECT 1 FROM notifier.watchlists w
+               WHERE w.entity_type = 'artist' AND w.entity_id = j.id
+                 AND w.created_at < %(before)s AND w.options <> '{}'::jsonb) AS filtered
 FROM (
     SELECT x.id, x.n,
            substring(%(digests)s::bytea
@@ -436,7 +443,8 @@ class UnitRunner:
             else:
                 params = {"unit": unit.id, "me": self.me, "digests": compare,
                           "size": DIGEST_SIZE, "version": unit.version,
-                          "previous": unit.previous_version}  # fmt: skip
+                          "previous": unit.previous_version,
+                          "before": unit.started_at}  # fmt: skip
                 loaded = await conn.execute(COMPARE_ARTISTS, params, binary=True)
             rows = await loaded.fetchall()
             ids = unit.entity_ids
@@ -460,7 +468,9 @@ class UnitRunner:
                     continue
                 events.extend(result.events)
             if unit.entity_type in FILTERED_WATCHES:
-                events = await self._filter_releases(conn, unit, events, counters)
+                # Artists: COMPARE_ARTISTS said which have a filtered watcher.
+                filtered = None if compare is None else {r[0] for r in rows if r[9]}
+                events = await self._filter_releases(conn, unit, events, counters, filtered)
             digests = None
             if compare is not None and clean is not None:
                 digests = {
@@ -502,14 +512,21 @@ class UnitRunner:
         unit: cycles.Unit,
         events: list[diff.EventDraft],
         counters: diff.Counters,
+        filtered: set[str] | None = None,
     ) -> list[diff.EventDraft]:
         """`events` with each filtered entity's new_releases split by its watchers' filters.
 
-        Only entities with new releases and a filtered watcher cost anything
-        more: one index probe each, then their new releases' year and formats
-        from the graph in batches (see `diff.filter_new_releases`).
+        `filtered`, when known, holds the entities with a filtered watcher:
+        without new releases of one of them, nothing is asked. Otherwise one
+        query (an index probe per entity with new releases), then their new
+        releases' year and formats from the graph in batches (see
+        `diff.filter_new_releases`).
         """
-        news = {e.entity_id: e for e in events if e.event == "new_releases"}
+        news = {
+            e.entity_id: e
+            for e in events
+            if e.event == "new_releases" and (filtered is None or e.entity_id in filtered)
+        }
         if not news:
             return events
         params = {"ids": list(news), "before": unit.started_at}
