@@ -137,6 +137,14 @@ def test_a_body_sent_byte_by_byte_is_cut(served: Served) -> None:
         answer = _drip(sock, body)
         assert answer is not None, "the server waited for the whole slow body"
     _get_ok(served.port)
+    # The handler saw a client that left: a 4xx in the metrics, never a 500.
+    series = 'notifier_http_requests_total{method="POST",route="/internal/events",status='
+    for _ in range(100):
+        text = httpx.get(f"http://127.0.0.1:{served.port}/metrics", timeout=10).text
+        if series in text:
+            break
+        time.sleep(0.05)
+    assert series + '"400"}' in text and series + '"500"}' not in text
 
 
 def test_a_connection_serves_at_most_the_configured_requests(served: Served) -> None:

@@ -6,7 +6,7 @@ import uuid
 from typing import TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from notifier.api.errors import ApiError, FieldError, validation_error
 
@@ -26,11 +26,17 @@ async def body(request: Request, limit: int) -> bytes:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left, or was cut by the body deadline (api/server.py): its
+        # fault, not ours, so no 500 and no error log; nobody reads the answer.
+        raise ApiError(400, "the request body did not arrive in full",
+                       code="incomplete_body") from None  # fmt: skip
     return b"".join(chunks)
 
 
