@@ -23,6 +23,9 @@ from psycopg import AsyncConnection
 from notifier import fanout
 
 LOCK_FAN_OUT = "SELECT pg_advisory_xact_lock(%s)"
+# Rare and service-only: it may wait for a long fan-out and delete a large
+# feed, beyond the API session's usual limits (db.conninfo_for).
+LONGER_LIMITS = ("SET LOCAL lock_timeout = '120s'", "SET LOCAL statement_timeout = '600s'")
 
 # Every table holding a user's rows, in an order the foreign keys accept
 # (attempts before their outbox rows, outbox rows before their endpoints).
@@ -66,6 +69,8 @@ async def erase_user(conn: AsyncConnection[Any], user_id: uuid.UUID) -> dict[str
     params = {"user": user_id}
     removed: dict[str, int] = {}
     async with conn.transaction():
+        for setting in LONGER_LIMITS:
+            await conn.execute(setting)
         await conn.execute(LOCK_FAN_OUT, (fanout.FEED_LOCK_KEY,))
         for table, statement in ERASE_ROWS.items():
             removed[table] = (await conn.execute(statement, params)).rowcount

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import psycopg
+import pytest
 
-from notifier import erasure, fanout, poller
-from tests.api.conftest import SERVICE, Api, bearer
+from notifier import config, erasure, fanout, poller
+from tests.api.conftest import SERVICE, Api, bearer, serve
 
 # Every table of the schema with a user_id column, and its rows of one user.
 USER_TABLES = """
@@ -152,3 +156,29 @@ async def test_nothing_more_reaches_an_erased_user(api: Api) -> None:
     assert set(_rows_of(api.pg_url, gone).values()) == {0}
     items = (await api.client.get("/api/notifications", headers=bearer(kept))).json()["items"]
     assert [n["entity_id"] for n in items] == ["later"]
+
+
+@pytest.fixture
+async def short_lock_api(api_env: dict[str, str], pg_url: str) -> AsyncIterator[Api]:
+    """The API with a 1 s lock timeout on its sessions."""
+    env = dict(api_env, NOTIFIER_PG_LOCK_TIMEOUT="1")
+    server, url, app = serve(env)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            yield Api(url, app, config.load(env, role="api"), pg_url, client)
+    finally:
+        server.stop()
+
+
+async def test_erasure_waits_for_a_running_fan_out_beyond_the_lock_timeout(
+    short_lock_api: Api,
+) -> None:
+    api, u = short_lock_api, uuid.uuid4()
+    async with await psycopg.AsyncConnection.connect(api.pg_url) as fan_out:
+        # A fan-out in progress holds its lock shared until it commits, 2.5 s from now.
+        await fan_out.execute(fanout.LOCK_SHARED, (fanout.FEED_LOCK_KEY,))
+        erase = asyncio.create_task(api.client.delete(f"/internal/users/{u}", headers=SERVICE))
+        await asyncio.sleep(2.5)
+        assert not erase.done()  # waiting, not refused after the session's 1 s lock_timeout
+        await fan_out.commit()
+    assert (await erase).status_code == 204
