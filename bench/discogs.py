@@ -403,12 +403,28 @@ async def write_month(svc: services.GraphService, gen: Generator, month: Month) 
     return took()
 
 
-def profile_hubs(svc: services.GraphService, month: Month) -> dict[str, Any]:
+def typical_units(shape: Shape, sizes: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """500 watched artists and 500 watched labels spread over the watched ranks (a unit's worth)."""
+    entities = min(sizes["entities"], shape.artists + shape.labels - 2)
+    artists = min(shape.artists - 1, round(entities * ARTIST_SHARE))
+    labels = entities - artists
+    a = [shape.artist_ids.id(r) for r in range(1, artists + 1, max(1, artists // 500))][:500]
+    lb = [shape.label_ids.id(r) for r in range(1, labels + 1, max(1, labels // 500))][:500]
+    return a, lb
+
+
+def profile_hubs(
+    svc: services.GraphService, month: Month, unit: tuple[list[str], list[str]]
+) -> dict[str, Any]:
     """PROFILE (db hits, rows, ms) of the reads that grow with a hub, and the release scan."""
     new_ids = [str(i) for i in month.releases][:ROUTER_BATCH]
     queries = {
         "ARTIST_STATES [hub]": (graph_reads.ARTIST_STATES, {"ids": [HUB_ID]}),
+        f"ARTIST_STATES [{len(unit[0])} watched artists]": (
+            graph_reads.ARTIST_STATES, {"ids": unit[0]}),
         "LABEL_STATES [hub]": (graph_reads.LABEL_STATES, {"ids": [HUB_ID]}),
+        f"LABEL_STATES [{len(unit[1])} watched labels]": (
+            graph_reads.LABEL_STATES, {"ids": unit[1]}),
         "TAG_COUNTS Genre [Electronic]": (graph_reads.TAG_COUNTS["Genre"], {"ids": ["Electronic"]}),
         f"RELEASE_ARTISTS [{len(new_ids)} new]": (graph_reads.RELEASE_ARTISTS, {"ids": new_ids}),
         f"RELEASE_PROPS [{len(new_ids)} new]": (graph_reads.RELEASE_PROPS, {"ids": new_ids}),
@@ -469,6 +485,7 @@ async def run(
     svc: services.GraphService,
     py_spy: str | None = None,
     imported: LoadStats | None = None,
+    graph_only: bool = False,
 ) -> dict[str, Any]:
     """Load (or, `imported`, index the imported graph), seed, baseline, the month; measure."""
     shape = Shape.at(sizes["fraction"])
@@ -496,6 +513,13 @@ async def run(
         f"releases with their edges {stats.release_s:.1f} s, other nodes {stats.node_s:.1f} s, "
         f"other rels {stats.rel_s:.1f} s, indexes {stats.index_s:.1f} s)"
     )
+    if graph_only:  # the graph's side alone: the month and the reads' PROFILE
+        out["month_write_s"] = round(await write_month(svc, gen, month), 1)
+        with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as d:
+            write_latch(d, "neo4j", "v2", SIGNALS)
+        _progress(f"month written in {out['month_write_s']} s; profiling…")
+        out["profile"] = profile_hubs(svc, month, typical_units(shape, sizes))
+        return out
     url = ctx.fresh_database()
     limit = float(sizes["limit"])
     roles: Roles | None = None
@@ -541,7 +565,7 @@ async def run(
                 ).fetchall()
         out["units"] = _unit_costs(units)
         out["expected_new_releases"] = len(month.releases)
-        out["profile"] = profile_hubs(svc, month)
+        out["profile"] = profile_hubs(svc, month, typical_units(shape, sizes))
     finally:
         if roles is not None:
             roles.stop()
@@ -587,6 +611,11 @@ def figures(m: dict[str, Any]) -> list[Figure]:
         ]  # fmt: skip
     else:
         load_figures = bolt_figures(load, releases)
+    if "units" not in m:  # --graph-only
+        return [
+            *load_figures,
+            Figure("month written as graphinator (MERGE)", m["month_write_s"], "s"),
+        ]
     return [*load_figures, *cycle_figures(m)]
 
 
@@ -642,9 +671,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--py-spy", metavar="EXE", help="record the router with this py-spy from "
                    "the latch to the cycle's end (into SPY_OUT)")  # fmt: skip
-    p.add_argument("--loader", choices=("bolt", "import"), default="bolt",
-                   help="batched CREATE over Bolt, or neo4j-admin import into a new "
-                   "local Neo4j")  # fmt: skip
+    p.add_argument("--loader", choices=("auto", "bolt", "import"), default="auto",
+                   help="batched CREATE over Bolt, or neo4j-admin import into a new local "
+                   "Neo4j (auto: import, unless NOTIFIER_TEST_NEO4J_URL names one)")  # fmt: skip
+    p.add_argument("--graph-only", action="store_true",
+                   help="the graph, the month and the reads' PROFILE only "
+                   "(no users, no router)")  # fmt: skip
     args = p.parse_args(argv)
     sizes = SCALES[args.scale]
     # A SIGTERM unwinds the stack, so the servers this run started are stopped.
@@ -652,21 +684,24 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack, timer() as took:
         pg = stack.enter_context(services.postgres())
         imported = None
-        if args.loader == "import":
+        loader = args.loader
+        if loader == "auto":  # measured: the import tool is faster from 1/100 up
+            loader = "bolt" if os.environ.get(services.NEO4J_URL_ENV) else "import"
+        if loader == "import":
             imported = LoadStats()
             gen = Generator(Shape.at(sizes["fraction"]))
             svc = stack.enter_context(imported_neo4j(sizes, gen, imported))
         else:
             svc = stack.enter_context(graph_server(sizes))
         ctx = Context(args.scale, {}, pg, stack)
-        m = asyncio.run(run(ctx, sizes, svc, args.py_spy, imported))
+        m = asyncio.run(run(ctx, sizes, svc, args.py_spy, imported, args.graph_only))
         ctx.drop_databases()
     m["wall_s"] = round(took(), 1)
     m["load_average_end"] = os.getloadavg()
     figs = figures(m)
     print(table(figs))
-    print(json.dumps({k: m[k] for k in ("shape", "seeded", "units", "profile", "wall_s",
-                                        "load_average_start", "load_average_end")},
+    print(json.dumps({k: m.get(k) for k in ("shape", "seeded", "units", "profile", "wall_s",
+                                            "load_average_start", "load_average_end")},
                      indent=1, default=str), file=sys.stderr)  # fmt: skip
     if args.json:
         meta = {"scale": args.scale, "date": datetime.now(UTC).isoformat(timespec="seconds"),
