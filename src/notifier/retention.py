@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -246,32 +246,29 @@ async def _feed(conn: AsyncConnection[Any], until: datetime, batch: int, out: Re
         after = last_id
 
 
-async def _outbox(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
-    after = 0
+async def _finished(
+    conn: AsyncConnection[Any], window: str, params: dict[str, Any], out: Removed,
+    remove: Callable[[AsyncConnection[Any], list[int]], Awaitable[int]],
+) -> int:  # fmt: skip
+    """Walk a table by `window` (last id, old ids, young); `remove` each batch's old ids."""
+    after, removed = 0, 0
     while True:
         async with _batch(conn, out):
-            params = {"after": after, "batch": batch, "cutoff": until}
-            last_id, ids, young = await _one(conn, OUTBOX_WINDOW, params)
+            last_id, ids, young = await _one(conn, window, params | {"after": after})
             if ids:
-                await conn.execute(DELETE_OUTBOX_ATTEMPTS, {"ids": ids})
-                await conn.execute(DELETE_OUTBOX, {"ids": ids})
-                out.outbox += len(ids)
+                removed += await remove(conn, ids)
         if last_id is None or young:
-            return
+            return removed
         after = last_id
 
 
-async def _digests(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
-    after = 0
-    while True:
-        async with _batch(conn, out):
-            params = {"after": after, "batch": batch, "cutoff": until}
-            last_id, ids, young = await _one(conn, DIGEST_WINDOW, params)
-            if ids:
-                out.digests += int((await _one(conn, DELETE_DIGESTS, {"ids": ids}))[0])
-        if last_id is None or young:
-            return
-        after = last_id
+async def _remove_outbox(conn: AsyncConnection[Any], ids: list[int]) -> int:
+    await conn.execute(DELETE_OUTBOX_ATTEMPTS, {"ids": ids})
+    return (await conn.execute(DELETE_OUTBOX, {"ids": ids})).rowcount
+
+
+async def _remove_digests(conn: AsyncConnection[Any], ids: list[int]) -> int:
+    return int((await _one(conn, DELETE_DIGESTS, {"ids": ids}))[0])
 
 
 async def _attempts(conn: AsyncConnection[Any], until: datetime, batch: int, out: Removed) -> None:
@@ -316,8 +313,13 @@ async def run_pass(pool: AsyncConnectionPool[Any], policy: Policy, now: datetime
             if (until := cutoff(now, policy.feed_days)) is not None:
                 await _feed(conn, until, policy.batch, removed)
             if (until := cutoff(now, policy.outbox_days)) is not None:
-                await _outbox(conn, until, policy.batch, removed)
-                await _digests(conn, until, policy.batch, removed)
+                params = {"batch": policy.batch, "cutoff": until}
+                removed.outbox += await _finished(
+                    conn, OUTBOX_WINDOW, params, removed, _remove_outbox
+                )
+                removed.digests += await _finished(
+                    conn, DIGEST_WINDOW, params, removed, _remove_digests
+                )
             if (until := cutoff(now, policy.attempts_days)) is not None:
                 await _attempts(conn, until, policy.batch, removed)
             if (until := cutoff(now, policy.events_days)) is not None:
