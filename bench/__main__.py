@@ -1,5 +1,8 @@
 """`uv run python -m bench [--scale tiny|small|full] [--json out.json] [--only NAME…]`.
 
+`--scale discogs` and `--scale discogs-small` run one month on a Discogs-shaped
+graph instead (`bench.discogs`, which takes more options of its own).
+
 Starts its own services through `notifier.services` (or uses the
 NOTIFIER_TEST_* URLs), measures each figure beside its ceiling or peer in the
 same run, and prints one table.
@@ -15,6 +18,7 @@ import platform
 import sys
 from datetime import UTC, datetime
 
+from bench import discogs
 from bench.claim_rate import claim_rate
 from bench.core import SCALES, Context, Figure, FigureFn, table, timer
 from bench.cycle import cycle
@@ -38,10 +42,15 @@ FIGURES: dict[str, FigureFn] = {
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen figures; print the table; return 1 if a figure failed its target."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--scale", choices=sorted(SCALES), default="small")
+    month_scales = [name for name in sorted(discogs.SCALES) if name not in SCALES]
+    p.add_argument("--scale", choices=sorted(SCALES) + month_scales, default="small")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--only", nargs="*", choices=sorted(FIGURES), help="run only these figures")
     args = p.parse_args(argv)
+    if args.scale not in SCALES:  # a Discogs-shaped month: its own harness
+        if args.only:
+            p.error("--only applies to the stage figures, not to a Discogs-shaped month")
+        return discogs.main(["--scale", args.scale] + (["--json", args.json] if args.json else []))
 
     figures: list[Figure] = []
     with contextlib.ExitStack() as stack:

@@ -91,3 +91,16 @@ def test_bench_discogs_runs_a_month_at_tiny_scale(
     assert run["feed_rows"] > 0 and run["webhooks"] > 0
     assert run["seeded"]["hub_artist_watchers"] == 30
     assert run["events"].get("artist:new_releases", 0) > 0
+
+
+def test_python_m_bench_runs_a_month_at_the_discogs_scales(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import __main__ as harness
+    from bench import discogs
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(discogs, "main", lambda argv: seen.append(argv) or 0)
+    assert harness.main(["--scale", "discogs", "--json", "out.json"]) == 0
+    assert harness.main(["--scale", "discogs-small"]) == 0
+    assert seen == [["--scale", "discogs", "--json", "out.json"], ["--scale", "discogs-small"]]
+    with pytest.raises(SystemExit):  # --only names stage figures, not a month's
+        harness.main(["--scale", "discogs", "--only", "diff"])
