@@ -19,6 +19,7 @@ import pytest
 from neo4j import AsyncDriver, AsyncGraphDatabase
 
 from notifier import db, secretbox, services
+from tests.smtp import Inbox, smtp_server
 
 T = TypeVar("T")
 
@@ -199,3 +200,10 @@ def env_for(
     )
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    """A running aiosmtpd server on loopback that accepts everything (tests.smtp)."""
+    with smtp_server(Inbox()) as served:
+        yield served

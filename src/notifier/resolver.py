@@ -16,7 +16,7 @@ import asyncio
 import concurrent.futures
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -57,13 +57,18 @@ class Resolver:
         except (OSError, UnicodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ResolveFailed(f"the host {host!r} does not resolve ({reason})") from None
-        addresses: list[IPAddress] = []
-        for info in infos:
-            ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-            if ip not in addresses:
-                addresses.append(ip)
-        return addresses
+        return unique_addresses(infos)
 
     def close(self) -> None:
         """Stop the threads once their lookups end (nothing waits for them)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def unique_addresses(infos: Sequence[Any]) -> list[IPAddress]:
+    """The addresses of `getaddrinfo` answers, once each, in order (zone ids dropped)."""
+    addresses: list[IPAddress] = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if ip not in addresses:
+            addresses.append(ip)
+    return addresses

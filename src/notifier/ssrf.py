@@ -13,7 +13,7 @@ import socket
 import urllib.parse
 from collections.abc import Callable
 
-from notifier.resolver import ResolveFailed, Resolver
+from notifier.resolver import ResolveFailed, Resolver, unique_addresses
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -125,12 +125,7 @@ def resolve(host: str, port: int) -> list[IPAddress]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise UnsafeURL(f"the host {host!r} does not resolve ({exc})") from None
-    addresses: list[IPAddress] = []
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if ip not in addresses:
-            addresses.append(ip)
-    return addresses
+    return unique_addresses(infos)
 
 
 def _target(url: str, *, allow_private: bool) -> tuple[str, int] | None:

@@ -10,13 +10,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from notifier import services
 from notifier.channels.email import EmailSender
 from tests.delivery.conftest import add_event, rows, running, wait_until
-from tests.delivery.test_email import Inbox
+from tests.smtp import Inbox, smtp_server
 
 Conn = psycopg.AsyncConnection[Any]
 FROM = "notifier@discogsography.example"
@@ -41,14 +39,8 @@ class Flaky(Inbox):
 @pytest.fixture
 def flaky() -> Iterator[tuple[Flaky, int]]:
     """An aiosmtpd server refusing the first two messages with 451."""
-    inbox = Flaky(2)
-    port = services.free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
+    with smtp_server(Flaky(2)) as served:
+        yield served
 
 
 async def _digest(conn: Conn, user: uuid.UUID, address: str | None, n: int = 3) -> int:
@@ -134,16 +126,3 @@ async def test_two_delivery_replicas_send_each_digest_once(
         pg_url, "SELECT attempts, last_error FROM notifier.email_digests WHERE id = %s", nobody
     ) == [(0, "no email address known for the user")]
     assert await rows(pg_url, "SELECT count(*) FROM notifier.email_digest_attempts") == [(30,)]
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    """A running aiosmtpd server on loopback that accepts everything."""
-    inbox = Inbox()
-    port = services.free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()

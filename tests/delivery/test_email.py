@@ -4,52 +4,16 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from notifier import config, delivery, services
+from notifier import config, delivery
 from notifier.channels.email import EmailSender
 from tests.delivery.conftest import add_event, add_outbox, rows, running, wait_until
+from tests.smtp import Inbox
 
 Conn = psycopg.AsyncConnection[Any]
-
-
-class Inbox:
-    """Collects messages; refuses recipients at refused.example."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], bytes]] = []
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address.endswith("@refused.example"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        assert isinstance(envelope.content, bytes)
-        self.messages.append((list(envelope.rcpt_tos), envelope.content))
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    """A running aiosmtpd server on loopback."""
-    inbox = Inbox()
-    port = services.free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 async def _user_with_email(conn: Conn, address: str | None) -> Any:

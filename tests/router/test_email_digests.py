@@ -6,38 +6,23 @@ import asyncio
 import email
 import email.policy
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
-import pytest
-from aiosmtpd.controller import Controller
 from neo4j import AsyncDriver
 
-from notifier import config, cycles, fanout, services
+from notifier import config, cycles, fanout
 from notifier.channels.email import EmailSender
 from notifier.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.delivery.conftest import running
 from tests.delivery.conftest import wait_until as wait_for
-from tests.delivery.test_email import Inbox
 from tests.router.conftest import Publish, cycle_done, feed, q, signal_all, watch, write
+from tests.smtp import Inbox
 
 FROM = "notifier@discogsography.example"
 PUBLIC = "https://discogsography.example/notifier"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    """A running aiosmtpd server on loopback."""
-    inbox = Inbox()
-    port = services.free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 @asynccontextmanager
