@@ -3,7 +3,7 @@
 `--scale discogs` and `--scale discogs-small` run one month on a Discogs-shaped
 graph instead (`bench.discogs`, which takes more options of its own).
 
-Starts its own services through `notifier.services` (or uses the
+Starts its own services through `notifier.devkit.services` (or uses the
 NOTIFIER_TEST_* URLs), measures each figure beside its ceiling or peer in the
 same run, and prints one table.
 """
@@ -26,7 +26,7 @@ from bench.delivery_rate import delivery_rate
 from bench.diff_rate import diff_rate
 from bench.fanout import fanout_rate
 from bench.feed_latency import feed_latency
-from notifier import services
+from notifier.devkit import services
 
 # In the issue's priority order; each may yield several rows (e.g. a peak RSS).
 FIGURES: dict[str, FigureFn] = {

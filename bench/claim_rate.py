@@ -34,7 +34,8 @@ from pgqueuer.types import QueueEntrypoint, QueueManagerId
 
 from bench.core import Context, Figure, timer
 from bench.delivery_rate import fill_outbox
-from notifier import poller, services
+from notifier import poller
+from notifier.devkit import services
 
 ENTRYPOINT = "bench"
 

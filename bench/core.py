@@ -12,7 +12,8 @@ from typing import Any
 
 import psycopg
 
-from notifier import db, services
+from notifier import db
+from notifier.devkit import services
 
 SCALES: dict[str, dict[str, int]] = {
     # tiny: the smoke test; small: under 2 minutes; full: the figures.

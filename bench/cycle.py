@@ -4,7 +4,7 @@
 
 The real processes, started through the CLI: `notifier router`, `notifier
 delivery` and `notifier api`, on PostgreSQL, RabbitMQ and the Bolt graph of
-`notifier.services`. Every webhook points at one fast loopback receiver (the
+`notifier.devkit.services`. Every webhook points at one fast loopback receiver (the
 one of `bench.delivery_rate`).
 
 The data, at `full` scale: 100k users with 10 watches each (1M watches) over
@@ -57,9 +57,10 @@ from neo4j import AsyncGraphDatabase
 from bench.core import SCALES, Context, Figure, cpu_seconds, peak_rss_mb, table, timer
 from bench.delivery_rate import receiver
 from bench.diff_rate import drop_constraints, index_keys
-from notifier import secretbox, services
+from notifier import secretbox
 from notifier.config import Settings
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.router import queue_names
 
 JWT_KEY = "bench-cycle-jwt-key-bench-cycle-jwt-key"

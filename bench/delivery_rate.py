@@ -40,7 +40,8 @@ import httpx
 import psycopg
 
 from bench.core import Context, Figure, cpu_seconds, peak_rss_mb, timer
-from notifier import secretbox, services
+from notifier import secretbox
+from notifier.devkit import services
 
 WEBHOOKS = 500
 _CONTENT_LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")

@@ -42,10 +42,11 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from bench.core import Context, Figure, timer
-from notifier import cycles, db, heap, services
+from notifier import cycles, db, heap
 from notifier.config import Settings
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.graph import ARTIST_STATES, Graph
-from notifier.graphbuilder import GraphBuilder
 from notifier.units import Pipeline, UnitRunner
 
 UNIT_SIZE = Settings.__dataclass_fields__["router_unit_size"].default

@@ -66,7 +66,7 @@ from bench.discogs_graph import (
     write_latch,
 )
 from notifier import graph as graph_reads
-from notifier import services
+from notifier.devkit import services
 
 # fraction: of the real catalogue. users, watches (all kinds), entities (distinct
 # artists and labels watched), tag_watches, searches (distinct; two watchers
@@ -231,7 +231,7 @@ def imported_neo4j(
     """A local Neo4j started on a store written by `neo4j-admin database import full`.
 
     The CSV files come from `write_csv`; the import tool and the server are
-    the Maven Central jars `notifier.services` uses. The schema is created by
+    the Maven Central jars `notifier.devkit.services` uses. The schema is created by
     the caller once the server runs (index population over the data).
     """
     java = services.newest_java()

@@ -19,7 +19,7 @@ rank 0, "Not On Label", the only label of 6 %; the biggest genre
 fixed permutation (`Ids`), so popular ids are spread over the id range; both
 hubs have id "1".
 
-Written as graphinator writes it (see notifier.graphbuilder's platform
+Written as graphinator writes it (see notifier.devkit.graphbuilder's platform
 mode): 3 % of artists, 2 % of labels and masters are bare {id} stubs;
 titles (1.5 %) and years (12 %) are absent properties; `formats` is a list
 of format names with repeats (a double album is ["Vinyl", "Vinyl"]) or
@@ -47,7 +47,7 @@ from typing import Any
 
 from neo4j import Driver
 
-from notifier.graphbuilder import LATCH, PLATFORM_SCHEMA, GraphBuilder
+from notifier.devkit.graphbuilder import LATCH, PLATFORM_SCHEMA, GraphBuilder
 
 REAL = {"releases": 19_000_000, "artists": 10_000_000, "labels": 2_300_000, "masters": 2_500_000}
 SIGNALS = ("artists", "labels", "masters", "releases")  # graphinator's data types, in order
@@ -582,7 +582,7 @@ def month_builders(
 
 
 def write_latch(driver: Driver, database: str, version: str, signals: Sequence[str]) -> None:
-    """graphinator's ExtractionCompletion latch (notifier.graphbuilder.LATCH)."""
+    """graphinator's ExtractionCompletion latch (notifier.devkit.graphbuilder.LATCH)."""
     with driver.session(database=database) as session:
         session.run(LATCH, version=version, signals=sorted(set(signals))).consume()
 

@@ -35,7 +35,8 @@ import jwt
 import psycopg
 
 from bench.core import Context, Figure, peak_rss_mb
-from notifier import db, services
+from notifier import db
+from notifier.devkit import services
 
 JWT_KEY = "bench-jwt-key-bench-jwt-key-bench-jwt-key"
 FIRST_PAGE, UNREAD_COUNT = "feed first page (20)", "unread-count"

@@ -25,8 +25,9 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from notifier import db, retention, services
+from notifier import db, retention
 from notifier.api import feed
+from notifier.devkit import services
 
 # Events first (one per 100 feed rows), then feed rows by chunk: row g of the
 # chunk goes to user g % users, created `age` days ago (older rows first, so

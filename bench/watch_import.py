@@ -28,9 +28,10 @@ import jwt
 import psycopg
 from neo4j import AsyncGraphDatabase
 
-from notifier import db, services
+from notifier import db
 from notifier.api.watchlist import IMPORT_QUERIES
-from notifier.graphbuilder import GraphBuilder, drop_platform_schema, platform_schema
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder, drop_platform_schema, platform_schema
 
 JWT_KEY = "bench-jwt-key-bench-jwt-key-bench-jwt-key"
 ARTISTS, LABELS = 400, 150

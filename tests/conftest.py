@@ -1,6 +1,6 @@
 """Real backing services for every test: PostgreSQL, RabbitMQ and a Bolt graph.
 
-Each server is started once per session (see notifier.services for the order
+Each server is started once per session (see notifier.devkit.services for the order
 of preference: env URL, testcontainers, local binaries); each test gets its
 own database, exchange names and graph database. A service that cannot be had
 stops the whole run with the reason; nothing is skipped.
@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from neo4j import AsyncDriver, AsyncGraphDatabase
 
-from notifier import db, secretbox, services
+from notifier import db, secretbox
+from notifier.devkit import services
 from tests.smtp import Inbox, smtp_server
 
 T = TypeVar("T")
@@ -135,7 +136,7 @@ async def platform_graph(
     graph_server: services.GraphService, graph_driver: AsyncDriver, graph_db: str
 ) -> AsyncIterator[str]:
     """This test's graph database with schema-init's constraints and indexes (dropped after)."""
-    from notifier.graphbuilder import platform_schema_applied
+    from notifier.devkit.graphbuilder import platform_schema_applied
 
     neo4j = graph_server.admin_url is None  # an ArcadeDB server has an admin URL
     async with platform_schema_applied(graph_driver, graph_db, neo4j=neo4j):

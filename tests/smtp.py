@@ -9,7 +9,7 @@ from typing import TypeVar
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from notifier import services
+from notifier.devkit import services
 
 
 class Inbox:

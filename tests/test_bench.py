@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from notifier import services
+from notifier.devkit import services
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from bench.discogs_graph import GENRES, Generator, Ids, Month, Shape, month_builders
-from notifier import services
+from notifier.devkit import services
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -33,9 +33,10 @@ import psycopg
 import pytest
 import yaml
 
-from notifier import cli, config, services
+from notifier import cli, config
 from notifier.api.app import GRACEFUL_SHUTDOWN_SECONDS
 from notifier.delivery import Limits
+from notifier.devkit import services
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from neo4j import AsyncDriver
 
-from notifier import services
-from notifier.graphbuilder import (
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import (
     PLATFORM_SCHEMA,
     GraphBuilder,
     platform_schema,

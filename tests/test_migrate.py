@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from notifier import db, services
+from notifier import db
+from notifier.devkit import services
 from tests.conftest import env_for
 
 TABLES = {

@@ -10,8 +10,9 @@ import psycopg
 import pytest
 from neo4j import AsyncDriver
 
-from notifier import db, services
-from notifier.graphbuilder import GraphBuilder
+from notifier import db
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 
 
 async def test_postgres_round_trip(pg_url: str) -> None:

@@ -21,7 +21,7 @@ ROLES: dict[str, tuple[str, str]] = {
     "delivery": ("notifier.delivery", "claim outbox rows and send signed webhooks"),
     "all": ("notifier.all", "every role in one process"),
     "retention": ("notifier.retention", "run one retention pass now (old feed, outbox, events)"),
-    "dev": ("notifier.dev", "throwaway services, sample data, everything running"),
+    "dev": ("notifier.devkit.dev", "throwaway services, sample data, everything running"),
 }
 
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from notifier import services
+from notifier.devkit import services
 from tests.api.conftest import serve, token
 
 ROUTE = "/api/notifications/unread-count"

@@ -11,7 +11,7 @@ import uuid
 
 from neo4j import AsyncDriver
 
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit.graphbuilder import GraphBuilder
 from tests.api.conftest import Api, seed_feed, token
 
 

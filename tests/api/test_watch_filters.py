@@ -12,7 +12,7 @@ import pytest
 from neo4j import AsyncDriver
 
 from notifier import fanout
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit.graphbuilder import GraphBuilder
 from tests.api.conftest import SERVICE, Api, bearer
 
 EVENT = """

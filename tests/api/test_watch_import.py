@@ -8,9 +8,9 @@ import uuid
 import psycopg
 from neo4j import AsyncDriver
 
-from notifier import services
 from notifier.api.watchlist import IMPORT_QUERIES, MAX_WATCHES_PER_USER
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from tests.api.conftest import Api, bearer
 from tests.router.test_profile import operators
 

@@ -9,7 +9,7 @@ from neo4j import AsyncDriver
 
 from notifier.api.errors import ApiError
 from notifier.api.watchlist import normalise_search
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit.graphbuilder import GraphBuilder
 from tests.api.conftest import Api, bearer
 
 

@@ -14,8 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from notifier import db, delivery, secretbox, services
+from notifier import db, delivery, secretbox
 from notifier.channels.webhook import WebhookOptions, WebhookSender
+from notifier.devkit import services
 from tests.conftest import ENCRYPTION_KEY, KEYS
 
 

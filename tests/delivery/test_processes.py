@@ -17,7 +17,8 @@ import httpx
 import psycopg
 import pytest
 
-from notifier import config, delivery, services
+from notifier import config, delivery
+from notifier.devkit import services
 from tests.delivery.conftest import (
     add_event,
     add_outbox,

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from notifier import cli, config, secretbox, services
+from notifier import cli, config, secretbox
+from notifier.devkit import services
 from tests.conftest import KEYS
 from tests.delivery.conftest import (
     add_delivery,

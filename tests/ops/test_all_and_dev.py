@@ -20,7 +20,7 @@ import aio_pika
 import httpx
 import psycopg
 
-from notifier import services
+from notifier.devkit import services
 from notifier.router import queue_names
 from tests.api.conftest import bearer
 from tests.delivery.receiver import receiver

@@ -31,8 +31,9 @@ import psycopg
 import pytest
 from neo4j import AsyncDriver
 
-from notifier import db, services
-from notifier.graphbuilder import GraphBuilder
+from notifier import db
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from tests.delivery.conftest import add_event, add_outbox, add_webhook
 from tests.router.conftest import write
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bench.delivery_rate import fill_outbox
-from notifier import services
+from notifier.devkit import services
 from tests.delivery.conftest import delivery_env, rows, wait_until
 from tests.delivery.receiver import FastReceiver, fast_receiver
 from tests.reliability.conftest import healthy, start_role, stop_procs

@@ -14,8 +14,8 @@ import aio_pika
 import httpx
 from neo4j import AsyncDriver
 
-from notifier import services
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.router import BadMessage, decode_message, queue_names
 from tests.router.conftest import (
     Publish,

@@ -29,7 +29,8 @@ import httpx
 from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import config, services
+from notifier import config
+from notifier.devkit import services
 from notifier.router import Router
 from tests.api.conftest import SERVICE_TOKEN, token
 from tests.conftest import env_for

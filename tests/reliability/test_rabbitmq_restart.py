@@ -26,7 +26,7 @@ from typing import Any
 import aio_pika
 from neo4j import AsyncDriver
 
-from notifier import services
+from notifier.devkit import services
 from notifier.router import queue_names
 from tests.conftest import env_for
 from tests.reliability.conftest import (

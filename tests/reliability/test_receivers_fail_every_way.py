@@ -28,8 +28,9 @@ import httpx
 import psycopg
 import pytest
 
-from notifier import backoff, services
+from notifier import backoff
 from notifier.channels import EXCERPT_CHARS
+from notifier.devkit import services
 from tests.delivery.conftest import delivery_env, rows, wait_until
 from tests.delivery.receiver import Plan, Received, Receiver, receiver
 from tests.reliability.conftest import add_one_row, healthy, start_role, stop_procs

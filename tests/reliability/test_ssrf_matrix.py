@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from notifier import services
+from notifier.devkit import services
 from tests.delivery.conftest import delivery_env, rows, wait_until
 from tests.delivery.receiver import receiver
 from tests.reliability.conftest import add_one_row, start_role, stop_procs

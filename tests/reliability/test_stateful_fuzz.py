@@ -32,7 +32,7 @@ from schemathesis.generation import GenerationMode
 from schemathesis.generation.stateful.state_machine import StepInput
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from notifier import services
+from notifier.devkit import services
 from tests.api.conftest import SERVICE_TOKEN, seed_feed, token
 from tests.reliability.conftest import start_role, wait_healthy
 

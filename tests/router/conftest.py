@@ -17,8 +17,9 @@ import pytest
 from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import config, cycles, services
-from notifier.graphbuilder import GraphBuilder
+from notifier import config, cycles
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.conftest import env_for
 

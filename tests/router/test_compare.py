@@ -18,7 +18,8 @@ import pytest
 from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import config, cycles, db, fanout, services, units
+from notifier import config, cycles, db, fanout, units
+from notifier.devkit import services
 from notifier.graph import Graph
 from tests.conftest import _new_database
 from tests.router.conftest import events, fire, q, wait_until, watch, write

@@ -11,10 +11,11 @@ import psycopg
 import pytest
 from neo4j import AsyncDriver
 
-from notifier import config, cycles, db, services
+from notifier import config, cycles, db
 from notifier.api.feed import UNREAD_COUNT
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.graph import Graph
-from notifier.graphbuilder import GraphBuilder
 from notifier.router import REGISTRY, Router, queue_names
 from notifier.units import Stopping, UnitRunner
 from tests.router.conftest import (

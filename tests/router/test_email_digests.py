@@ -14,7 +14,7 @@ from neo4j import AsyncDriver
 
 from notifier import config, cycles, fanout
 from notifier.channels.email import EmailSender
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.delivery.conftest import running
 from tests.delivery.conftest import wait_until as wait_for

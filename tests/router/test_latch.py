@@ -17,8 +17,9 @@ import httpx
 import pytest
 from neo4j import AsyncDriver
 
-from notifier import config, latch, services
-from notifier.graphbuilder import GraphBuilder
+from notifier import config, latch
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.router.conftest import Publish, completion, cycle_done, events, q, wait_until, watch
 

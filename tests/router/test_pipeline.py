@@ -10,8 +10,8 @@ from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 
 from notifier import config, cycles, db, diff
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.graph import Graph, artist_states
-from notifier.graphbuilder import GraphBuilder
 from notifier.units import Claim, Pipeline, UnitRunner, unchanged
 from tests.router.conftest import events, fire, q, watch, write
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from neo4j import AsyncDriver
 
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.router.conftest import Publish, cycle_done, q, signal_all, watch
 

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 from neo4j import AsyncDriver
 
-from notifier import graph, services
-from notifier.graphbuilder import GraphBuilder
+from notifier import graph
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from tests.router.test_platform_graph import ALL_SIGNALS, first_import, second_import
 
 # The unit reads and real parameters (ids that exist, and one that does not).

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from neo4j import AsyncDriver
 
-from notifier import services
 from notifier.api.feed import UNREAD_COUNT
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit import services
+from notifier.devkit.graphbuilder import GraphBuilder
 from tests.router.conftest import (
     Publish,
     cycle_done,

@@ -14,7 +14,7 @@ from typing import Any
 from neo4j import AsyncDriver
 
 from notifier import graph
-from notifier.graphbuilder import GraphBuilder
+from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.router import Router
 from tests.router.conftest import Publish, cycle_done, q, signal_all, watch
 

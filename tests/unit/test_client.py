@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from notifier import cli, client
-from notifier.services import free_port
+from notifier.devkit.services import free_port
 
 
 def test_render_table() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifier import services
+from notifier.devkit import services
 
 CHOICES = [(None, "neo4j"), ("", "neo4j"), ("neo4j", "neo4j"), ("ArcadeDB", "arcadedb")]
 
