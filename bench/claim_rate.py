@@ -2,7 +2,7 @@
 
     uv run python -m bench.claim_rate [--rows 20000] [--batch 200]
 
-Ours: `poller.claim` + `poller.complete` (a lease per row, one attempt row
+Ours: `outbox.claim` + `outbox.complete` (a lease per row, one attempt row
 per delivery, each job with everything sending needs: body fields, URL,
 secrets) draining a prefilled outbox in batches, nothing sent. The peer:
 PgQueuer (PyPI) `dequeue` + `log_jobs('successful')` (its completion, logged
@@ -34,7 +34,7 @@ from pgqueuer.types import QueueEntrypoint, QueueManagerId
 
 from bench.core import Context, Figure, timer
 from bench.delivery_rate import fill_outbox
-from notifier import poller
+from notifier import outbox
 from notifier.devkit import services
 
 ENTRYPOINT = "bench"
@@ -47,11 +47,11 @@ async def ours(url: str, rows: int, batch: int) -> float:
         await conn.execute("CHECKPOINT")  # the fill written out before the clock starts
         done_rows = 0
         with timer() as elapsed:
-            while jobs := await poller.claim(conn, limit=batch, lease_seconds=60, replica="b"):
+            while jobs := await outbox.claim(conn, limit=batch, lease_seconds=60, replica="b"):
                 now = datetime.now(UTC)
-                await poller.complete(
+                await outbox.complete(
                     conn,
-                    [poller.Completion(j, "delivered", attempted_at=now, status_code=200)
+                    [outbox.Completion(j, "delivered", attempted_at=now, status_code=200)
                      for j in jobs],
                 )  # fmt: skip
                 done_rows += len(jobs)

@@ -321,7 +321,7 @@ async def claim_rates(ctx: Context, rows: int, batch: int = 200) -> tuple[float,
     """Rows/s claimed and completed with a null transport: lease vs held lock."""
     from datetime import UTC, datetime
 
-    from notifier import poller
+    from notifier import outbox
 
     results = []
     for mode in ("lease", "held"):
@@ -331,13 +331,13 @@ async def claim_rates(ctx: Context, rows: int, batch: int = 200) -> tuple[float,
             with timer() as elapsed:
                 while True:
                     if mode == "lease":
-                        jobs = await poller.claim(conn, limit=batch, lease_seconds=60, replica="b")
+                        jobs = await outbox.claim(conn, limit=batch, lease_seconds=60, replica="b")
                         now = datetime.now(UTC)
                         done = [
-                            poller.Completion(j, "delivered", attempted_at=now, status_code=200)
+                            outbox.Completion(j, "delivered", attempted_at=now, status_code=200)
                             for j in jobs
                         ]
-                        await poller.complete(conn, done)
+                        await outbox.complete(conn, done)
                         n = len(jobs)
                     else:
                         async with conn.transaction():

@@ -1,13 +1,13 @@
 """`notifier delivery`: the poller feeding the senders (contract §1, §6).
 
 One asyncio loop runs:
-- the poller: claims due outbox rows in batches (`poller.claim`, a lease; see
-  poller.py for why a lease and not a held lock) whenever there is room for
+- the poller: claims due outbox rows in batches (`outbox.claim`, a lease; see
+  outbox.py for why a lease and not a held lock) whenever there is room for
   more rows in flight, and starts one task per row;
 - the senders: each task sends its row through its channel and turns the
   attempt into the row's next state (`backoff.decide`);
 - the completer: writes outcomes and attempt rows in batches, one transaction
-  per batch (`poller.complete`), so the database cost per delivery stays small;
+  per batch (`outbox.complete`), so the database cost per delivery stays small;
 - the scheduler: fans out scheduled events when they fall due
   (`fanout.fan_out_due`);
 - the digest loop, when the email channel is on: mails each cycle's email
@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from notifier import backoff, config, db, digest_sender, fanout, poller, retention, secretbox
+from notifier import backoff, config, db, digest_sender, fanout, outbox, retention, secretbox
 from notifier.channels import Channel, Sent
 from notifier.channels.webhook import WebhookOptions, WebhookSender
 from notifier.resolver import Resolver
@@ -124,33 +124,33 @@ def max_inflight(s: config.Settings) -> int:
     return max(2 * s.delivery_concurrency, 2 * s.delivery_batch)
 
 
-def triage(job: poller.Job, now: datetime) -> poller.Completion | None:
+def triage(job: outbox.Job, now: datetime) -> outbox.Completion | None:
     """The outcome of a row that must not be sent at all, or None to send it."""
     if job.cancelled:
-        return poller.Completion(job, "cancelled", last_error="event cancelled", released=True)
+        return outbox.Completion(job, "cancelled", last_error="event cancelled", released=True)
     if job.channel == "webhook":
         if job.webhook_id is None or job.url is None:
-            return poller.Completion(job, "dead", last_error="webhook deleted", released=True)
+            return outbox.Completion(job, "dead", last_error="webhook deleted", released=True)
         if not job.webhook_active:
-            return poller.Completion(job, "paused", last_error="webhook disabled", released=True)
+            return outbox.Completion(job, "paused", last_error="webhook disabled", released=True)
     elif job.channel == "email" and not job.email:
-        return poller.Completion(
+        return outbox.Completion(
             job, "dead", last_error="no email address known for the user", released=True
         )
     return None
 
 
 def completion(
-    job: poller.Job, sent: Sent, now: datetime, schedule: tuple[float, ...]
-) -> poller.Completion:
+    job: outbox.Job, sent: Sent, now: datetime, schedule: tuple[float, ...]
+) -> outbox.Completion:
     """The row's next state after attempt `sent`."""
     if sent.deferred:
         delay = RELEASE_DELAY
         if sent.result.retry_after is not None:
             delay = timedelta(seconds=sent.result.retry_after)
-        return poller.Completion(job, "pending", next_attempt_at=now + delay, released=True)
+        return outbox.Completion(job, "pending", next_attempt_at=now + delay, released=True)
     d = backoff.decide(sent.result, job.attempts, now, channel=job.channel, schedule=schedule)
-    return poller.Completion(
+    return outbox.Completion(
         job,
         d.status,
         next_attempt_at=d.next_attempt_at,
@@ -169,7 +169,7 @@ def _text(value: str | None) -> str | None:
     return None if value is None else value.replace("\x00", "\ufffd")[:1000]
 
 
-def _outcome(c: poller.Completion) -> str:
+def _outcome(c: outbox.Completion) -> str:
     if c.released and c.status == "pending":
         return "deferred"
     return "retry" if c.status == "pending" else c.status
@@ -194,7 +194,7 @@ class Delivery:
         self._room = asyncio.Event()
         self._wake_at = -1
         self._stop = asyncio.Event()
-        self._done: asyncio.Queue[poller.Completion] = asyncio.Queue()
+        self._done: asyncio.Queue[outbox.Completion] = asyncio.Queue()
         self.healthy = True
 
     @property
@@ -248,14 +248,14 @@ class Delivery:
             waits: dict[int, float] = {}
             try:
                 async with self.pool.connection() as conn:
-                    jobs = await poller.claim(
+                    jobs = await outbox.claim(
                         conn, limit=limit, lease_seconds=limits.lease_seconds,
                         replica=self.replica, keys=self.keys,
                     )  # fmt: skip
                     if any(job.rate_limit is not None for job in jobs):
-                        waits = await poller.pace(conn, jobs)
+                        waits = await outbox.pace(conn, jobs)
                     if len(jobs) < limit:
-                        next_due = await poller.seconds_to_next_due(conn)
+                        next_due = await outbox.seconds_to_next_due(conn)
                 self.healthy = True
             except (psycopg.Error, OSError) as exc:
                 DB_ERRORS.labels("claim").inc()
@@ -287,7 +287,7 @@ class Delivery:
                     wait = min(wait, max(next_due, MIN_DUE_WAIT))
                 await self._wait_for_room(-1, wait)
 
-    def _hold_back(self, jobs: list[poller.Job], waits: dict[int, float]) -> list[poller.Job]:
+    def _hold_back(self, jobs: list[outbox.Job], waits: dict[int, float]) -> list[outbox.Job]:
         """Release the rows over their endpoint's rate limit, due when a token will be there."""
         now = datetime.now(UTC)
         send = []
@@ -298,7 +298,7 @@ class Delivery:
                 continue
             at = now + timedelta(seconds=max(wait, MIN_DUE_WAIT))
             self._done.put_nowait(
-                poller.Completion(job, "pending", next_attempt_at=at, released=True)
+                outbox.Completion(job, "pending", next_attempt_at=at, released=True)
             )
             _attempts(job.channel, "paced").inc()
         return send
@@ -314,15 +314,15 @@ class Delivery:
         finally:
             self._wake_at = -1
 
-    async def _handle(self, job: poller.Job) -> None:
-        result: poller.Completion | None = None
+    async def _handle(self, job: outbox.Job) -> None:
+        result: outbox.Completion | None = None
         try:
             now = datetime.now(UTC)
             result = triage(job, now)
             if result is None:
                 channel = self.channels.get(job.channel)
                 if channel is None:
-                    result = poller.Completion(
+                    result = outbox.Completion(
                         job, "dead", last_error=f"{job.channel} channel not configured",
                         released=True,
                     )  # fmt: skip
@@ -333,7 +333,7 @@ class Delivery:
                     result = completion(job, sent, datetime.now(UTC), self.limits.schedule)
         except asyncio.CancelledError:
             # Draining: give the row back unsent, due again at once.
-            result = poller.Completion(job, "pending", next_attempt_at=datetime.now(UTC),
+            result = outbox.Completion(job, "pending", next_attempt_at=datetime.now(UTC),
                                        released=True)  # fmt: skip
         except Exception:  # a bug must not lose the row: it is retried on schedule
             log.exception("sending failed unexpectedly", extra={"outbox_id": job.outbox_id})
@@ -357,7 +357,7 @@ class Delivery:
         stopping = False
         while not stopping:
             first = await self._done.get()
-            batch: list[poller.Completion] = []
+            batch: list[outbox.Completion] = []
             if first is _STOP:
                 stopping = True
             else:
@@ -381,12 +381,12 @@ class Delivery:
                     batch.append(item)
             await self._flush(batch, final=stopping)
 
-    async def _flush(self, batch: list[poller.Completion], *, final: bool) -> None:
+    async def _flush(self, batch: list[outbox.Completion], *, final: bool) -> None:
         tries = 0
         while batch:
             try:
                 async with self.pool.connection() as conn:
-                    await poller.complete(conn, batch, email="email" in self.channels)
+                    await outbox.complete(conn, batch, email="email" in self.channels)
                 return
             except (psycopg.Error, OSError) as exc:
                 DB_ERRORS.labels("complete").inc()

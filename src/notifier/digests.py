@@ -4,7 +4,7 @@ A cycle's email is one digest a user (contract §6). Fan-out records the
 cycle's email-bound events as `email_digest_items`; the statement that marks
 the cycle done creates one `email_digests` row per user (unique per user and
 version: a second router, or a second attempt at finishing, adds none). The
-delivery role claims digests as it claims outbox rows (see poller.py): due
+delivery role claims digests as it claims outbox rows (see outbox.py): due
 rows with `FOR NO KEY UPDATE SKIP LOCKED`, a lease and a claim token, the
 attempt counted at claim time; completion writes only where the token still
 matches, and appends every attempt to `email_digest_attempts`. The
@@ -24,7 +24,7 @@ import msgspec
 from psycopg import AsyncConnection
 
 # email_digests_due_idx (next_attempt_at) WHERE status = 'pending' from the
-# oldest due row, skipping leased and locked rows (as poller.CLAIM_SQL);
+# oldest due row, skipping leased and locked rows (as outbox.CLAIM_SQL);
 # user_emails by primary key.
 CLAIM_SQL = """
 WITH claimed AS (
@@ -60,7 +60,7 @@ WHERE e.cancelled_at IS NULL
 ORDER BY d.id, e.entity_type, e.entity_id, e.event, e.created_at, e.id
 """
 
-# One statement for a batch of outcomes (as poller.COMPLETE_SQL): attempts
+# One statement for a batch of outcomes (as outbox.COMPLETE_SQL): attempts
 # appended (email_digest_attempts), outcomes by primary key where the claim
 # is still ours. A success is always recorded; a retry never overrides a
 # final state someone else wrote meanwhile.

@@ -5,7 +5,7 @@ the fan-out lock (`fanout.FEED_LOCK_KEY`) exclusively: a fan-out already
 running commits before, and none writes new rows for the user until the
 erasure has committed (its watches are gone by then, so router events no
 longer reach the user). A send in flight for a deleted outbox row finds no row
-to complete (`poller.COMPLETE_SQL` records attempts only for rows that exist).
+to complete (`outbox.COMPLETE_SQL` records attempts only for rows that exist).
 
 Events stay: they are shared by every watcher of an entity. The user's id
 leaves the recipients of /internal/events, and the events made for that user

@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from notifier import config, erasure, fanout, poller
+from notifier import config, erasure, fanout, outbox
 from tests.api.conftest import SERVICE, Api, bearer, serve
 
 # Every table of the schema with a user_id column, and its rows of one user.
@@ -139,14 +139,14 @@ async def test_nothing_more_reaches_an_erased_user(api: Api) -> None:
                               json={"url": "http://127.0.0.1:9/inflight"})  # fmt: skip
     assert (await api.client.post("/api/webhook/test", headers=bearer(gone))).status_code == 202
     async with await psycopg.AsyncConnection.connect(api.pg_url) as conn:
-        claimed = await poller.claim(conn, limit=10, lease_seconds=60, replica="t")
+        claimed = await outbox.claim(conn, limit=10, lease_seconds=60, replica="t")
         assert [job.user_id for job in claimed] == [gone]
         # Erased while the ping is in flight: its outcome then finds no row to write.
         r = await api.client.delete(f"/internal/users/{gone}", headers=SERVICE)
         assert r.status_code == 204
-        done = poller.Completion(claimed[0], "delivered", attempted_at=datetime.now(UTC),
+        done = outbox.Completion(claimed[0], "delivered", attempted_at=datetime.now(UTC),
                                  duration_ms=3, status_code=200)  # fmt: skip
-        await poller.complete(conn, [done])
+        await outbox.complete(conn, [done])
         await conn.execute(
             "UPDATE notifier.events SET deliver_at = now() - interval '1 second'"
             " WHERE dedup_key = 'internal:later'"

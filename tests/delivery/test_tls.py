@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from notifier import signing
 from notifier.channels.webhook import USER_AGENT, WebhookOptions, WebhookSender
-from notifier.poller import Job
+from notifier.outbox import Job
 from tests.delivery.conftest import (
     add_delivery,
     attempts_of,

@@ -13,7 +13,7 @@ import pytest
 
 from notifier.channels import asyncio_net
 from notifier.channels.webhook import EndpointPools, WebhookOptions, WebhookSender, classify
-from notifier.poller import Job
+from notifier.outbox import Job
 from tests.delivery.conftest import new_secret
 from tests.delivery.receiver import Plan, receiver
 

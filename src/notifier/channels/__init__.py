@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 from notifier.backoff import Result
-from notifier.poller import Job
+from notifier.outbox import Job
 
 EXCERPT_CHARS = 512
 

@@ -24,7 +24,7 @@ from email.message import EmailMessage
 from notifier import backoff, config
 from notifier.channels import Sent, digest, excerpt
 from notifier.digests import DigestEvent, DigestJob
-from notifier.poller import Job
+from notifier.outbox import Job
 
 SMTP_TIMEOUT = 20.0
 MAX_PARALLEL = 4

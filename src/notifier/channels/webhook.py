@@ -40,7 +40,7 @@ import httpx
 from notifier import backoff, signing, ssrf
 from notifier.channels import Sent, asyncio_net, excerpt, http1
 from notifier.channels.gate import Gate
-from notifier.poller import Job
+from notifier.outbox import Job
 from notifier.resolver import ResolveFailed, Resolver, ResolveTimeout
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from notifier import backoff, config, poller
+from notifier import backoff, config, outbox
 from tests.delivery.conftest import add_delivery, add_event, add_outbox, add_webhook, rows
 
 Conn = psycopg.AsyncConnection[Any]
@@ -22,12 +22,12 @@ async def test_claim_leases_rows_and_skips_locked_and_future(pg_url: str, conn: 
     await add_outbox(conn, user, await add_event(conn), hook, delay_s=3600)
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as other:
         a, b = await asyncio.gather(
-            poller.claim(conn, limit=3, lease_seconds=30, replica="a"),
-            poller.claim(other, limit=10, lease_seconds=30, replica="b"),
+            outbox.claim(conn, limit=3, lease_seconds=30, replica="a"),
+            outbox.claim(other, limit=10, lease_seconds=30, replica="b"),
         )
     claimed = sorted(j.outbox_id for j in a + b)
     assert claimed == due  # each due row once, the future one not at all
-    assert await poller.claim(conn, limit=10, lease_seconds=30, replica="c") == []
+    assert await outbox.claim(conn, limit=10, lease_seconds=30, replica="c") == []
     lease = await rows(
         pg_url,
         "SELECT min(lease_until - now()), bool_and(claim_token IS NOT NULL), max(attempts)"
@@ -44,20 +44,20 @@ async def test_expired_lease_is_claimed_again_and_stale_completion_is_ignored(
     pg_url: str, conn: Conn
 ) -> None:
     outbox_id, *_ = await add_delivery(conn, "https://example.org/hook")
-    (first,) = await poller.claim(conn, limit=1, lease_seconds=0.01, replica="dead")
+    (first,) = await outbox.claim(conn, limit=1, lease_seconds=0.01, replica="dead")
     await asyncio.sleep(0.05)
-    (second,) = await poller.claim(conn, limit=1, lease_seconds=30, replica="alive")
+    (second,) = await outbox.claim(conn, limit=1, lease_seconds=30, replica="alive")
     assert first.outbox_id == second.outbox_id == outbox_id
     assert first.claim_token != second.claim_token and second.attempts == 2
     now = datetime.now(UTC)
-    late = poller.Completion(first, "pending", next_attempt_at=now + timedelta(hours=1),
+    late = outbox.Completion(first, "pending", next_attempt_at=now + timedelta(hours=1),
                              attempted_at=now, status_code=500)  # fmt: skip
-    await poller.complete(conn, [late])
+    await outbox.complete(conn, [late])
     assert await rows(pg_url, "SELECT status, claim_token FROM notifier.outbox") == [
         ("pending", second.claim_token)
     ]
-    done = poller.Completion(second, "delivered", attempted_at=now, status_code=200)
-    await poller.complete(conn, [done])
+    done = outbox.Completion(second, "delivered", attempted_at=now, status_code=200)
+    await outbox.complete(conn, [done])
     assert await rows(pg_url, "SELECT status, claim_token, claimed_by FROM notifier.outbox") == [
         ("delivered", None, "alive")
     ]
@@ -71,7 +71,7 @@ async def test_body_is_stable_and_detail_kept_verbatim(conn: Conn) -> None:
     hook, user, _ = await add_webhook(conn, "https://example.org/hook")
     ev = await add_event(conn, detail='{"aliases": [{"id": "1", "name": "Zoë \\"Z\\""}]}')
     await add_outbox(conn, user, ev, hook)
-    (job,) = await poller.claim(conn, limit=1, lease_seconds=30, replica="x")
+    (job,) = await outbox.claim(conn, limit=1, lease_seconds=30, replica="x")
     import json
 
     body = json.loads(job.body())
@@ -89,7 +89,7 @@ async def test_claim_is_a_hot_update_in_a_caller_transaction(pg_url: str, conn: 
         await add_outbox(conn, user, await add_event(conn), hook)
     async with await psycopg.AsyncConnection.connect(pg_url) as tx:  # not autocommit
         await tx.execute("SELECT 1")  # the transaction the claim joins
-        jobs = await poller.claim(tx, limit=60, lease_seconds=30, replica="r" * 40)
+        jobs = await outbox.claim(tx, limit=60, lease_seconds=30, replica="r" * 40)
         cur = await tx.execute(
             "SELECT pg_stat_get_xact_tuples_updated(%s::regclass),"
             " pg_stat_get_xact_tuples_hot_updated(%s::regclass)",
@@ -99,7 +99,7 @@ async def test_claim_is_a_hot_update_in_a_caller_transaction(pg_url: str, conn: 
         await tx.commit()
     assert len(jobs) == 60 and updated == hot == 60
     # The caller's transaction committed the claim: the rows are leased.
-    assert await poller.claim(conn, limit=60, lease_seconds=30, replica="x") == []
+    assert await outbox.claim(conn, limit=60, lease_seconds=30, replica="x") == []
 
 
 async def test_complete_writes_every_field_and_webhook_state(pg_url: str, conn: Conn) -> None:
@@ -109,20 +109,20 @@ async def test_complete_writes_every_field_and_webhook_state(pg_url: str, conn: 
     )
     ids = [await add_outbox(conn, user, await add_event(conn), hook) for _ in range(4)]
     jobs = {
-        j.outbox_id: j for j in await poller.claim(conn, limit=9, lease_seconds=30, replica="x")
+        j.outbox_id: j for j in await outbox.claim(conn, limit=9, lease_seconds=30, replica="x")
     }
     now = datetime.now(UTC)
     later = now + timedelta(minutes=5)
-    await poller.complete(
+    await outbox.complete(
         conn,
         [
-            poller.Completion(jobs[ids[0]], "delivered", attempted_at=now, duration_ms=12,
+            outbox.Completion(jobs[ids[0]], "delivered", attempted_at=now, duration_ms=12,
                               status_code=200, excerpt="ok \x00 ünïcode"),
-            poller.Completion(jobs[ids[1]], "pending", next_attempt_at=later,
+            outbox.Completion(jobs[ids[1]], "pending", next_attempt_at=later,
                               last_error="HTTP 500 \x00", attempted_at=now, duration_ms=7,
                               status_code=500, error=None, excerpt="boom"),
-            poller.Completion(jobs[ids[2]], "pending", next_attempt_at=now, released=True),
-            poller.Completion(jobs[ids[3]], "dead", last_error="gave up", attempted_at=now,
+            outbox.Completion(jobs[ids[2]], "pending", next_attempt_at=now, released=True),
+            outbox.Completion(jobs[ids[3]], "dead", last_error="gave up", attempted_at=now,
                               error="connect_error"),
         ],
     )  # fmt: skip
@@ -151,10 +151,10 @@ async def test_complete_writes_every_field_and_webhook_state(pg_url: str, conn: 
     (failing,) = await rows(pg_url, "SELECT failing_since FROM notifier.webhook_configs")
     assert failing[0] is not None and failing[0] > now - timedelta(minutes=1)
     # A batch of successes only clears it (the released row is due again).
-    again = await poller.claim(conn, limit=9, lease_seconds=30, replica="x")
+    again = await outbox.claim(conn, limit=9, lease_seconds=30, replica="x")
     assert [j.outbox_id for j in again] == [ids[2]]
-    await poller.complete(
-        conn, [poller.Completion(j, "delivered", attempted_at=now) for j in again]
+    await outbox.complete(
+        conn, [outbox.Completion(j, "delivered", attempted_at=now) for j in again]
     )
     assert await rows(pg_url, "SELECT failing_since FROM notifier.webhook_configs") == [(None,)]
 
@@ -162,14 +162,14 @@ async def test_complete_writes_every_field_and_webhook_state(pg_url: str, conn: 
 async def test_a_claim_skips_leased_rows_and_takes_them_when_the_lease_ends(conn: Conn) -> None:
     hook, user, _ = await add_webhook(conn, "https://example.org/hook")
     first = await add_outbox(conn, user, await add_event(conn), hook)
-    (short,) = await poller.claim(conn, limit=1, lease_seconds=0.3, replica="a")
+    (short,) = await outbox.claim(conn, limit=1, lease_seconds=0.3, replica="a")
     second = await add_outbox(conn, user, await add_event(conn), hook)
     # The leased row heads the due queue; the claim passes over it.
     assert [
-        j.outbox_id for j in await poller.claim(conn, limit=5, lease_seconds=30, replica="b")
+        j.outbox_id for j in await outbox.claim(conn, limit=5, lease_seconds=30, replica="b")
     ] == [second]
     await asyncio.sleep(0.4)
-    (again,) = await poller.claim(conn, limit=5, lease_seconds=30, replica="c")
+    (again,) = await outbox.claim(conn, limit=5, lease_seconds=30, replica="c")
     assert again.outbox_id == short.outbox_id == first and again.attempts == 2
 
 
