@@ -3,9 +3,10 @@
 One query per batch (`UNWIND $ids AS id MATCH ...`), never one per entity
 or per user; the diff's artist and label reads are one query per unit. Every
 value is a bound parameter; labels and relationship types are fixed strings.
-The Cypher stays inside what both Neo4j 5 and ArcadeDB's OpenCypher (the test
-server) accept: no COUNT {} subqueries, no pattern predicates (pattern
-comprehensions are fine), no APOC (tests/router run it on ArcadeDB).
+The Cypher stays inside what both Neo4j 5 and ArcadeDB's OpenCypher (the
+fallback test server) accept: no pattern predicates (pattern comprehensions
+are fine), no APOC. Where Neo4j has a cheaper form (COUNT {} answered by its
+degree store), a query comes in two dialects (`Graph.dialect`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from neo4j import AsyncDriver
+from neo4j.exceptions import Neo4jError
 
 from notifier.diff import ArtistState, Facets, LabelState, TagState, parse_id
 
@@ -49,32 +51,45 @@ TAG_COUNTS = {
     "OPTIONAL MATCH (r:Release)-[:IS]->(g) RETURN g.name AS id, count(r) AS n"
     for tag in ("Genre", "Style")
 }
-ALL_RELEASE_IDS = "MATCH (r:Release) RETURN r.id AS id"
-RELEASE_PROPS = (
-    "UNWIND $ids AS id MATCH (r:Release {id: id}) "
-    "RETURN r.id AS id, r.title AS title, r.year AS year, r.formats AS formats"
+# What the "neo4j" dialect uses, on no data.
+NEO4J_PROBE = (
+    "MATCH (n:Release) WHERE n.id = $none "
+    "RETURN toIntegerOrNull(n.id) AS i, COUNT { (n)<-[:BY]-() } AS d"
 )
+# The catalogue's size (Neo4j answers from its count store, without a scan).
+RELEASE_COUNT = "MATCH (r:Release) RETURN count(r) AS n"
+# The releases whose numeric id is above `$max`, filtered in the server: the
+# month's new releases come with new ids, and only they travel. One record.
+RELEASES_ABOVE = {
+    dialect: "MATCH (r:Release) WITH r.id AS id "
+    f"WHERE {to_int}(id) > $max RETURN collect(id) AS rows"
+    for dialect, to_int in (("neo4j", "toIntegerOrNull"), ("portable", "toInteger"))
+}
+# Every string release id, a page at a time in id order (the unique
+# constraint's index gives the order): one record a page.
+RELEASE_ID_PAGE = (
+    "MATCH (r:Release) WHERE r.id > $after WITH r.id AS id ORDER BY id LIMIT $limit "
+    "RETURN collect(id) AS rows"
+)
+# What percolation and the notable ranking need of new releases, one record
+# a batch. The rank of an artist is its BY degree (its releases and masters):
+# on Neo4j read from the degree store, so a hub costs what any artist costs.
+RELEASES = {
+    dialect: "UNWIND $ids AS id MATCH (r:Release {id: id}) "
+    "RETURN collect([r.id, r.title, r.year, r.formats, "
+    f"[(r)-[:BY]->(a:Artist) | [a.id, a.name, {size}]], "
+    "[(r)-[:ON]->(l:Label) | [l.id, l.name]], "
+    "[(r)-[:IS]->(g:Genre) | g.name], [(r)-[:IS]->(s:Style) | s.name]]) AS rows"
+    for dialect, size in (
+        ("neo4j", "COUNT { (a)<-[:BY]-() }"),
+        ("portable", "size([(a)<-[:BY]-(o) | o.id])"),
+    )
+}
 # The year and formats of releases, for the release filters of artist and
 # label watches: one record, as ARTIST_STATES.
 RELEASE_FACETS = (
     "UNWIND $ids AS id MATCH (r:Release {id: id}) RETURN collect([r.id, r.year, r.formats]) AS rows"
 )
-# An artist's size (its release count in the graph) ranks notable releases.
-RELEASE_ARTISTS = (
-    "UNWIND $ids AS id MATCH (r:Release {id: id})-[:BY]->(a:Artist) "
-    "OPTIONAL MATCH (o:Release)-[:BY]->(a) "
-    "RETURN r.id AS id, a.id AS other, a.name AS name, count(o) AS size"
-)
-RELEASE_LABELS = (
-    "UNWIND $ids AS id MATCH (r:Release {id: id})-[:ON]->(l:Label) "
-    "RETURN r.id AS id, l.id AS other, l.name AS name"
-)
-RELEASE_TAGS = {
-    tag: f"UNWIND $ids AS id MATCH (r:Release {{id: id}})-[:IS]->(g:{tag}) "
-    "RETURN r.id AS id, g.name AS name"
-    for tag in ("Genre", "Style")
-}
-
 
 def artist_states(
     rows: Sequence[Any], only: Container[str] | None = None
@@ -98,6 +113,7 @@ class Graph:
 
     def __init__(self, driver: AsyncDriver, database: str) -> None:
         self.driver, self.database = driver, database
+        self._dialect: Literal["neo4j", "portable"] | None = None
 
     async def _rows(self, cypher: str, **params: Any) -> list[dict[str, Any]]:
         async with self.driver.session(database=self.database) as session:
@@ -141,36 +157,51 @@ class Graph:
                     out[rid] = (year, formats)
         return out
 
-    async def release_ids(self, batch: int) -> AsyncIterator[list[object]]:
-        """Every release id in the graph, streamed in lists of `batch`."""
-        async with self.driver.session(database=self.database, fetch_size=batch) as session:
-            result = await session.run(ALL_RELEASE_IDS)
-            chunk: list[object] = []
-            async for record in result:
-                chunk.append(record["id"])
-                if len(chunk) >= batch:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
+    async def dialect(self) -> Literal["neo4j", "portable"]:
+        """"neo4j" when the server is Neo4j (degree store, toIntegerOrNull), else "portable"."""
+        if self._dialect is None:
+            try:  # ArcadeDB's Bolt server calls itself Neo4j: ask for what is used
+                await self._rows(NEO4J_PROBE, none=None)
+                self._dialect = "neo4j"
+            except Neo4jError:
+                self._dialect = "portable"
+        return self._dialect
+
+    async def release_count(self) -> int:
+        """How many Release nodes the graph holds."""
+        rows = await self._rows(RELEASE_COUNT)
+        return int(rows[0]["n"]) if rows else 0
+
+    async def releases_above(self, highest: int) -> list[Any]:
+        """The ids of releases whose numeric id is above `highest` (raw graph values)."""
+        return await self._one(RELEASES_ABOVE[await self.dialect()], max=highest)
+
+    async def release_ids(self, batch: int) -> AsyncIterator[list[Any]]:
+        """Every string release id in the graph, in lists of `batch`, in id (text) order."""
+        after = ""
+        while True:
+            page = await self._one(RELEASE_ID_PAGE, after=after, limit=batch)
+            if not page:
+                return
+            yield page
+            if not isinstance(last := page[-1], str) or len(page) < batch:
+                return
+            after = last
 
     async def releases(self, ids: Sequence[str]) -> list[ReleaseInfo]:
         """What percolation and the notable ranking need of each release among `ids`."""
-        infos: dict[object, ReleaseInfo] = {}
-        for r in await self._rows(RELEASE_PROPS, ids=list(ids)):
-            infos[r["id"]] = ReleaseInfo(r["id"], r["title"], r["year"], r["formats"])
-        for r in await self._rows(RELEASE_ARTISTS, ids=list(ids)):
-            if (info := infos.get(r["id"])) is not None:
-                info.artists.append((r["other"], r["name"]))
-                info.rank = max(info.rank, int(r["size"] or 0))
-        for r in await self._rows(RELEASE_LABELS, ids=list(ids)):
-            if (info := infos.get(r["id"])) is not None:
-                info.labels.append((r["other"], r["name"]))
-        for tag, attr in (("Genre", "genres"), ("Style", "styles")):
-            for r in await self._rows(RELEASE_TAGS[tag], ids=list(ids)):
-                if (info := infos.get(r["id"])) is not None:
-                    getattr(info, attr).append(r["name"])
-        return list(infos.values())
+        infos: list[ReleaseInfo] = []
+        for row in await self._one(RELEASES[await self.dialect()], ids=list(ids)):
+            key, title, year, formats, artists, labels, genres, styles = row
+            info = ReleaseInfo(key, title, year, formats)
+            for other, name, size in artists or []:
+                info.artists.append((other, name))
+                info.rank = max(info.rank, size if isinstance(size, int) else 0)
+            info.labels.extend((other, name) for other, name in labels or [])
+            info.genres.extend(genres or [])
+            info.styles.extend(styles or [])
+            infos.append(info)
+        return infos
 
 
 @dataclass

@@ -25,10 +25,12 @@ from typing import Any, Literal
 
 import msgspec
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from notifier import cycles, diff, fanout
 from notifier.graph import Graph, ReleaseInfo, artist_states
+from notifier.percolate import CycleRelease, Percolator
 
 log = logging.getLogger(__name__)
 
@@ -215,28 +217,37 @@ FROM notifier.watchlists
 WHERE entity_type = 'search' AND entity_id = ANY(%(ids)s) AND created_at < %(before)s
 ORDER BY entity_id, created_at
 """
-# Percolation of one saved search against the cycle's new releases
-# (cycle_releases primary key prefix: version). See diff.SearchQuery.
-PERCOLATE = """
-SELECT release_id, title, count(*) OVER ()
-FROM notifier.cycle_releases
-WHERE version = %(version)s
-  AND NOT EXISTS (SELECT 1 FROM unnest(%(terms)s::text[]) AS q (term)
-                  WHERE strpos(search_text, q.term) = 0)
-  AND (%(genre)s::text IS NULL OR EXISTS (SELECT 1 FROM unnest(genres) AS x (v)
-                                          WHERE lower(x.v) = %(genre)s))
-  AND (%(style)s::text IS NULL OR EXISTS (SELECT 1 FROM unnest(styles) AS x (v)
-                                          WHERE lower(x.v) = %(style)s))
-  AND (%(format)s::text IS NULL OR EXISTS (SELECT 1 FROM unnest(formats) AS x (v)
-                                           WHERE lower(x.v) = %(format)s))
-  AND (%(label)s::text IS NULL OR %(label)s = ANY(label_ids)
-       OR EXISTS (SELECT 1 FROM unnest(label_names) AS x (v) WHERE lower(x.v) = %(label)s))
-  AND (%(artist)s::text IS NULL OR %(artist)s = ANY(artist_ids)
-       OR EXISTS (SELECT 1 FROM unnest(artist_names) AS x (v) WHERE lower(x.v) = %(artist)s))
-  AND (%(year_from)s::int IS NULL OR year >= %(year_from)s::int)
-  AND (%(year_to)s::int IS NULL OR year <= %(year_to)s::int)
-ORDER BY release_id
-LIMIT %(cap)s
+# The matches of the unit's searches, found by the cycle's releases unit
+# (cycle_search_matches primary key).
+SEARCH_MATCHES = """
+SELECT search_id, match_count, matches
+FROM notifier.cycle_search_matches
+WHERE version = %(version)s AND search_id = ANY(%(ids)s)
+"""
+# Every saved search of the cycle, once (watchlists_entity_idx), for percolation.
+ALL_SEARCHES = """
+SELECT DISTINCT ON (entity_id) entity_id, options
+FROM notifier.watchlists
+WHERE entity_type = 'search' AND created_at < %(before)s
+ORDER BY entity_id, created_at
+"""
+INSERT_SEARCH_MATCHES = """
+INSERT INTO notifier.cycle_search_matches (version, search_id, match_count, matches)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (version, search_id)
+DO UPDATE SET match_count = excluded.match_count, matches = excluded.matches
+"""
+# The previous cycle's release count and highest release id (release_marks primary key).
+RELEASE_MARK = """
+SELECT release_count, highest_id FROM notifier.release_marks WHERE version = %(version)s
+"""
+# A resumed releases unit writes the same mark again.
+RECORD_RELEASE_MARK = """
+INSERT INTO notifier.release_marks (version, release_count, highest_id, full_scan)
+VALUES (%(version)s, %(count)s, %(highest)s, %(full_scan)s)
+ON CONFLICT (version) DO UPDATE
+SET release_count = excluded.release_count, highest_id = excluded.highest_id,
+    full_scan = excluded.full_scan
 """
 # seen_releases_version_idx: was there any scan before this cycle's?
 EARLIER_SCAN = """
@@ -275,7 +286,7 @@ def _texts(values: object, limit: int = 200) -> list[str]:
     return [t for t in (_text(v, limit) for v in values) if t is not None]
 
 
-def release_row(version: str, info: ReleaseInfo, counters: diff.Counters) -> tuple[Any, ...] | None:
+def release_row(version: str, info: ReleaseInfo, counters: diff.Counters) -> CycleRelease | None:
     """A cycle_releases row for one release (None, counted, when its id is not numeric)."""
     rid = diff.parse_id(info.id)
     if rid is None:
@@ -294,7 +305,7 @@ def release_row(version: str, info: ReleaseInfo, counters: diff.Counters) -> tup
     label_ids = [t for t in (_text(a, 100) for a, _ in info.labels) if t is not None]
     label_names = [t for t in (_text(n) for _, n in info.labels) if t is not None]
     haystack = " ".join([title or "", *artist_names, *label_names]).lower()
-    return (
+    return CycleRelease(
         version,
         rid,
         title,
@@ -608,26 +619,16 @@ class UnitRunner:
         async def work(conn: AsyncConnection[Any]) -> dict[str, Any]:
             found: dict[str, Any] = {}
             cur = await conn.execute(SEARCHES, {"ids": unit.entity_ids, "before": unit.started_at})
-            for entity_id, name, options in await cur.fetchall():
-                query = diff.parse_search(options)
-                if query is None:
+            searches = await cur.fetchall()
+            params = {"version": unit.version, "ids": [r[0] for r in searches]}
+            cur = await conn.execute(SEARCH_MATCHES, params)
+            matched = {r[0]: (int(r[1]), r[2]) for r in await cur.fetchall()}
+            for entity_id, name, options in searches:
+                if diff.parse_search(options) is None:
                     found[entity_id] = (name, None, 0)
                     continue
-                params = {
-                    "version": unit.version,
-                    "terms": list(query.terms),
-                    "genre": query.genre,
-                    "style": query.style,
-                    "format": query.format,
-                    "label": query.label,
-                    "artist": query.artist,
-                    "year_from": query.year_from,
-                    "year_to": query.year_to,
-                    "cap": diff.SEARCH_MATCH_CAP,
-                }
-                rows = await (await conn.execute(PERCOLATE, params)).fetchall()
-                matches = [diff.SearchMatch(r[0], r[1]) for r in rows]
-                found[entity_id] = (name, matches, int(rows[0][2]) if rows else 0)
+                count, pairs = matched.get(entity_id, (0, []))
+                found[entity_id] = (name, [diff.SearchMatch(i, t) for i, t in pairs], count)
             return found
 
         def compute(
@@ -646,45 +647,98 @@ class UnitRunner:
         return await self._commit(unit, reading, compute, None, work)
 
     async def _releases(self, unit: cycles.Unit) -> dict[str, Any] | None:
-        """Record the graph's release ids; store the cycle's new ones with their details."""
+        """Find the cycle's new releases, store them with their details, match the searches.
+
+        The previous cycle's mark (release count, highest id) lets the month's
+        new releases be read as those above that id, when the graph's count
+        grew by exactly that many; otherwise every release id is read (the
+        first cycle's way) and compared with seen_releases.
+        """
         counters = diff.Counters()
         async with self.pool.connection() as conn:
             cur = await conn.execute(EARLIER_SCAN, {"version": unit.version})
             row = await cur.fetchone()
             baseline = not (row is not None and row[0])
-            scanned = 0
-            async for chunk in self.graph.release_ids(self.batch):
-                if self.stop.is_set():  # the scan is long: drain by giving it back
-                    raise Stopping
-                ids = diff.parse_ids(chunk, counters, "release_ids")
-                scanned += len(chunk)
-                await conn.execute(INSERT_SEEN, {"ids": ids, "version": unit.version})
-            new_count = 0
-            if not baseline:
-                after = -1
-                while True:
-                    cur = await conn.execute(
-                        NEW_RELEASE_IDS,
-                        {"version": unit.version, "after": after, "limit": self.batch},
-                    )
-                    new_ids = [r[0] for r in await cur.fetchall()]
-                    if not new_ids:
-                        break
-                    after = new_ids[-1]
-                    new_count += len(new_ids)
-                    infos = await self.graph.releases([str(i) for i in new_ids])
-                    rows = [r for i in infos if (r := release_row(unit.version, i, counters))]
-                    async with conn.cursor() as c:
-                        await c.executemany(INSERT_CYCLE_RELEASES, rows)
+            cur = await conn.execute(RELEASE_MARK, {"version": unit.previous_version})
+            mark = None if baseline else await cur.fetchone()
+            total = await self.graph.release_count()
+            above: list[int] | None = None
+            if mark is not None:
+                raw = await self.graph.releases_above(int(mark[1]))
+                above = diff.parse_ids(raw, counters, "release_ids")
+                if total - int(mark[0]) != len(above):
+                    counters.add("release_count_mismatch")
+                    above = None
+            if above is not None and mark is not None:
+                scanned, highest = len(above), max([int(mark[1]), *above])
+                await conn.execute(INSERT_SEEN, {"ids": above, "version": unit.version})
+            else:
+                scanned, highest = await self._scan_releases(conn, unit, counters)
+            mark_params = {"version": unit.version, "count": total,
+                           "highest": highest, "full_scan": above is None}  # fmt: skip
+            await conn.execute(RECORD_RELEASE_MARK, mark_params)
+            new_count = 0 if baseline else await self._new_releases(conn, unit, counters)
         stats: dict[str, Any] = dict(counters.values)
         stats.update(
-            releases_scanned=scanned, new_releases=new_count, release_baseline=int(baseline)
+            releases_scanned=scanned,
+            new_releases=new_count,
+            release_baseline=int(baseline),
+            release_full_scan=int(above is None),
         )
         async with self.pool.connection() as conn, conn.transaction():
             if not await cycles.lock_owned(conn, unit.id, self.me):
                 return None
             await cycles.mark_done(conn, unit.id, stats)
         return stats
+
+    async def _scan_releases(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: diff.Counters
+    ) -> tuple[int, int]:
+        """Record every release id of the graph in seen_releases: (ids read, highest id)."""
+        scanned, highest = 0, -1
+        async for chunk in self.graph.release_ids(self.batch):
+            if self.stop.is_set():  # the scan is long: drain by giving it back
+                raise Stopping
+            ids = diff.parse_ids(chunk, counters, "release_ids")
+            scanned += len(chunk)
+            highest = max(highest, *ids) if ids else highest
+            await conn.execute(INSERT_SEEN, {"ids": ids, "version": unit.version})
+        return scanned, highest
+
+    async def _new_releases(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: diff.Counters
+    ) -> int:
+        """Store the cycle's new releases in cycle_releases and match every saved search."""
+        cur = await conn.execute(ALL_SEARCHES, {"before": unit.started_at})
+        queries = {i: q for i, options in await cur.fetchall() if (q := diff.parse_search(options))}
+        percolator = Percolator(queries)
+        new_count, after = 0, -1
+        while True:
+            if self.stop.is_set():
+                raise Stopping
+            params = {"version": unit.version, "after": after, "limit": self.batch}
+            cur = await conn.execute(NEW_RELEASE_IDS, params)
+            new_ids = [r[0] for r in await cur.fetchall()]
+            if not new_ids:
+                break
+            after = new_ids[-1]
+            new_count += len(new_ids)
+            infos = await self.graph.releases([str(i) for i in new_ids])
+            rows = [r for i in infos if (r := release_row(unit.version, i, counters))]
+            rows.sort(key=lambda r: r.release_id)
+            percolator.add(rows)
+            async with conn.cursor() as c:
+                await c.executemany(INSERT_CYCLE_RELEASES, rows)
+        found = [
+            (unit.version, search_id, f.count,
+             Jsonb([[m.release_id, m.name] for m in f.matches]))
+            for search_id, f in sorted(percolator.found.items())
+        ]  # fmt: skip
+        async with conn.cursor() as c:
+            await c.executemany(INSERT_SEARCH_MATCHES, found)
+        counters.add("searches_percolated", len(queries))
+        counters.add("searches_matched", len(found))
+        return new_count
 
 
 def diff_artists(

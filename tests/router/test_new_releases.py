@@ -1,0 +1,76 @@
+"""The releases unit: the month's new releases read above the previous highest id, and
+every id read again when the graph's count says some came below it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from neo4j import AsyncDriver
+
+from notifier.router import Router
+from tests.router.conftest import Publish, cycle_done, events, q, signal_all, watch, write
+
+
+def releases_unit(pg_url: str, version: str) -> dict[str, Any]:
+    """The stats of cycle `version`'s releases unit."""
+    rows = q(
+        pg_url,
+        "SELECT stats FROM notifier.diff_units WHERE version = %s AND entity_type = 'releases'",
+        version,
+    )
+    stats: dict[str, Any] = rows[0][0]
+    return stats
+
+
+def matched(pg_url: str, version: str) -> dict[str, Any]:
+    return {e[2]: e[3] for e in events(pg_url, version) if e[0] == "search_match"}
+
+
+async def test_new_releases_above_the_mark_then_a_late_one_below_it(
+    router: Router, publish: Publish, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    watch(pg_url, uuid.uuid4(), "search", "s-fresh", {"q": "fresh"})
+    await write(graph_driver, graph_db, lambda g: g.release("100", "Fresh Old").release("101"))
+    await signal_all(publish, "v1")
+    await cycle_done(pg_url, "v1")
+    first = releases_unit(pg_url, "v1")
+    assert first["release_baseline"] == 1 and first["release_full_scan"] == 1
+    assert first["releases_scanned"] == 2 and first["new_releases"] == 0
+
+    await write(graph_driver, graph_db, lambda g: g.release("102", "Fresh One").release("1000"))
+    await signal_all(publish, "v2")
+    await cycle_done(pg_url, "v2")
+    second = releases_unit(pg_url, "v2")
+    # Only the two new releases were read: the count grew by what lies above 101.
+    assert second["release_full_scan"] == 0 and second["releases_scanned"] == 2
+    assert second["new_releases"] == 2 and second["searches_percolated"] == 1
+    assert matched(pg_url, "v2") == {
+        "s-fresh": {
+            "match_count": 1,
+            "matches": [{"entity_type": "release", "id": "102", "name": "Fresh One"}],
+        }
+    }
+    assert q(pg_url, "SELECT version, release_count, highest_id, full_scan"
+             " FROM notifier.release_marks ORDER BY version") == [
+        ("v1", 2, 101, True), ("v2", 4, 1000, False),
+    ]  # fmt: skip
+
+    # A release published late with an older id (below 1000) and one above it:
+    # the count grew by 2, one lies above, so every id is read again.
+    await write(graph_driver, graph_db, lambda g: g.release("50", "Fresh Late").release("1001"))
+    await signal_all(publish, "v3")
+    await cycle_done(pg_url, "v3")
+    third = releases_unit(pg_url, "v3")
+    assert third["release_full_scan"] == 1 and third["release_count_mismatch"] == 1
+    assert third["releases_scanned"] == 6 and third["new_releases"] == 2
+    assert matched(pg_url, "v3")["s-fresh"]["matches"] == [
+        {"entity_type": "release", "id": "50", "name": "Fresh Late"}
+    ]
+
+    # Nothing new: nothing read but the count.
+    await signal_all(publish, "v4")
+    await cycle_done(pg_url, "v4")
+    fourth = releases_unit(pg_url, "v4")
+    assert fourth["release_full_scan"] == 0 and fourth["releases_scanned"] == 0
+    assert fourth["new_releases"] == 0 and matched(pg_url, "v4") == {}
