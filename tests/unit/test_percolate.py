@@ -78,7 +78,7 @@ def random_release(rng: random.Random, rid: int) -> CycleRelease:
 def random_search(rng: random.Random) -> SearchQuery | None:
     options: dict[str, object] = {}
     if rng.random() < 0.6:
-        options["q"] = " ".join(rng.choice(WORDS + ["ove", "ab", "zz"]) for _ in range(2))
+        options["q"] = " ".join(rng.choice([*WORDS, "ove", "ab", "zz"]) for _ in range(2))
     for key, values in (
         ("genre", ["jazz", "rock"]), ("style", ["modal"]), ("format", ["lp", "cd"]),
         ("artist", ["1", "2", "love lo"]), ("label", ["10", "blue"]),
