@@ -91,6 +91,7 @@ RELEASE_FACETS = (
     "UNWIND $ids AS id MATCH (r:Release {id: id}) RETURN collect([r.id, r.year, r.formats]) AS rows"
 )
 
+
 def artist_states(
     rows: Sequence[Any], only: Container[str] | None = None
 ) -> dict[str, ArtistState]:
@@ -158,7 +159,7 @@ class Graph:
         return out
 
     async def dialect(self) -> Literal["neo4j", "portable"]:
-        """"neo4j" when the server is Neo4j (degree store, toIntegerOrNull), else "portable"."""
+        """The dialect of the server: "neo4j" with COUNT {} and toIntegerOrNull, else "portable"."""
         if self._dialect is None:
             try:  # ArcadeDB's Bolt server calls itself Neo4j: ask for what is used
                 await self._rows(NEO4J_PROBE, none=None)
