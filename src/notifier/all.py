@@ -9,28 +9,19 @@ claims, the broker consumer stops, SSE streams end, then the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-from notifier import config, delivery
-from notifier.api import server
-from notifier.api.app import create_app
+from notifier import config, delivery, lifecycle
+from notifier.api.app import api_server, end_streams
 from notifier.router import Router
-from notifier.serving import QuietServer, until_signalled
 
 log = logging.getLogger(__name__)
 
 
 async def serve(settings: config.Settings, stop: asyncio.Event) -> None:
     """Run API, router and delivery until `stop` is set, then drain them all."""
-    app = create_app(settings)
-    api = QuietServer(
-        server.config(
-            app, settings, host="0.0.0.0", port=settings.port,  # noqa: S104 - a server
-            timeout_graceful_shutdown=5,
-        )
-    )  # fmt: skip
-    router = Router(settings)
+    app, api = api_server(settings, graceful_seconds=5)
+    router = Router(settings, stop)
     tasks = {
         asyncio.create_task(api.serve(), name="api"),
         asyncio.create_task(router.run(serve_http=False), name="router"),
@@ -43,10 +34,7 @@ async def serve(settings: config.Settings, stop: asyncio.Event) -> None:
         if task.exception() is not None:  # a role died: stop the others, then re-raise
             log.error("role failed", extra={"role": task.get_name()}, exc_info=task.exception())
     stop.set()
-    router.stop.set()
-    hub = getattr(getattr(app.state, "ctx", None), "hub", None)
-    if hub is not None:
-        hub.close()  # open SSE streams would otherwise hold uvicorn's shutdown
+    end_streams(app)
     api.should_exit = True
     waiter.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -57,8 +45,5 @@ async def serve(settings: config.Settings, stop: asyncio.Event) -> None:
 
 
 def main(settings: config.Settings) -> int:
-    """Entry point of `notifier all`."""
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(until_signalled(lambda stop: serve(settings, stop)))
-    return 0
+    """Entry point of `notifier all`: run until SIGTERM/SIGINT, then drain and exit 0."""
+    return lifecycle.run("all", lambda stop: serve(settings, stop))

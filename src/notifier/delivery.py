@@ -32,18 +32,22 @@ from typing import Any, cast
 
 import prometheus_client
 import psycopg
-import uvicorn
 from psycopg_pool import AsyncConnectionPool
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from notifier import backoff, config, db, digest_sender, fanout, outbox, retention, secretbox
+from notifier import (
+    backoff,
+    config,
+    db,
+    digest_sender,
+    fanout,
+    lifecycle,
+    outbox,
+    retention,
+    secretbox,
+)
 from notifier.channels import Channel, Sent
 from notifier.channels.webhook import WebhookOptions, WebhookSender
 from notifier.resolver import Resolver
-from notifier.serving import QuietServer, until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -464,30 +468,20 @@ def channels_for(s: config.Settings) -> dict[str, Channel]:
     return out
 
 
-def health_app(delivery: Delivery) -> Starlette:
-    """`/health` and `/metrics` of the delivery role."""
+def health_probe(delivery: Delivery) -> lifecycle.Probe:
+    """The delivery role's health: its database, and its loops still running."""
 
-    async def health(_: Request) -> Response:
+    async def probe() -> tuple[bool, dict[str, Any]]:
         try:
             async with delivery.pool.connection(timeout=2) as conn:
                 await conn.execute("SELECT 1")
             ok = delivery.healthy
         except Exception:  # any failure to reach the database is "unhealthy"
             ok = False
-        body = {
-            "status": "healthy" if ok else "unhealthy",
-            "role": "delivery",
-            "replica": delivery.replica,
-            "inflight": delivery.inflight,
-        }
-        return JSONResponse(body, status_code=200 if ok else 503)
+        fields = {"role": "delivery", "replica": delivery.replica, "inflight": delivery.inflight}
+        return ok, fields
 
-    async def metrics(_: Request) -> Response:
-        return Response(
-            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
-        )
-
-    return Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
+    return probe
 
 
 async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: bool = True) -> None:
@@ -501,15 +495,9 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
     await pool.open()
     keys = secretbox.from_settings(settings.encryption_key, settings.encryption_key_previous)
     delivery = Delivery(pool, channels, settings.replica, Limits.from_settings(settings), keys)
-    http: asyncio.Task[None] | None = None
-    server = QuietServer(
-        uvicorn.Config(
-            health_app(delivery), host="0.0.0.0", port=settings.port,  # noqa: S104
-            log_level="warning", access_log=False, lifespan="off",
-        )
-    )  # fmt: skip
-    if serve_http:
-        http = asyncio.create_task(server.serve(), name="http")
+    http = lifecycle.OpsServer(health_probe(delivery), settings.port) if serve_http else None
+    if http is not None:
+        http.start()
     log.info("delivery started", extra={"port": settings.port if serve_http else None})
     policy = retention.Policy.from_settings(settings)
     keeper = asyncio.create_task(
@@ -523,8 +511,7 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
         if http is not None:
-            server.should_exit = True
-            await http
+            await http.close()
         for channel in channels.values():
             await channel.aclose()
         await pool.close()
@@ -532,11 +519,5 @@ async def serve(settings: config.Settings, stop: asyncio.Event, *, serve_http: b
 
 
 def main(settings: config.Settings) -> int:
-    """Entry point of `notifier delivery`."""
-
-    try:
-        asyncio.run(until_signalled(lambda stop: serve(settings, stop)))
-    except OSError as exc:
-        log.error("delivery failed", extra={"error": str(exc)})
-        return 1
-    return 0
+    """Entry point of `notifier delivery`: run until SIGTERM/SIGINT, then drain and exit 0."""
+    return lifecycle.run("delivery", lambda stop: serve(settings, stop))

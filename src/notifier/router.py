@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 import urllib.parse
 from datetime import datetime
@@ -30,27 +29,19 @@ from typing import Annotated, Any, Literal
 
 import aio_pika
 import msgspec
-import uvicorn
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from neo4j import AsyncDriver, AsyncGraphDatabase
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 from psycopg_pool import AsyncConnectionPool
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from notifier import cycles, db, latch
+from notifier import cycles, db, latch, lifecycle
 from notifier.config import Settings
 from notifier.graph import Graph
-from notifier.serving import QuietServer
 from notifier.units import Ahead, Pipeline, Stopping, UnitRunner
 
 log = logging.getLogger(__name__)
@@ -124,10 +115,10 @@ def queue_names(exchange: str) -> tuple[str, str, str]:
 class Router:
     """One router replica: consumer, unit worker, health endpoint."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stop: asyncio.Event | None = None) -> None:
         self.settings = settings
         self.me = cycles.claim_token(settings.replica)
-        self.stop = asyncio.Event()
+        self.stop = stop or asyncio.Event()
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()  # set once the queue is consumed
         self.pool: AsyncConnectionPool | None = None
@@ -144,8 +135,7 @@ class Router:
         self.driver = AsyncGraphDatabase.driver(
             s.neo4j_uri, auth=(s.neo4j_username, s.neo4j_password)
         )
-        server: QuietServer | None = None
-        http: asyncio.Task[None] | None = None
+        http = lifecycle.OpsServer(self._health, s.port) if serve_http else None
         try:
             queue: aio_pika.abc.AbstractQueue | None = None
             tag = ""
@@ -153,14 +143,8 @@ class Router:
                 self.amqp = await aio_pika.connect_robust(amqp_url(s))
                 queue = await self._declare(self.amqp)
                 tag = await queue.consume(self._on_message)
-            if serve_http:
-                server = QuietServer(
-                    uvicorn.Config(
-                        self.http_app(), host="0.0.0.0", port=s.port,  # noqa: S104
-                        log_config=None, access_log=False, lifespan="off",
-                    )
-                )  # fmt: skip
-                http = asyncio.create_task(server.serve(), name="router-http")
+            if http is not None:
+                http.start()
             log.info(
                 "router started",
                 extra={"trigger": ",".join(s.trigger), "claim": self.me,
@@ -177,9 +161,8 @@ class Router:
                 await queue.cancel(tag)
             return 0
         finally:
-            if server is not None and http is not None:
-                server.should_exit = True
-                await http
+            if http is not None:
+                await http.close()
             if self.amqp is not None:
                 await self.amqp.close()
             await self.driver.close()
@@ -430,7 +413,8 @@ class Router:
             except Exception:
                 log.exception("could not renew a unit lease")
 
-    async def _health(self) -> tuple[int, dict[str, Any]]:
+    async def _health(self) -> tuple[bool, dict[str, Any]]:
+        """This replica's health: PostgreSQL, and the broker or the latch it listens to."""
         checks: dict[str, str] = {}
         try:
             assert self.pool is not None
@@ -446,36 +430,9 @@ class Router:
             checks["rabbitmq"] = "ok" if amqp_ok else "disconnected"
         if "graph" in self.settings.trigger:
             checks["graph"] = self.latch_error or "ok"
-        healthy = all(v == "ok" for v in checks.values())
-        body = {"status": "healthy" if healthy else "unhealthy", "role": "router", "checks": checks}
-        return (200 if healthy else 503), body
-
-    def http_app(self) -> Starlette:
-        """`/health` and `/metrics` of this router."""
-
-        async def health(_: Request) -> Response:
-            status, doc = await self._health()
-            return JSONResponse(doc, status_code=status)
-
-        async def metrics(_: Request) -> Response:
-            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-        return Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
+        return all(v == "ok" for v in checks.values()), {"role": "router", "checks": checks}
 
 
 def main(settings: Settings) -> int:
     """Entry point of `notifier router`: run until SIGTERM/SIGINT, then drain and exit 0."""
-
-    async def _main() -> int:
-        router = Router(settings)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, router.stop.set)
-        try:
-            return await router.run()
-        except Exception as exc:
-            # Unreachable database or broker at start: one clear line, exit 1.
-            log.error("router stopped: %s: %s", type(exc).__name__, exc)
-            return 1
-
-    return asyncio.run(_main())
+    return lifecycle.run("router", lambda stop: Router(settings, stop).run())

@@ -22,9 +22,13 @@ import importlib, pkgutil, sys
 import notifier
 for name in sys.argv[1:]:
     importlib.import_module(name)
-for info in pkgutil.walk_packages(notifier.__path__, "notifier."):
-    if not info.name.startswith("notifier.devkit"):
-        importlib.import_module(info.name)
+def walk(path, prefix):
+    for info in pkgutil.iter_modules(path, prefix):
+        if info.name != "notifier.devkit":
+            module = importlib.import_module(info.name)
+            if info.ispkg:
+                walk(module.__path__, info.name + ".")
+walk(notifier.__path__, "notifier.")
 print(",".join(sorted(m for m in sys.modules if m.startswith("notifier.devkit"))))
 """
 

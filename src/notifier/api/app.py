@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
-from types import FrameType
-from typing import Any
 
 import msgspec
 import psycopg
-import uvicorn
 from neo4j import AsyncGraphDatabase
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
@@ -21,8 +17,9 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.loops.auto import auto_loop_factory
 
-from notifier import db
+from notifier import db, lifecycle
 from notifier.api import atom, errors, feed, health, internal, openapi, preferences, sse, watchlist
 from notifier.api import server as serving
 from notifier.api import webhook as webhook_routes
@@ -142,38 +139,41 @@ def create_app(settings: Settings, *, heartbeat_seconds: float = 15.0) -> Starle
     return app
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, ending open SSE streams as soon as a shutdown signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
-        super().__init__(config)
-        self.app = app
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve(self, sockets: Any = None) -> None:
-        """Remember the loop the signal handler must reach."""
-        self.loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """Close the streams (they would hold the graceful shutdown), then stop."""
-        ctx: Context | None = getattr(self.app.state, "ctx", None)
-        if ctx is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(ctx.hub.close)
-        super().handle_exit(sig, frame)
-        if sig == signal.SIGTERM:
-            # uvicorn re-raises captured signals after draining; the contract
-            # wants SIGTERM to drain and then exit 0.
-            self._captured_signals = [s for s in self._captured_signals if s != sig]
+def end_streams(app: Starlette) -> None:
+    """Close the app's open SSE streams (they would hold uvicorn's graceful shutdown)."""
+    ctx: Context | None = getattr(app.state, "ctx", None)
+    if ctx is not None:
+        ctx.hub.close()
 
 
-def main(settings: Settings) -> int:
-    """`notifier api`: serve the API on NOTIFIER_PORT until SIGTERM/SIGINT."""
+def api_server(
+    settings: Settings, *, graceful_seconds: float = GRACEFUL_SHUTDOWN_SECONDS
+) -> tuple[Starlette, lifecycle.QuietServer]:
+    """The API app and its uvicorn server on NOTIFIER_PORT, signals left to the role."""
     app = create_app(settings)
     config = serving.config(
         app, settings, host="0.0.0.0", port=settings.port,  # noqa: S104 - a server
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=graceful_seconds,
     )  # fmt: skip
-    server = _Server(config, app)
-    server.run()
-    return 0 if server.started else 1
+    return app, lifecycle.QuietServer(config)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> int:
+    """Serve the API until `stop` is set, then end the streams and drain; the exit code."""
+    app, api = api_server(settings)
+    task = asyncio.create_task(api.serve(), name="api")
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    end_streams(app)
+    api.should_exit = True
+    await task
+    return 0 if api.started else 1
+
+
+def main(settings: Settings) -> int:
+    """`notifier api`: serve the API on NOTIFIER_PORT until SIGTERM/SIGINT, then exit 0."""
+    # The event loop uvicorn would choose itself (uvloop where it is installed).
+    return lifecycle.run(
+        "api", lambda stop: serve(settings, stop), loop_factory=auto_loop_factory()
+    )

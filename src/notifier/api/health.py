@@ -1,4 +1,4 @@
-"""`/health` (PostgreSQL and the graph; 503 when one is down) and `/metrics`."""
+"""The API's `/health` (PostgreSQL and the graph; 503 when one is down) and `/metrics`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from starlette.responses import Response
 
 from notifier.api.context import Context, ctx
 from notifier.api.metrics import metrics_endpoint
-from notifier.api.routing import Endpoint, respond
+from notifier.api.routing import Endpoint
 from notifier.api.schemas import Health
+from notifier.lifecycle import health_response
 
 CHECK_TIMEOUT_SECONDS = 3.0
 # /health needs no credentials: its answer is reused this long, and callers
@@ -73,11 +74,9 @@ def health_cache(request: Request) -> HealthCache:
 
 
 async def health(request: Request) -> Response:
-    """GET /health."""
+    """GET /health (its answer documented by `Health`)."""
     checks = await health_cache(request).get(ctx(request))
-    healthy = all(v == "ok" for v in checks.values())
-    body = Health(status="healthy" if healthy else "unhealthy", checks=checks)
-    return respond(body, 200 if healthy else 503)
+    return health_response(all(v == "ok" for v in checks.values()), {"checks": checks})
 
 
 ENDPOINTS = [

@@ -13,15 +13,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notifier.api.context import ctx
+from notifier.lifecycle import metrics_response
 
 log = logging.getLogger(__name__)
 
@@ -130,5 +129,4 @@ async def metrics_endpoint(request: Request) -> Response:
     await c.metrics.refresh(c.pool)
     # The process-wide registry too: process metrics, and under `notifier all`
     # the router's and delivery's collectors.
-    body = generate_latest(c.metrics.registry) + generate_latest(REGISTRY)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return metrics_response(c.metrics.registry, REGISTRY)

@@ -42,10 +42,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notifier import config, db, logs, secretbox, signing
+from notifier import config, db, lifecycle, logs, secretbox, signing
 from notifier.devkit import services
 from notifier.devkit.graphbuilder import GraphBuilder, platform_schema
-from notifier.serving import until_signalled
 
 ALICE = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
 BOB = uuid.UUID("00000000-0000-4000-8000-000000000b0b")
@@ -401,12 +400,11 @@ async def demo(
 ) -> int:
     """Run the demo until `stop` is set; return the exit code."""
     from notifier import all as all_roles
-    from notifier.serving import QuietServer
 
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     receiver = Receiver(secret, out)
     hook_port = services.free_port()
-    hook = QuietServer(
+    hook = lifecycle.QuietServer(
         uvicorn.Config(
             receiver.app, host="127.0.0.1", port=hook_port, log_level="warning", lifespan="off"
         )
@@ -460,9 +458,7 @@ def main(_: config.Settings) -> int:
 
             # A graph of the caller's (NEO4J_HOST) has the platform's schema already.
             started = not os.environ.get("NEO4J_HOST")
-            code = asyncio.run(
-                until_signalled(lambda stop: demo(settings, stop, started_graph=started))
-            )
+            code = lifecycle.run("dev", lambda stop: demo(settings, stop, started_graph=started))
     except services.ServiceUnavailable as exc:
         print(f"notifier dev: {exc}", file=sys.stderr)
         return 1
