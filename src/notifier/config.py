@@ -84,7 +84,7 @@ class Settings:
     redis_host: str | None = None
     redis_port: int = 6379
     redis_password: str | None = None
-    # Router (issue 3): diff unit size, unit lease, broker prefetch, idle poll, workers.
+    # Router: diff unit size, unit lease, broker prefetch, idle poll, workers.
     router_unit_size: int = 500
     router_lease_seconds: float = 120.0
     router_prefetch: int = 16
@@ -92,7 +92,7 @@ class Settings:
     # Two units at a time per process: one worker's Python runs while the
     # other waits on PostgreSQL or the graph (bench/RESULTS.md, diff).
     router_workers: int = 2
-    # Delivery (issue 4): sender limits, claim batch and lease, timeouts, retries.
+    # Delivery: sender limits, claim batch and lease, timeouts, retries.
     delivery_concurrency: int = 256
     delivery_per_endpoint: int = 8
     delivery_batch: int = 200
@@ -104,7 +104,7 @@ class Settings:
     delivery_retry_schedule: tuple[float, ...] = backoff.DEFAULT_SCHEDULE
     # Email digests link back to the feed under this base URL (None: no link).
     public_url: str | None = None
-    # API (issue 5): per-user rate limit (requests/minute, 0 = off; burst) and pool size.
+    # API: per-user rate limit (requests/minute, 0 = off; burst) and pool size.
     api_rate_limit_per_minute: int = 600
     api_rate_limit_burst: int = 120
     api_pool_size: int = 10
@@ -274,15 +274,15 @@ def load(env: Mapping[str, str] | None = None, role: str = "all") -> Settings:
         trigger=trigger,
         graph_signals=_names(r, "NOTIFIER_GRAPH_SIGNALS", "artists,labels,masters,releases"),
         graph_poll_seconds=_router_number(r, "NOTIFIER_GRAPH_POLL_SECONDS", 60.0, 0.01, 86_400),
-        # Router (issue 3).
+        # Router.
         router_unit_size=int(_router_number(r, "NOTIFIER_ROUTER_UNIT_SIZE", 500, 1, 100_000, int)),
         router_lease_seconds=_router_number(r, "NOTIFIER_ROUTER_LEASE_SECONDS", 120.0, 1, 86_400),
         router_prefetch=int(_router_number(r, "NOTIFIER_ROUTER_PREFETCH", 16, 1, 10_000, int)),
         router_poll_seconds=_router_number(r, "NOTIFIER_ROUTER_POLL_SECONDS", 1.0, 0.01, 3_600),
         router_workers=int(_router_number(r, "NOTIFIER_ROUTER_WORKERS", 2, 1, 64, int)),
-        # Delivery (issue 4).
+        # Delivery.
         **_delivery_settings(r),
-        # API (issue 5).
+        # API.
         **_api_settings(r),
         **_limit_settings(r),
         **_retention_settings(r),
@@ -382,9 +382,9 @@ def _require(s: Settings, role: str) -> None:
         raise ConfigError("NOTIFIER_SMTP_FROM: required when NOTIFIER_SMTP_HOST is set")
 
 
-# Delivery (issue 4): the NOTIFIER_DELIVERY_* settings.
+# Delivery: the NOTIFIER_DELIVERY_* settings.
 def _delivery_settings(r: _Reader) -> dict[str, Any]:
-    """The NOTIFIER_DELIVERY_* settings (issue 4), validated."""
+    """The NOTIFIER_DELIVERY_* settings, validated."""
 
     def number(name: str, default: float, low: float, high: float, kind: type = float) -> Any:
         value = r.raw(name)
@@ -425,7 +425,7 @@ def _delivery_settings(r: _Reader) -> dict[str, Any]:
     }
 
 
-# Router (issue 3): a bounded number setting.
+# Router: a bounded number setting.
 def _router_number(
     r: _Reader, name: str, default: float, low: float, high: float, kind: type = float
 ) -> float:
@@ -461,7 +461,7 @@ def _retention_settings(r: _Reader) -> dict[str, Any]:
     }
 
 
-# API (issue 5): the NOTIFIER_API_* settings.
+# API: the NOTIFIER_API_* settings.
 def _api_settings(r: _Reader) -> dict[str, Any]:
     """The API's rate limit and pool size, validated."""
 

@@ -15,10 +15,9 @@ def settle() -> None:
     never walked by the cyclic collector again (the full collections of a
     router decoding graph rows walked every object of neo4j, psycopg and
     Starlette), and a young generation of 10,000 objects lets most of a
-    unit's rows die by reference count before a collection promotes them.
-    Measured by bench/diff_rate.py's process: garbage collection took 0.8-1.8 ms
-    of CPU per 500-artist unit, then under 0.3 ms. Garbage in reference
-    cycles still goes, a little later.
+    unit's rows die by reference count before a collection promotes them
+    (bench/RESULTS.md, "Figures from code comments"). Garbage in
+    reference cycles still goes, a little later.
     """
     gc.collect()
     gc.freeze()

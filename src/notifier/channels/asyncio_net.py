@@ -3,8 +3,8 @@
 httpcore's default backend for asyncio goes through anyio, which wraps every
 read and write in a cancel scope and answers each "is this idle connection
 still open?" (asked on every request) through several layers of typed
-attributes. Profiling the delivery loop put a third of its CPU there. This
-stream talks to the asyncio transport directly, and does less per request:
+attributes, a large share of the delivery loop's CPU. This stream talks to
+the asyncio transport directly, and does less per request:
 
 - Writes are gathered and go out in one `send()` when the client starts
   reading the answer: a request's head and body then cost one system call

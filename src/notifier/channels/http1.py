@@ -5,8 +5,8 @@ What httpcore's connection pool does for us, minus what we never use
 per-request cost: httpcore walks every connection and every queued request of
 its pool at each request start and end, takes two anyio locks per request
 (each yielding to the event loop once) and opens several anyio cancel scopes.
-Profiling the delivery loop put httpcore and anyio at almost 40% of its CPU;
-the protocol itself (h11, which httpcore uses too) and our own
+That bookkeeping was a large share of the delivery loop's CPU; the protocol
+itself (h11, which httpcore uses too) and our own
 `asyncio_net` streams stay.
 
 One `EndpointPool` per (scheme, host, port): at most `limit` connections,
