@@ -188,25 +188,16 @@ WHERE u.version = %(version)s
 """
 SPY_OUT = os.path.join(tempfile.gettempdir(), "discogs-router.pyspy.txt")
 ROUTER_BATCH = 1000  # the release reads' batch as the router runs them (its default)
-# Candidate reads for a design whose work follows what is new (measured beside
-# the router's own reads, not used by it): an artist's size from the degree
-# store (counts a master's BY too), each artist counted once per batch, a
-# genre's size from the degree store (counts masters' IS too), the releases
-# above the previous cycle's highest numeric id (server-side filter), and the
-# count store's number of releases.
-RELEASE_ARTISTS_DEGREE = (
+# The reads the router used before its release reads followed what is new,
+# profiled beside today's for the record: every release of each new release's
+# artists counted, and every release id streamed.
+RELEASE_ARTISTS_BEFORE = (
     "UNWIND $ids AS id MATCH (r:Release {id: id})-[:BY]->(a:Artist) "
-    "RETURN r.id AS id, a.id AS other, a.name AS name, COUNT { (a)<-[:BY]-() } AS size"
+    "OPTIONAL MATCH (o:Release)-[:BY]->(a) "
+    "RETURN r.id AS id, a.id AS other, a.name AS name, count(o) AS size"
 )
-RELEASE_ARTISTS_ONCE = (
-    "UNWIND $ids AS id MATCH (r:Release {id: id})-[:BY]->(a:Artist) "
-    "WITH a, collect(r.id) AS rs "
-    "OPTIONAL MATCH (o:Release)-[:BY]->(a) WITH a, rs, count(o) AS size "
-    "UNWIND rs AS rid RETURN rid AS id, a.id AS other, a.name AS name, size"
-)
+ALL_RELEASE_IDS_BEFORE = "MATCH (r:Release) RETURN r.id AS id"
 TAG_DEGREE = "UNWIND $ids AS id MATCH (g:Genre {name: id}) RETURN g.name, COUNT { (g)<-[:IS]-() }"
-ABOVE_HIGH_WATER = "MATCH (r:Release) WHERE toInteger(r.id) > $max RETURN r.id AS id"
-RELEASE_COUNT = "MATCH (r:Release) RETURN count(r) AS n"
 
 
 def _progress(what: str) -> None:
@@ -426,16 +417,16 @@ def profile_hubs(
         f"LABEL_STATES [{len(unit[1])} watched labels]": (
             graph_reads.LABEL_STATES, {"ids": unit[1]}),
         "TAG_COUNTS Genre [Electronic]": (graph_reads.TAG_COUNTS["Genre"], {"ids": ["Electronic"]}),
-        f"RELEASE_ARTISTS [{len(new_ids)} new]": (graph_reads.RELEASE_ARTISTS, {"ids": new_ids}),
-        f"RELEASE_PROPS [{len(new_ids)} new]": (graph_reads.RELEASE_PROPS, {"ids": new_ids}),
-        f"candidate: RELEASE_ARTISTS by degree [{len(new_ids)} new]": (
-            RELEASE_ARTISTS_DEGREE, {"ids": new_ids}),
-        f"candidate: RELEASE_ARTISTS once per artist [{len(new_ids)} new]": (
-            RELEASE_ARTISTS_ONCE, {"ids": new_ids}),
+        f"RELEASES [{len(new_ids)} new] (ranked by degree)": (
+            graph_reads.RELEASES["neo4j"], {"ids": new_ids}),
+        "RELEASES_ABOVE the previous highest id": (
+            graph_reads.RELEASES_ABOVE["neo4j"], {"max": month.releases.start - 1}),
+        "RELEASE_COUNT (count store)": (graph_reads.RELEASE_COUNT, {}),
+        f"RELEASE_ID_PAGE [{ROUTER_BATCH}] (a page of the full read)": (
+            graph_reads.RELEASE_ID_PAGE, {"after": "", "limit": ROUTER_BATCH}),
+        f"before: RELEASE_ARTISTS counting releases [{len(new_ids)} new]": (
+            RELEASE_ARTISTS_BEFORE, {"ids": new_ids}),
         "candidate: TAG by degree [Electronic]": (TAG_DEGREE, {"ids": ["Electronic"]}),
-        "candidate: releases above the high-water mark": (
-            ABOVE_HIGH_WATER, {"max": month.releases.start - 1}),
-        "candidate: release count (count store)": (RELEASE_COUNT, {}),
     }  # fmt: skip
     out: dict[str, Any] = {}
     with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as d:
@@ -449,9 +440,21 @@ def profile_hubs(
                          "top": ops[:3]}  # fmt: skip
         start = time.perf_counter()
         with d.session(database="neo4j", fetch_size=ROUTER_BATCH) as session:
-            n = sum(1 for _ in session.run(graph_reads.ALL_RELEASE_IDS))
-        out["ALL_RELEASE_IDS (streamed)"] = {"ms": round((time.perf_counter() - start) * 1000),
-                                             "rows": n}  # fmt: skip
+            n = sum(1 for _ in session.run(ALL_RELEASE_IDS_BEFORE))
+        out["before: every release id streamed"] = {
+            "ms": round((time.perf_counter() - start) * 1000), "rows": n}  # fmt: skip
+        start, after, n = time.perf_counter(), "", 0
+        while True:  # the full read as the router pages it now
+            records, _, _ = d.execute_query(graph_reads.RELEASE_ID_PAGE,
+                                            {"after": after, "limit": ROUTER_BATCH},
+                                            database_="neo4j")  # fmt: skip
+            page = records[0]["rows"] if records else []
+            n += len(page)
+            if len(page) < ROUTER_BATCH:
+                break
+            after = page[-1]
+        out["RELEASE_ID_PAGE, every page (the full read)"] = {
+            "ms": round((time.perf_counter() - start) * 1000), "rows": n}  # fmt: skip
     return out
 
 
