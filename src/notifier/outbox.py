@@ -29,11 +29,11 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection, AsyncCursor
-from psycopg.rows import RowMaker
+from psycopg.rows import AsyncRowFactory, RowMaker
 
 from notifier import fanout, secretbox
 
@@ -69,14 +69,14 @@ WITH claimed AS (
         LIMIT (SELECT %(limit)s::int)
         FOR NO KEY UPDATE SKIP LOCKED
     ))
-    RETURNING o.id, o.user_id, o.event_id, o.channel, o.webhook_id, o.attempts,
+    RETURNING o.id, o.claim_token, o.user_id, o.event_id, o.channel, o.webhook_id, o.attempts,
               coalesce(o.message_id, o.event_id) AS message_id
 )
-SELECT c.id AS outbox_id, c.user_id, c.channel, c.attempts, c.webhook_id, c.message_id,
-       e.id AS event_id, e.event, e.entity_type, e.entity_id, e.entity_name,
+SELECT c.id AS outbox_id, c.claim_token, c.user_id, c.channel, c.attempts, c.webhook_id,
+       c.message_id, e.id AS event_id, e.event, e.entity_type, e.entity_id, e.entity_name,
        e.detail AS detail_json, e.version, e.created AS timestamp, e.cancelled,
-       w.url, w.active AS webhook_active, w.rate_limit,
-       w.secret, w.secret_enc, w.previous_secret, w.previous_secret_enc, ue.email
+       w.url, w.active AS webhook_active, ue.email, w.rate_limit,
+       w.secret, w.secret_enc, w.previous_secret, w.previous_secret_enc
 FROM claimed c
 CROSS JOIN LATERAL (
     SELECT e.id, e.event, e.entity_type, e.entity_id, e.entity_name, e.detail::text AS detail,
@@ -247,9 +247,9 @@ class Job(msgspec.Struct, frozen=True, gc=False):
     cancelled: bool
     url: str | None
     webhook_active: bool | None
-    secrets: tuple[str, ...]  # current first, then the previous one while it still signs
     email: str | None
     rate_limit: float | None = None  # the endpoint's messages per second (PACE_SQL)
+    secrets: tuple[str, ...] = ()  # current first, then the previous one while it still signs
 
     def body(self) -> bytes:
         """The webhook body of contract §6; identical on every attempt."""
@@ -285,44 +285,33 @@ class Completion(msgspec.Struct, frozen=True, gc=False):
     released: bool = False  # sent nothing: give back the attempt counted at claim
 
 
-class _Claimed(NamedTuple):
-    """One row of CLAIM_SQL: its fields are the statement's column labels, in order."""
-
-    outbox_id: int
-    user_id: uuid.UUID
-    channel: str
-    attempts: int
-    webhook_id: uuid.UUID | None
-    message_id: uuid.UUID
-    event_id: uuid.UUID
-    event: str
-    entity_type: str | None
-    entity_id: str | None
-    entity_name: str | None
-    detail_json: str
-    version: str | None
-    timestamp: str
-    cancelled: bool
-    url: str | None
-    webhook_active: bool | None
-    rate_limit: float | None
-    secret: str | None
-    secret_enc: bytes | None
-    previous_secret: str | None
-    previous_secret_enc: bytes | None
-    email: str | None
+# CLAIM_SQL's columns: Job's fields, by name and in order, then the endpoint's
+# secrets as stored, which the claim decrypts into Job.secrets.
+_JOB_COLUMNS = tuple(name for name in Job.__struct_fields__ if name != "secrets")
+_SECRET_COLUMNS = ("secret", "secret_enc", "previous_secret", "previous_secret_enc")
 
 
-def _claimed_rows(cursor: AsyncCursor[Any]) -> RowMaker[_Claimed]:
-    """Row factory for CLAIM_SQL: checks the labels once per statement, then builds tuples.
+def _jobs(keys: secretbox.Keyring | None) -> AsyncRowFactory[Job]:
+    """Row factory for CLAIM_SQL: checks its column labels once, then makes a Job a row.
 
-    A NamedTuple's `_make` is the cheapest named row (a class_row dict per row
-    cost several times the claim's Python).
+    Positional, as checked (msgspec builds a Struct from keywords, or psycopg's
+    class_row from a dict a row, several times slower).
     """
-    labels = tuple(column.name for column in cursor.description or ())
-    if labels != _Claimed._fields:
-        raise RuntimeError(f"CLAIM_SQL returns {labels}, _Claimed expects {_Claimed._fields}")
-    return _Claimed._make
+    fields = len(_JOB_COLUMNS)
+    hook = _JOB_COLUMNS.index("webhook_id")
+
+    def factory(cursor: AsyncCursor[Any]) -> RowMaker[Job]:
+        labels = tuple(column.name for column in cursor.description or ())
+        if labels != _JOB_COLUMNS + _SECRET_COLUMNS:
+            raise RuntimeError(f"CLAIM_SQL's columns {labels} do not match Job")
+
+        def job(values: Sequence[Any]) -> Job:
+            secrets = _secrets(keys, values[hook], *values[fields:])
+            return Job(*[*values[:fields], secrets])
+
+        return job
+
+    return factory
 
 
 async def claim(
@@ -338,54 +327,30 @@ async def claim(
     Webhook secrets are decrypted with `keys`; a row whose secret cannot be
     read gets none (its attempt fails with `bad_secret` and is retried).
     """
-    token = uuid.uuid4()
-    params = {"limit": limit, "lease": lease_seconds, "token": token, "replica": replica}
-    async with _atomic(conn), conn.cursor(row_factory=_claimed_rows) as cur:
+    params = {"limit": limit, "lease": lease_seconds, "token": uuid.uuid4(), "replica": replica}
+    async with _atomic(conn), conn.cursor(row_factory=_jobs(keys)) as cur:
         await cur.execute(CLAIM_SQL, params)
-        rows = await cur.fetchall()
-    # Positional, in Job's field order (msgspec builds a Struct from keywords
-    # several times slower); each argument names its column.
-    return [
-        Job(
-            r.outbox_id,
-            token,
-            r.user_id,
-            r.channel,
-            r.attempts,
-            r.webhook_id,
-            r.message_id,
-            r.event_id,
-            r.event,
-            r.entity_type,
-            r.entity_id,
-            r.entity_name,
-            r.detail_json,
-            r.version,
-            r.timestamp,
-            r.cancelled,
-            r.url,
-            r.webhook_active,
-            _secrets(keys, r),
-            r.email,
-            r.rate_limit,
-        )
-        for r in rows
-    ]
+        return await cur.fetchall()
 
 
-def _secrets(keys: secretbox.Keyring | None, row: _Claimed) -> tuple[str, ...]:
-    """The secrets that sign for the row's endpoint: current first, then the previous one.
+def _secrets(
+    keys: secretbox.Keyring | None,
+    hook: uuid.UUID | None,
+    clear: str | None,
+    sealed: bytes | None,
+    previous_clear: str | None,
+    previous_sealed: bytes | None,
+) -> tuple[str, ...]:
+    """The secrets that sign for endpoint `hook`: current first, then the previous one.
 
-    Empty for a row without an endpoint. An unreadable previous secret is left
-    out (the current one still signs); an unreadable current one leaves none
-    (the attempt fails `bad_secret`).
+    Empty without an endpoint. An unreadable previous secret is left out (the
+    current one still signs); an unreadable current one leaves none (the
+    attempt fails `bad_secret`).
     """
-    hook = row.webhook_id
     if hook is None:
         return ()
     found: list[str] = []
-    pairs = ((row.secret, row.secret_enc), (row.previous_secret, row.previous_secret_enc))
-    for clear_value, sealed_value in pairs:
+    for clear_value, sealed_value in ((clear, sealed), (previous_clear, previous_sealed)):
         try:
             value = secretbox.read(keys, hook, clear_value, sealed_value)
         except secretbox.UnreadableSecret as exc:
