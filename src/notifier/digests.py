@@ -22,6 +22,9 @@ from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection
+from psycopg.rows import class_row
+
+from notifier.outbox import CompletionRow
 
 # email_digests_due_idx (next_attempt_at) WHERE status = 'pending' from the
 # oldest due row, skipping leased and locked rows (as outbox.CLAIM_SQL);
@@ -40,9 +43,10 @@ WITH claimed AS (
         LIMIT (SELECT %(limit)s::int)
         FOR NO KEY UPDATE SKIP LOCKED
     ))
-    RETURNING d.id, d.user_id, d.version, d.message_id, d.attempts, d.event_count
+    RETURNING d.id, d.claim_token, d.user_id, d.version, d.message_id, d.attempts, d.event_count
 )
-SELECT c.id, c.user_id, c.version, c.message_id, c.attempts, c.event_count, ue.email
+SELECT c.id AS digest_id, c.claim_token, c.user_id, c.version, c.message_id, c.attempts,
+       c.event_count, ue.email
 FROM claimed c
 LEFT JOIN notifier.user_emails ue ON ue.user_id = c.user_id
 ORDER BY c.id
@@ -136,11 +140,10 @@ async def claim(
     conn: AsyncConnection[Any], *, limit: int, lease_seconds: float, replica: str
 ) -> list[DigestJob]:
     """Claim up to `limit` due digests for `lease_seconds` (one committed statement)."""
-    token = uuid.uuid4()
-    params = {"limit": limit, "lease": lease_seconds, "token": token, "replica": replica}
-    async with conn.transaction():
-        rows = await (await conn.execute(CLAIM_SQL, params)).fetchall()
-    return [DigestJob(r[0], token, r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+    params = {"limit": limit, "lease": lease_seconds, "token": uuid.uuid4(), "replica": replica}
+    async with conn.transaction(), conn.cursor(row_factory=class_row(DigestJob)) as cur:
+        await cur.execute(CLAIM_SQL, params)
+        return await cur.fetchall()
 
 
 async def items(
@@ -163,23 +166,6 @@ async def items(
     return out
 
 
-class _Row(msgspec.Struct, omit_defaults=True):
-    """One outcome as COMPLETE_SQL reads it (None is omitted)."""
-
-    id: int
-    user_id: uuid.UUID
-    token: uuid.UUID
-    status: str
-    uncount: int
-    ms: int
-    next_at: datetime | None = None
-    last_error: str | None = None
-    at: datetime | None = None
-    code: int | None = None
-    error: str | None = None
-    excerpt: str | None = None
-
-
 def _text(value: str | None) -> str | None:
     """Text fit for a text column: no NUL, bounded length."""
     return None if value is None else value.replace("\x00", "\ufffd")[:1000]
@@ -190,7 +176,7 @@ async def complete(conn: AsyncConnection[Any], outcomes: Sequence[DigestOutcome]
     if not outcomes:
         return
     rows = [
-        _Row(o.job.digest_id, o.job.user_id, o.job.claim_token, o.status,
+        CompletionRow(o.job.digest_id, o.job.user_id, o.job.claim_token, o.status,
              1 if o.released else 0, o.duration_ms, o.next_attempt_at, _text(o.last_error),
              o.attempted_at, o.status_code, _text(o.error), _text(o.excerpt))
         for o in sorted(outcomes, key=lambda o: o.job.digest_id)  # stable lock order

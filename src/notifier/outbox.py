@@ -99,7 +99,7 @@ LEFT JOIN LATERAL (
 """
 
 # One statement, one round trip, for the whole batch. The batch travels as
-# one JSON parameter (`_Row` records): psycopg dumps arrays element by
+# one JSON parameter (`CompletionRow` records): psycopg dumps arrays element by
 # element in Python, msgspec encodes the whole batch in C, many times faster.
 # - attempts: every attempt is recorded, even one whose lease was taken over
 #   meanwhile (delivery_attempts: its primary key, delivery_attempts_outbox_idx),
@@ -399,8 +399,11 @@ async def pace(conn: AsyncConnection[Any], jobs: Sequence[Job]) -> dict[int, flo
     return waits
 
 
-class _Row(msgspec.Struct, omit_defaults=True):
-    """One completion as COMPLETE_SQL reads it (a `json_to_recordset` record; None is omitted)."""
+class CompletionRow(msgspec.Struct, omit_defaults=True):
+    """One completion as a COMPLETE_SQL reads it (a `json_to_recordset` record; None omitted).
+
+    The same record for the outbox's and the digests' (`digests.COMPLETE_SQL`).
+    """
 
     id: int
     user_id: uuid.UUID
@@ -452,7 +455,7 @@ async def complete(
     ordered = sorted(completions, key=lambda c: c.job.outbox_id)  # stable lock order
     rows = _ROWS.encode(
         [
-            _Row(
+            CompletionRow(
                 c.job.outbox_id,
                 c.job.user_id,
                 c.job.claim_token,
