@@ -1,11 +1,12 @@
-"""Saved searches against a cycle's new releases, indexed by search (pure logic).
+"""Saved searches against a cycle's new releases, all at once (pure logic).
 
-Checking every search against every new release costs searches x releases;
-here each search is filed under one anchor (an artist, a label, its longest
-term, a style, a format or a genre, in that order of selectivity) and each
-release looks up only the anchors it carries, so a release costs the searches
-it could match. Every candidate is then checked in full by `matches`, which
-is the matching rule of `diff.SearchQuery`.
+Checking every search against every new release costs searches x releases.
+Here each release is read once: the search terms occurring in its text and
+the facet values searches ask for (genre, style, format, artist, label) that
+it carries are noted in posting lists of release positions. A search is then
+the intersection of its terms' and facets' lists, filtered by its years;
+identical searches are evaluated once. `matches` is the rule itself (the
+matching documented on `diff.SearchQuery`), which the lists reproduce.
 
 A term contains no whitespace, so where it occurs in a release's text it lies
 inside one whitespace-free run: terms are looked up by the text at each
@@ -15,13 +16,13 @@ position (their first `PREFIX` characters, shorter terms whole).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from notifier.diff import SEARCH_MATCH_CAP, SearchMatch, SearchQuery
 
-PREFIX = 3
+PREFIX = 6  # longer keys, fewer terms to check at each position
 
 
 class CycleRelease(NamedTuple):
@@ -70,79 +71,102 @@ def matches(query: SearchQuery, release: CycleRelease) -> bool:
     return query.year_to is None or (year is not None and year <= query.year_to)
 
 
-def anchor(query: SearchQuery) -> tuple[str, str] | None:
-    """The most selective value a matching release must carry (None: years only)."""
-    if query.artist is not None:
-        return ("artist", query.artist)
-    if query.label is not None:
-        return ("label", query.label)
-    if query.terms:
-        return ("term", max(query.terms, key=len))
-    for kind, value in (("style", query.style), ("format", query.format), ("genre", query.genre)):
-        if value is not None:
-            return (kind, value)
-    return None
+FACETS = ("genre", "style", "format", "artist", "label")
+
+
+def facet_values(release: CycleRelease) -> dict[str, set[str]]:
+    """The values of `release` a search's facets are compared with (lowercased names)."""
+    return {
+        "genre": _lowered(release.genres),
+        "style": _lowered(release.styles),
+        "format": _lowered(release.formats),
+        "artist": {*release.artist_ids, *_lowered(release.artist_names)},
+        "label": {*release.label_ids, *_lowered(release.label_names)},
+    }
 
 
 @dataclass
 class Found:
-    """A search's matches so far: the first SEARCH_MATCH_CAP by release id, and the count."""
+    """A search's matches: the count, and the first SEARCH_MATCH_CAP by release id."""
 
     count: int = 0
     matches: list[SearchMatch] = field(default_factory=list)
 
 
 class Percolator:
-    """Saved searches indexed by anchor; `add` the new releases, then read `found`."""
+    """`add` the new releases (ascending ids), then `results` per search."""
 
     def __init__(self, searches: Mapping[str, SearchQuery]) -> None:
         self.queries = dict(searches)
-        self.by_value: dict[tuple[str, str], list[str]] = defaultdict(list)
-        self.terms: dict[str, list[tuple[str, str]]] = defaultdict(list)  # key -> (term, search)
-        self.everywhere: list[str] = []
-        self.found: dict[str, Found] = {}
-        for search_id, query in self.queries.items():
-            where = anchor(query)
-            if where is None:
-                self.everywhere.append(search_id)
-            elif where[0] == "term":
-                term = where[1]
-                self.terms[term[:PREFIX]].append((term, search_id))
-            else:
-                self.by_value[where].append(search_id)
-        self.short = sorted({len(k) for k in self.terms if len(k) < PREFIX})
+        terms = {t for q in self.queries.values() for t in q.terms}
+        self.by_prefix: dict[str, list[str]] = defaultdict(list)
+        for term in terms:
+            self.by_prefix[term[:PREFIX]].append(term)
+        self.sizes = sorted({min(len(t), PREFIX) for t in terms})
+        self.wanted = {
+            kind: {v for q in self.queries.values() if (v := getattr(q, kind)) is not None}
+            for kind in FACETS
+        }
+        # Posting lists by (kind, value), kind "term" or a facet: positions in `added`.
+        self.postings: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.added: list[tuple[int, str | None, int | None]] = []  # id, title, year
+        # Posting lists as sets, and the positions within a year range, built when needed.
+        self.sets: dict[tuple[Any, Any], set[int]] = {}
 
-    def _candidates(self, release: CycleRelease) -> set[str]:
-        out = set(self.everywhere)
-        by_value = self.by_value
-        for kind, values in (
-            ("artist", (*release.artist_ids, *_lowered(release.artist_names))),
-            ("label", (*release.label_ids, *_lowered(release.label_names))),
-            ("style", _lowered(release.styles)),
-            ("format", _lowered(release.formats)),
-            ("genre", _lowered(release.genres)),
-        ):
-            for value in values:
-                out.update(by_value.get((kind, value), ()))
-        if self.terms:
-            text, terms = release.search_text, self.terms
-            for start in range(len(text)):
-                for size in (PREFIX, *self.short):
-                    for term, search_id in terms.get(text[start : start + size], ()):
-                        if text.startswith(term, start):
-                            out.add(search_id)
-        return out
-
-    def add(self, releases: Sequence[CycleRelease]) -> None:
-        """Record which searches each of `releases` matches.
-
-        Releases must come in ascending id order (over all calls): a search
-        keeps its first SEARCH_MATCH_CAP matches and counts the rest.
-        """
+    def add(self, releases: Iterable[CycleRelease]) -> None:
+        """Note what each of `releases` carries; ids must ascend over all calls."""
+        by_prefix, sizes, wanted, postings = self.by_prefix, self.sizes, self.wanted, self.postings
         for release in releases:
-            for search_id in self._candidates(release):
-                if matches(self.queries[search_id], release):
-                    found = self.found.setdefault(search_id, Found())
-                    found.count += 1
-                    if len(found.matches) < SEARCH_MATCH_CAP:
-                        found.matches.append(SearchMatch(release.release_id, release.title))
+            position = len(self.added)
+            self.added.append((release.release_id, release.title, release.year))
+            keys: set[tuple[str, str]] = set()
+            text = release.search_text
+            if by_prefix:
+                for start in range(len(text)):
+                    for size in sizes:
+                        for term in by_prefix.get(text[start : start + size], ()):
+                            if text.startswith(term, start):
+                                keys.add(("term", term))
+            for kind, values in facet_values(release).items():
+                keys.update((kind, v) for v in values & wanted[kind])
+            for key in keys:
+                postings[key].append(position)
+
+    def _set(self, key: tuple[str, str]) -> set[int]:
+        """The posting list of `key` as a set, built once."""
+        if (found := self.sets.get(key)) is None:
+            found = self.sets[key] = set(self.postings.get(key, ()))
+        return found
+
+    def _evaluate(self, query: SearchQuery) -> Found | None:
+        keys = [("term", t) for t in set(query.terms)]
+        keys += [(kind, v) for kind in FACETS if (v := getattr(query, kind)) is not None]
+        years = (query.year_from, query.year_to)
+        if years != (None, None) and years not in self.sets:
+            low, high = years
+            self.sets[years] = {
+                i for i, (_, _, y) in enumerate(self.added)
+                if y is not None and (low is None or y >= low) and (high is None or y <= high)
+            }  # fmt: skip
+        if len(keys) == 1 and years == (None, None):
+            hits = self.postings.get(keys[0], [])  # in position order already
+        else:
+            sets = [self._set(k) for k in keys]
+            if years != (None, None):
+                sets.append(self.sets[years])
+            sets.sort(key=len)
+            hits = sorted(sets[0].intersection(*sets[1:]))
+        if not hits:
+            return None
+        return Found(len(hits), [SearchMatch(*self.added[i][:2]) for i in hits[:SEARCH_MATCH_CAP]])
+
+    def results(self) -> dict[str, Found]:
+        """Each matching search's count and first matches (searches without a match left out)."""
+        by_query: dict[SearchQuery, Found | None] = {}
+        out: dict[str, Found] = {}
+        for search_id, query in self.queries.items():
+            if query not in by_query:
+                by_query[query] = self._evaluate(query)
+            if (found := by_query[query]) is not None:
+                out[search_id] = found
+        return out

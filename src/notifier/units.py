@@ -732,7 +732,7 @@ class UnitRunner:
         found = [
             (unit.version, search_id, f.count,
              Jsonb([[m.release_id, m.name] for m in f.matches]))
-            for search_id, f in sorted(percolator.found.items())
+            for search_id, f in sorted(percolator.results().items())
         ]  # fmt: skip
         async with conn.cursor() as c:
             await c.executemany(INSERT_SEARCH_MATCHES, found)

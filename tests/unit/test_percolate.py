@@ -7,7 +7,7 @@ import random
 import pytest
 
 from notifier.diff import SEARCH_MATCH_CAP, SearchQuery, parse_search
-from notifier.percolate import CycleRelease, Percolator, anchor, matches
+from notifier.percolate import CycleRelease, Percolator, matches
 
 
 def release(rid: int, title: str = "", **fields: object) -> CycleRelease:
@@ -44,13 +44,6 @@ def test_matches_follows_the_documented_rule() -> None:
         query = parse_search(options)
         assert query is not None and not matches(query, r), options
     assert not matches(SearchQuery(year_from=1900), release(8))  # no year: outside any bound
-
-
-def test_anchor_prefers_the_most_selective_value() -> None:
-    assert anchor(SearchQuery(terms=("a", "love"), genre="jazz", artist="1")) == ("artist", "1")
-    assert anchor(SearchQuery(terms=("a", "love"), genre="jazz")) == ("term", "love")
-    assert anchor(SearchQuery(genre="jazz", format="lp")) == ("format", "lp")
-    assert anchor(SearchQuery(year_from=1990)) is None
 
 
 WORDS = ["love", "lo", "a", "supreme", "jazz", "blue", "note", "x", "ab", "bab", "ünï", "b"]
@@ -101,9 +94,10 @@ def test_the_index_finds_what_every_pair_finds(seed: int) -> None:
     expected = {
         sid: [r.release_id for r in releases if matches(q, r)] for sid, q in queries.items()
     }
-    got = {sid: [m.release_id for m in f.matches] for sid, f in percolator.found.items()}
+    results = percolator.results()
+    got = {sid: [m.release_id for m in f.matches] for sid, f in results.items()}
     assert got == {sid: ids[:SEARCH_MATCH_CAP] for sid, ids in expected.items() if ids}
-    assert {sid: f.count for sid, f in percolator.found.items()} == {
+    assert {sid: f.count for sid, f in results.items()} == {
         sid: len(ids) for sid, ids in expected.items() if ids
     }
     assert sum(1 for ids in expected.values() if ids) > 50  # the data does match things
@@ -112,6 +106,6 @@ def test_the_index_finds_what_every_pair_finds(seed: int) -> None:
 def test_matches_are_capped_but_counted() -> None:
     percolator = Percolator({"s": SearchQuery(genre="jazz")})
     percolator.add([release(i, genres=["Jazz"]) for i in range(1, SEARCH_MATCH_CAP + 51)])
-    found = percolator.found["s"]
+    found = percolator.results()["s"]
     assert found.count == SEARCH_MATCH_CAP + 50
     assert [m.release_id for m in found.matches] == list(range(1, SEARCH_MATCH_CAP + 1))
