@@ -5,8 +5,7 @@ or per user; the diff's artist and label reads are one query per unit. Every
 value is a bound parameter; labels and relationship types are fixed strings.
 The Cypher stays inside what both Neo4j 5 and ArcadeDB's OpenCypher (the
 fallback test server) accept: no pattern predicates (pattern comprehensions
-are fine), no APOC. Where Neo4j has a cheaper form (COUNT {} answered by its
-degree store), a query comes in two dialects (`Graph.dialect`).
+and COUNT {} are fine), no APOC.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from neo4j import AsyncDriver
-from neo4j.exceptions import Neo4jError
 
 from notifier.diff import ArtistState, Facets, LabelState, TagState, parse_id
 
@@ -51,40 +49,34 @@ TAG_COUNTS = {
     "OPTIONAL MATCH (r:Release)-[:IS]->(g) RETURN g.name AS id, count(r) AS n"
     for tag in ("Genre", "Style")
 }
-# What the "neo4j" dialect uses, on no data.
-NEO4J_PROBE = (
-    "MATCH (n:Release) WHERE n.id = $none "
-    "RETURN toIntegerOrNull(n.id) AS i, COUNT { (n)<-[:BY]-() } AS d"
-)
 # The catalogue's size (Neo4j answers from its count store, without a scan).
 RELEASE_COUNT = "MATCH (r:Release) RETURN count(r) AS n"
 # The releases whose numeric id is above `$max`, filtered in the server: the
 # month's new releases come with new ids, and only they travel. One record.
-RELEASES_ABOVE = {
-    dialect: "MATCH (r:Release) WITH r.id AS id "
-    f"WHERE {to_int}(id) > $max RETURN collect(id) AS rows"
-    for dialect, to_int in (("neo4j", "toIntegerOrNull"), ("portable", "toInteger"))
-}
+RELEASES_ABOVE = (
+    "MATCH (r:Release) WITH r.id AS id WHERE toIntegerOrNull(id) > $max "
+    "RETURN collect(id) AS rows"
+)
 # Every string release id, a page at a time in id order (the unique
 # constraint's index gives the order): one record a page.
 RELEASE_ID_PAGE = (
     "MATCH (r:Release) WHERE r.id > $after WITH r.id AS id ORDER BY id LIMIT $limit "
     "RETURN collect(id) AS rows"
 )
-# What percolation and the notable ranking need of new releases, one record
-# a batch. The rank of an artist is its BY degree (its releases and masters):
-# on Neo4j read from the degree store, so a hub costs what any artist costs.
-RELEASES = {
-    dialect: "UNWIND $ids AS id MATCH (r:Release {id: id}) "
+# What percolation and the notable ranking need of new releases, one record a batch.
+RELEASES = (
+    "UNWIND $ids AS id MATCH (r:Release {id: id}) "
     "RETURN collect([r.id, r.title, r.year, r.formats, "
-    f"[(r)-[:BY]->(a:Artist) | [a.id, a.name, {size}]], "
-    "[(r)-[:ON]->(l:Label) | [l.id, l.name]], "
+    "[(r)-[:BY]->(a:Artist) | [a.id, a.name]], [(r)-[:ON]->(l:Label) | [l.id, l.name]], "
     "[(r)-[:IS]->(g:Genre) | g.name], [(r)-[:IS]->(s:Style) | s.name]]) AS rows"
-    for dialect, size in (
-        ("neo4j", "COUNT { (a)<-[:BY]-() }"),
-        ("portable", "size([(a)<-[:BY]-(o) | o.id])"),
-    )
-}
+)
+# An artist's size (its releases, never its masters) ranks notable releases.
+# Asked once a cycle per artist (Graph.releases' cache), so a hub costs its
+# size once a cycle, not once per new release of it.
+ARTIST_SIZES = (
+    "UNWIND $ids AS id MATCH (a:Artist {id: id}) "
+    "RETURN collect([a.id, COUNT { (a)<-[:BY]-(:Release) }]) AS rows"
+)
 # The year and formats of releases, for the release filters of artist and
 # label watches: one record, as ARTIST_STATES.
 RELEASE_FACETS = (
@@ -114,7 +106,6 @@ class Graph:
 
     def __init__(self, driver: AsyncDriver, database: str) -> None:
         self.driver, self.database = driver, database
-        self._dialect: Literal["neo4j", "portable"] | None = None
 
     async def _rows(self, cypher: str, **params: Any) -> list[dict[str, Any]]:
         async with self.driver.session(database=self.database) as session:
@@ -158,16 +149,6 @@ class Graph:
                     out[rid] = (year, formats)
         return out
 
-    async def dialect(self) -> Literal["neo4j", "portable"]:
-        """The dialect of the server: "neo4j" with COUNT {} and toIntegerOrNull, else "portable"."""
-        if self._dialect is None:
-            try:  # ArcadeDB's Bolt server calls itself Neo4j: ask for what is used
-                await self._rows(NEO4J_PROBE, none=None)
-                self._dialect = "neo4j"
-            except Neo4jError:
-                self._dialect = "portable"
-        return self._dialect
-
     async def release_count(self) -> int:
         """How many Release nodes the graph holds."""
         rows = await self._rows(RELEASE_COUNT)
@@ -175,7 +156,7 @@ class Graph:
 
     async def releases_above(self, highest: int) -> list[Any]:
         """The ids of releases whose numeric id is above `highest` (raw graph values)."""
-        return await self._one(RELEASES_ABOVE[await self.dialect()], max=highest)
+        return await self._one(RELEASES_ABOVE, max=highest)
 
     async def release_ids(self, batch: int) -> AsyncIterator[list[Any]]:
         """Every string release id in the graph, in lists of `batch`, in id (text) order."""
@@ -189,19 +170,26 @@ class Graph:
                 return
             after = last
 
-    async def releases(self, ids: Sequence[str]) -> list[ReleaseInfo]:
-        """What percolation and the notable ranking need of each release among `ids`."""
+    async def releases(self, ids: Sequence[str], sizes: dict[Any, int]) -> list[ReleaseInfo]:
+        """What percolation and the notable ranking need of each release among `ids`.
+
+        `sizes` caches artists' sizes (release counts) across calls: only
+        artists not in it are counted, and added.
+        """
         infos: list[ReleaseInfo] = []
-        for row in await self._one(RELEASES[await self.dialect()], ids=list(ids)):
+        for row in await self._one(RELEASES, ids=list(ids)):
             key, title, year, formats, artists, labels, genres, styles = row
             info = ReleaseInfo(key, title, year, formats)
-            for other, name, size in artists or []:
-                info.artists.append((other, name))
-                info.rank = max(info.rank, size if isinstance(size, int) else 0)
+            info.artists.extend((other, name) for other, name in artists or [])
             info.labels.extend((other, name) for other, name in labels or [])
             info.genres.extend(genres or [])
             info.styles.extend(styles or [])
             infos.append(info)
+        unknown = {a for i in infos for a, _ in i.artists if isinstance(a, str) and a not in sizes}
+        for artist, size in await self._one(ARTIST_SIZES, ids=sorted(unknown)):
+            sizes[artist] = size if isinstance(size, int) else 0
+        for info in infos:
+            info.rank = max((sizes.get(a, 0) for a, _ in info.artists), default=0)
         return infos
 
 

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import msgspec
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from notifier import cycles, diff, fanout
@@ -231,11 +230,11 @@ FROM notifier.watchlists
 WHERE entity_type = 'search' AND created_at < %(before)s
 ORDER BY entity_id, created_at
 """
-INSERT_SEARCH_MATCHES = """
-INSERT INTO notifier.cycle_search_matches (version, search_id, match_count, matches)
-VALUES (%s, %s, %s, %s)
-ON CONFLICT (version, search_id)
-DO UPDATE SET match_count = excluded.match_count, matches = excluded.matches
+# The releases unit writes a cycle's rows afresh: a resumed unit first removes
+# what its earlier attempt wrote (nothing reads them before the unit is done).
+CLEAR_SEARCH_MATCHES = "DELETE FROM notifier.cycle_search_matches WHERE version = %(version)s"
+COPY_SEARCH_MATCHES = """
+COPY notifier.cycle_search_matches (version, search_id, match_count, matches) FROM STDIN
 """
 # The previous cycle's release count and highest release id (release_marks primary key).
 RELEASE_MARK = """
@@ -266,13 +265,12 @@ WHERE first_version = %(version)s AND release_id > %(after)s
 ORDER BY release_id
 LIMIT %(limit)s
 """
-# cycle_releases primary key (version, release_id) absorbs a resumed scan's rows.
-INSERT_CYCLE_RELEASES = """
-INSERT INTO notifier.cycle_releases
+CLEAR_CYCLE_RELEASES = "DELETE FROM notifier.cycle_releases WHERE version = %(version)s"
+COPY_CYCLE_RELEASES = """
+COPY notifier.cycle_releases
     (version, release_id, title, year, formats, artist_ids, artist_names, label_ids,
      label_names, genres, styles, search_text, rank)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (version, release_id) DO NOTHING
+FROM STDIN
 """
 
 
@@ -712,6 +710,8 @@ class UnitRunner:
         cur = await conn.execute(ALL_SEARCHES, {"before": unit.started_at})
         queries = {i: q for i, options in await cur.fetchall() if (q := diff.parse_search(options))}
         percolator = Percolator(queries)
+        sizes: dict[Any, int] = {}  # each new release's artists counted once a cycle
+        await conn.execute(CLEAR_CYCLE_RELEASES, {"version": unit.version})
         new_count, after = 0, -1
         while True:
             if self.stop.is_set():
@@ -723,19 +723,19 @@ class UnitRunner:
                 break
             after = new_ids[-1]
             new_count += len(new_ids)
-            infos = await self.graph.releases([str(i) for i in new_ids])
+            infos = await self.graph.releases([str(i) for i in new_ids], sizes)
             rows = [r for i in infos if (r := release_row(unit.version, i, counters))]
             rows.sort(key=lambda r: r.release_id)
             percolator.add(rows)
-            async with conn.cursor() as c:
-                await c.executemany(INSERT_CYCLE_RELEASES, rows)
-        found = [
-            (unit.version, search_id, f.count,
-             Jsonb([[m.release_id, m.name] for m in f.matches]))
-            for search_id, f in sorted(percolator.results().items())
-        ]  # fmt: skip
-        async with conn.cursor() as c:
-            await c.executemany(INSERT_SEARCH_MATCHES, found)
+            async with conn.cursor().copy(COPY_CYCLE_RELEASES) as copy:
+                for r in rows:
+                    await copy.write_row(r)
+        found = percolator.results()
+        await conn.execute(CLEAR_SEARCH_MATCHES, {"version": unit.version})
+        async with conn.cursor().copy(COPY_SEARCH_MATCHES) as copy:
+            for search_id, f in sorted(found.items()):
+                pairs = _JSON.encode([[m.release_id, m.name] for m in f.matches]).decode()
+                await copy.write_row((unit.version, search_id, f.count, pairs))
         counters.add("searches_percolated", len(queries))
         counters.add("searches_matched", len(found))
         return new_count
