@@ -417,10 +417,11 @@ def profile_hubs(
         f"LABEL_STATES [{len(unit[1])} watched labels]": (
             graph_reads.LABEL_STATES, {"ids": unit[1]}),
         "TAG_COUNTS Genre [Electronic]": (graph_reads.TAG_COUNTS["Genre"], {"ids": ["Electronic"]}),
-        f"RELEASES [{len(new_ids)} new] (ranked by degree)": (
-            graph_reads.RELEASES["neo4j"], {"ids": new_ids}),
+        f"RELEASES [{len(new_ids)} new]": (graph_reads.RELEASES, {"ids": new_ids}),
+        "ARTIST_SIZES [hub]": (graph_reads.ARTIST_SIZES, {"ids": [HUB_ID]}),
+        "ARTIST_SIZES [500 watched artists]": (graph_reads.ARTIST_SIZES, {"ids": unit[0]}),
         "RELEASES_ABOVE the previous highest id": (
-            graph_reads.RELEASES_ABOVE["neo4j"], {"max": month.releases.start - 1}),
+            graph_reads.RELEASES_ABOVE, {"max": month.releases.start - 1}),
         "RELEASE_COUNT (count store)": (graph_reads.RELEASE_COUNT, {}),
         f"RELEASE_ID_PAGE [{ROUTER_BATCH}] (a page of the full read)": (
             graph_reads.RELEASE_ID_PAGE, {"after": "", "limit": ROUTER_BATCH}),
