@@ -790,8 +790,13 @@ def row_digests(ids: Sequence[str], rows: Sequence[Any]) -> bytes:
     An id without a row (or with one JSON cannot hold) gets NO_DIGEST; an id
     read twice, its last row (as graph.artist_states keeps).
     """
-    by_id = {r[0]: r for r in rows if type(r[0]) is str}
     encode, sha256 = _JSON.encode, hashlib.sha256
+    if [r[0] for r in rows] == ids:  # the usual case: one row per id, in unit order
+        try:
+            return b"".join([sha256(encode(r)).digest() for r in rows])
+        except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
+            pass  # some row JSON cannot hold: each on its own below
+    by_id = {r[0]: r for r in rows if type(r[0]) is str}
     out: list[bytes] = []
     for i in ids:
         row = by_id.get(i)
@@ -941,18 +946,36 @@ class Pipeline:
         return self.waiting[0] if self.waiting else None
 
     async def _fill(self) -> None:
-        """Claim and start reading units until `depth` wait, one graph read at a time."""
-        while not (self.stop.is_set() or self.closed) and len(self.waiting) < self.depth:
-            unit = await self.claim()
-            if unit is None:
-                self.dry = True
-                return
-            ahead = Ahead(self.runner, unit, self.keeper)
-            self.waiting.append(ahead)
-            self.arrived.set()
-            if unit.entity_type == cycles.RELEASES_UNIT:
-                return
-            await asyncio.wait([ahead.reading])
+        """Claim and start reading units until `depth` wait, one graph read at a time.
+
+        While a unit is read, the next one is claimed (when there is room for
+        it): its read then starts as soon as the graph is free.
+        """
+        claiming: asyncio.Future[cycles.Unit | None] | None = None
+        try:
+            while not (self.stop.is_set() or self.closed) and len(self.waiting) < self.depth:
+                claimed, claiming = claiming, None
+                unit = await (claimed if claimed is not None else self.claim())
+                if unit is None:
+                    self.dry = True
+                    return
+                ahead = self._add(unit)
+                if unit.entity_type == cycles.RELEASES_UNIT:
+                    return
+                if len(self.waiting) < self.depth and not self.stop.is_set():
+                    claiming = asyncio.ensure_future(self.claim())
+                await asyncio.wait([ahead.reading])
+        finally:
+            # A unit claimed ahead is never dropped: it waits with the others
+            # (written next, or handed back by `leftover`).
+            if claiming is not None and (unit := await claiming) is not None:
+                self._add(unit)
+
+    def _add(self, unit: cycles.Unit) -> Ahead:
+        ahead = Ahead(self.runner, unit, self.keeper)
+        self.waiting.append(ahead)
+        self.arrived.set()
+        return ahead
 
     async def _claimed(self) -> None:
         """Until a unit waits or the fill stops (run one if none is running)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
 from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
@@ -128,6 +130,51 @@ async def test_unit_read_ahead_is_left_over_at_shutdown_and_claimable_again(
         assert {(u.id, u.attempts) for u in again if u is not None} == {
             (u.id, 2) for u in [first.unit] + [a.unit for a in left]
         }
+
+
+async def test_the_next_unit_is_claimed_while_the_current_one_is_read(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    await _six_watched_artists(pg_url, graph_driver, graph_db)
+    claimed: list[cycles.Unit | None] = []
+    next_claimed = asyncio.Event()
+
+    class HeldGraph(Graph):
+        """A graph whose artist reads end only once a further unit was claimed."""
+
+        async def artist_rows(self, ids: Sequence[str]) -> list[Any]:
+            await next_claimed.wait()
+            return await super().artist_rows(ids)
+
+    async with db.pool(router_settings.postgres_conninfo) as pool:
+        await fire(pool, router_settings, "v1", unit_size=2)
+        claim = _claimer(pool)
+
+        async def counted() -> cycles.Unit | None:
+            unit = await claim()
+            claimed.append(unit)
+            if len(claimed) >= 3:  # the releases unit, the first artist unit, the next
+                next_claimed.set()
+            return unit
+
+        runner = UnitRunner(pool, HeldGraph(graph_driver, graph_db), "me", email=False, batch=100)
+        pipeline = Pipeline(runner, counted, stop=asyncio.Event())
+        releases = await pipeline.next()
+        assert releases is not None and await releases.write(runner) is not None
+        # A claim made only after the first read ended would wait forever here.
+        first = await asyncio.wait_for(pipeline.next(), 60)
+        assert first is not None and first.unit.entity_type == "artist"
+        types = [u.entity_type for u in claimed if u is not None]
+        assert types[:3] == ["releases", "artist", "artist"]
+        written = [first]
+        while (current := await pipeline.next()) is not None:
+            written.append(current)
+        for ahead in written:
+            assert await ahead.write(runner) is not None
+            ahead.close()
+        async with pool.connection() as conn:
+            assert [f.version for f in await cycles.finish_cycles(conn)] == ["v1"]
+    assert sorted(a for w in written for a in w.unit.entity_ids) == ARTISTS
 
 
 async def test_artist_read_tolerates_odd_graph_data(
