@@ -27,7 +27,7 @@ import msgspec
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import cycles, diff, fanout
+from notifier import cycles, diff, fanout, queries
 from notifier.graph import Graph, ReleaseInfo, artist_states
 from notifier.percolate import CycleRelease, Percolator
 
@@ -113,59 +113,10 @@ WHERE (version = %(previous)s AND graph_digest = h) IS NOT TRUE
 ORDER BY n
 """
 COMPARE_ARTISTS = _COMPARE_HEAD + _SEEN_VERSION + _COMPARE_TAIL  # constants only, no input
-# The unit's write, one statement (one implicit transaction): `owned` locks
-# the unit's row if it is still pending and claimed by `me` (diff_units
-# primary key; a concurrent run of the same unit waits on that lock, then
-# finds it done or not its own) and takes fanout.FEED_LOCK_KEY shared; every
-# write reads its rows through `owned`, so nothing is written when the unit
-# is no longer ours, and no feed row is written before the lock is held (a
-# feed row's id is drawn when the row is inserted, after `owned` gave the
-# row it is made from). Then: the changed snapshots, inserted or replaced
-# (entity_snapshots primary key; the rows travel as one JSON array, as
-# psycopg's text[] dumper escapes each element in Python, ~4x the CPU of
-# encoding JSON for a 500-entity unit), the events with their fan-out
-# (fanout.FAN_OUT_DRAFTS), and the unit marked done with its stats and
-# counts. Returns whether the unit was ours, then fanout.DRAFT_COUNTS.
-_FINISH_HEAD = """
-WITH owned AS (
-    SELECT id FROM notifier.diff_units
-    WHERE id = %(unit)s AND status = 'pending' AND claimed_by = %(me)s
-      AND pg_advisory_xact_lock_shared(%(feed_lock)s) IS NOT NULL
-    FOR UPDATE
-), snaps AS (
-    INSERT INTO notifier.entity_snapshots
-        (entity_type, entity_id, entity_name, version, release_ids, alias_ids, member_ids,
-         release_count, graph_digest, updated_at)
-    SELECT %(type)s, i, n, v, r, a, m, c, decode(h, 'hex'), now()
-    FROM owned, jsonb_to_recordset(%(rows)s::jsonb)
-         AS x (i text, n text, v text, r bigint[], a bigint[], m bigint[], c bigint, h text)
-    ON CONFLICT (entity_type, entity_id) DO UPDATE SET
-        entity_name = excluded.entity_name, version = excluded.version,
-        release_ids = excluded.release_ids, alias_ids = excluded.alias_ids,
-        member_ids = excluded.member_ids, release_count = excluded.release_count,
-        graph_digest = excluded.graph_digest, updated_at = now()
-), drafts AS (
-    SELECT x.* FROM owned, jsonb_to_recordset(%(events)s::jsonb) AS """
-_DRAFTS_END = "\n),"
-_FINISH_TAIL = """,
-done AS (
-    UPDATE notifier.diff_units u
-    SET status = 'done', finished_at = now(), lease_until = NULL,
-        stats = %(stats)s::jsonb || jsonb_build_object(
-            'events', (SELECT count(*) FROM ev),
-            'feed_rows', (SELECT count(*) FROM targets WHERE feed),
-            'outbox_rows', (SELECT count(*) FROM hooks) + (SELECT count(*) FROM mails))
-    FROM owned WHERE u.id = owned.id
-)
-SELECT (SELECT count(*) FROM owned) > 0, """
-FINISH_UNIT = (
-    _FINISH_HEAD
-    + fanout.DRAFT_COLUMNS
-    + _DRAFTS_END
-    + fanout.FAN_OUT_DRAFTS
-    + _FINISH_TAIL
-    + fanout.DRAFT_COUNTS
-)  # constants only, no input
+# The unit's write, one statement, whole in queries/finish_unit.sql (its
+# header names each parameter and what each CTE gives); snapshot_params and
+# fanout.draft_params build its parameters.
+FINISH_UNIT = queries.load("finish_unit")
 # The filtered watchers of some artists or labels (watchlists_filtered_idx,
 # whose predicate the fixed type proves): each entity's distinct filters, and
 # whether it also has an unfiltered watcher (watchlists_entity_idx, stopping
