@@ -45,6 +45,7 @@ from typing import Any
 import msgspec
 from psycopg import AsyncConnection
 
+from notifier import queries
 from notifier.diff import EventDraft
 
 FEED_CHANNEL = "notifier_feed"
@@ -71,139 +72,9 @@ class FanoutResult:
 FEED_LOCK_KEY = 0x6E2D66656564
 LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%s)"
 
-# The shared tail: `recipients(user_id, event_id, event, deliver_at)` is defined
-# by each caller's head, over events this transaction has just claimed. Feed
-# rows are inserted in (user_id, event_id) order: the b-trees on (user_id, …)
-# then take them in key order, which more than halves the insert time. With no
-# ON CONFLICT, every selected feed row is inserted (or the statement fails), so
-# they are counted from `targets` rather than RETURNed.
-_TAIL = """
-, targets AS (
-    SELECT r.user_id, r.event_id, r.event, r.deliver_at, r.watch_id,
-           coalesce(p.feed, true) AS feed,
-           coalesce(p.webhook, true) AS webhook,
-           coalesce(p.email, false) AS email
-    FROM recipients r
-    -- preferences primary key (user_id, event)
-    LEFT JOIN notifier.preferences p ON p.user_id = r.user_id AND p.event = r.event
-),
-feed AS (
-    INSERT INTO notifier.notification_events (user_id, event_id, watch_id)
-    SELECT user_id, event_id, watch_id FROM targets WHERE feed ORDER BY user_id, event_id
-),
-hooks AS (
-    INSERT INTO notifier.outbox (user_id, event_id, channel, webhook_id, next_attempt_at, status)
-    SELECT t.user_id, t.event_id, 'webhook', w.id, greatest(now(), t.deliver_at),
-           CASE WHEN w.active THEN 'pending' ELSE 'held' END
-    FROM targets t
-    -- webhook_configs_user_created_idx (user_id, …): each of the user's
-    -- endpoints whose event_types takes the event (NULL: every event); a
-    -- disabled one's message is kept, held, for POST /api/webhooks/{id}/recover
-    JOIN notifier.webhook_configs w ON w.user_id = t.user_id
-        AND (w.event_types IS NULL OR t.event = ANY(w.event_types))
-    WHERE t.webhook
-    RETURNING 1
-),
-mails AS (
-    INSERT INTO notifier.outbox (user_id, event_id, channel, next_attempt_at)
-    SELECT user_id, event_id, 'email', greatest(now(), deliver_at)
-    FROM targets WHERE email AND %(email)s
-    RETURNING 1
-)"""
-_COUNTS = """
-SELECT (SELECT count(*) FROM targets WHERE feed),
-       (SELECT count(*) FROM hooks) + (SELECT count(*) FROM mails)
-"""
-
-# Watchers of the given (claimed) events. Uses events_pkey, then
-# watchlists_entity_idx (entity_type, entity_id, created_at) for the join and
-# the created_at filter.
-_EVENTS_HEAD = """
-WITH ev AS (
-    SELECT id, event, entity_type, entity_id, detail, deliver_at, audience
-    FROM notifier.events
-    WHERE id = ANY(%(ids)s)
-),"""
-_RECIPIENTS = """
-recipients AS (
-    SELECT w.user_id, ev.id AS event_id, ev.event, ev.deliver_at, w.id AS watch_id
-    FROM ev
-    CROSS JOIN LATERAL (
-        -- OFFSET 0 keeps this an index range scan per event: joined freely,
-        -- a small watchlists table and a guessed 100 events made the planner
-        -- hash the whole table (4.6 ms for 50 events over 10,000 watches).
-        SELECT w.id, w.user_id, w.options FROM notifier.watchlists w
-        WHERE w.entity_type = ev.entity_type AND w.entity_id = ev.entity_id
-          AND w.created_at < %(before)s
-        OFFSET 0
-    ) AS w
-    -- An audience is compared by equality: jsonb containment (@>) would let
-    -- `{}` match any filter.
-    WHERE (ev.audience IS NULL
-           OR EXISTS (SELECT 1 FROM jsonb_array_elements(ev.audience) AS a (o)
-                      WHERE a.o = w.options))
-      AND (ev.event <> 'release_count_threshold'
-           OR (w.options ? 'threshold' AND w.options -> 'threshold' = ev.detail -> 'threshold')
-           OR (NOT w.options ? 'threshold' AND %(milestones)s::jsonb @> (ev.detail -> 'threshold')))
-)"""
-FAN_OUT_EVENTS = _EVENTS_HEAD + _RECIPIENTS + _TAIL + _COUNTS  # constants only, no input
-
-# Explicit recipients (/internal/events). Uses events_pkey.
-_USERS_HEAD = """
-WITH ev AS (
-    SELECT id, event, deliver_at FROM notifier.events WHERE id = %(id)s
-),
-recipients AS (
-    SELECT DISTINCT u.user_id, ev.id AS event_id, ev.event, ev.deliver_at, NULL::uuid AS watch_id
-    FROM ev CROSS JOIN unnest(%(users)s::uuid[]) AS u (user_id)
-)"""
-FAN_OUT_TO_USERS = _USERS_HEAD + _TAIL + _COUNTS  # constants only, no input
-
-# A router unit's new events, inserted already fanned out and fanned out in
-# the same statement (the events are new, so inserting them is their claim,
-# and a re-run's rows hit events_dedup_key and insert nothing). The caller's
-# statement defines `drafts`, one row per event of DRAFT_COLUMNS (k: dedup
-# key, e: event, t: entity type, i: entity id, n: entity name, d: detail,
-# a: audience),
-# usually from one JSON array (`draft_params`), and must hold FEED_LOCK_KEY
-# shared before the first feed row is written (units.FINISH_UNIT takes it in
-# the CTE the drafts come from). Each event is announced when the statement
-# wrote any feed row (as `fan_out_events` does). DRAFT_COUNTS: events, feed
-# rows, outbox rows, announcements. Indexes: events_dedup_key, then those of
-# FAN_OUT_EVENTS' recipients.
-DRAFT_COLUMNS = "x (k text, e text, t text, i text, n text, d jsonb, a jsonb)"
-_INSERTED = """
-ev AS (
-    INSERT INTO notifier.events
-        (dedup_key, source, version, event, entity_type, entity_id, entity_name, detail,
-         fanned_out_at, audience)
-    SELECT k, 'router', %(version)s, e, t, i, n, coalesce(d, '{}'), now(), a FROM drafts
-    ON CONFLICT (dedup_key) DO NOTHING
-    RETURNING id, event, entity_type, entity_id, detail, deliver_at, audience
-),"""
-_ANNOUNCED = """,
-announced AS (
-    SELECT pg_notify(%(channel)s, jsonb_build_object('event_id', id)::text) FROM ev
-    WHERE EXISTS (SELECT 1 FROM targets WHERE feed)
-)"""
-# A cycle's email goes out as one digest a user (sql/013_email_digests.sql):
-# its events are recorded as digest items here, not as outbox rows (the
-# caller passes `email` false for `mails` and `digest` true instead), and the
-# cycle's end makes one digest row per user from them. Ordered by user, as the
-# feed rows. Index: email_digest_items primary key.
-_DIGESTED = """,
-digested AS (
-    INSERT INTO notifier.email_digest_items (version, user_id, event_id)
-    SELECT %(version)s, user_id, event_id FROM targets
-    WHERE email AND %(digest)s
-    ORDER BY user_id, event_id
-)"""
-FAN_OUT_DRAFTS = (
-    _INSERTED + _RECIPIENTS + _TAIL + _DIGESTED + _ANNOUNCED
-)  # constants only, no input
-DRAFT_COUNTS = """(SELECT count(*) FROM ev), (SELECT count(*) FROM targets WHERE feed),
-       (SELECT count(*) FROM hooks) + (SELECT count(*) FROM mails),
-       (SELECT count(*) FROM announced)"""
+# The statements, whole, in queries/ (parameters and CTEs in their headers).
+FAN_OUT_EVENTS = queries.load("fan_out_events")
+FAN_OUT_TO_USERS = queries.load("fan_out_to_users")
 
 # The claim of the events to fan out, before any row is written. Uses events_pkey.
 MARK_FANNED_OUT = """
@@ -280,10 +151,11 @@ async def fan_out_events(
 def draft_params(
     events: Sequence[EventDraft], *, version: str, watches_before: datetime, email: bool = False
 ) -> dict[str, object]:
-    """FAN_OUT_DRAFTS' parameters for a router unit's `events` of cycle `version`.
+    """The fan-out parameters of units.FINISH_UNIT for a unit's `events` of cycle `version`.
 
-    `events` is the JSON array the caller's `drafts` reads; only watches
-    created before `watches_before` (the cycle's start) count.
+    `events` is the JSON array its `drafts` reads (queries/finish_unit.sql
+    names them all); only watches created before `watches_before` (the
+    cycle's start) count.
     """
     rows: list[dict[str, object]] = [
         {"k": e.key(version), "e": e.event, "t": e.entity_type, "i": e.entity_id,
@@ -298,7 +170,7 @@ def draft_params(
         "version": version,
         "before": watches_before,
         "milestones": _MILESTONES_JSON,
-        "email": False,  # no mail per event: the cycle's digest (_DIGESTED)
+        "email": False,  # no mail per event: the cycle's digest (`digested`)
         "digest": email,
         "channel": FEED_CHANNEL,
     }
