@@ -762,6 +762,11 @@ def test_replayed_image_holds_the_runtime_only(built: Built) -> None:
     sources = {k.split("/", 1)[1]: v for k, v in built.context_files.items() if k[:4] == "sql/"}
     assert packed == {k: v for k, v in sources.items() if k.endswith(".sql")}
     assert packed == {p.name: p.read_bytes() for p in (ROOT / "sql").glob("*.sql")}
+    # So are the named statements (notifier.queries.load reads them from the package).
+    named = {p.name: p.read_bytes() for p in (site / "notifier" / "queries").glob("*.sql")}
+    assert named and named == {
+        p.name: p.read_bytes() for p in (ROOT / "src" / "notifier" / "queries").glob("*.sql")
+    }
     size = sum(p.lstat().st_size for p in built.venv.rglob("*"))
     print(f"replayed image venv: {size / 2**20:.1f} MiB, {len(installed)} distributions")
     assert size < 80 * 2**20
@@ -776,6 +781,10 @@ def test_replayed_image_migrates_as_non_root_from_elsewhere(
     assert all(role in help_text for role in ("migrate", *ROLES))
     where = _run(built, ["python", "-c", "from notifier import db; print(db.migrations_dir())"])
     assert Path(where.strip()).is_relative_to(built.venv)
+    # The router's statements are read from the installed package when it is imported.
+    probe = "from notifier import queries, units; print(queries.__file__, len(units.FINISH_UNIT))"
+    module, size = _run(built, ["python", "-c", probe]).split()
+    assert Path(module).is_relative_to(built.venv) and int(size) > 1000
 
     pg_env = {
         "POSTGRES_HOST": pg_server.host,
