@@ -21,7 +21,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 from psycopg import AsyncConnection
@@ -269,6 +269,13 @@ def release_row(version: str, info: ReleaseInfo, counters: diff.Counters) -> Cyc
         haystack,
         info.rank,
     )
+
+
+class ReleaseMark(NamedTuple):
+    """A cycle's row of release_marks, as RELEASE_MARK reads it."""
+
+    release_count: int
+    highest_id: int
 
 
 class Stopping(Exception):
@@ -609,17 +616,18 @@ class UnitRunner:
             row = await cur.fetchone()
             baseline = not (row is not None and row[0])
             cur = await conn.execute(RELEASE_MARK, {"version": unit.previous_version})
-            mark = None if baseline else await cur.fetchone()
+            row = None if baseline else await cur.fetchone()
+            mark = None if row is None else ReleaseMark._make(row)
             total = await self.graph.release_count()
             above: list[int] | None = None
             if mark is not None:
-                raw = await self.graph.releases_above(int(mark[1]))
+                raw = await self.graph.releases_above(mark.highest_id)
                 above = diff.parse_ids(raw, counters, "release_ids")
-                if total - int(mark[0]) != len(above):
+                if total - mark.release_count != len(above):
                     counters.add("release_count_mismatch")
                     above = None
             if above is not None and mark is not None:
-                scanned, highest = len(above), max([int(mark[1]), *above])
+                scanned, highest = len(above), max([mark.highest_id, *above[-1:]])
                 await conn.execute(INSERT_SEEN, {"ids": above, "version": unit.version})
             else:
                 scanned, highest = await self._scan_releases(conn, unit, counters)
@@ -650,7 +658,7 @@ class UnitRunner:
                 raise Stopping
             ids = diff.parse_ids(chunk, counters, "release_ids")
             scanned += len(chunk)
-            highest = max(highest, *ids) if ids else highest
+            highest = max(highest, ids[-1]) if ids else highest  # parse_ids sorts
             await conn.execute(INSERT_SEEN, {"ids": ids, "version": unit.version})
         return scanned, highest
 
