@@ -197,7 +197,10 @@ RELEASE_ARTISTS_BEFORE = (
     "RETURN r.id AS id, a.id AS other, a.name AS name, count(o) AS size"
 )
 ALL_RELEASE_IDS_BEFORE = "MATCH (r:Release) RETURN r.id AS id"
-TAG_DEGREE = "UNWIND $ids AS id MATCH (g:Genre {name: id}) RETURN g.name, COUNT { (g)<-[:IS]-() }"
+TAG_COUNTS_BEFORE = (
+    "UNWIND $ids AS id MATCH (g:Genre {name: id}) "
+    "OPTIONAL MATCH (r:Release)-[:IS]->(g) RETURN g.name AS id, count(r) AS n"
+)
 
 
 def _progress(what: str) -> None:
@@ -416,7 +419,10 @@ def profile_hubs(
         "LABEL_STATES [hub]": (graph_reads.LABEL_STATES, {"ids": [HUB_ID]}),
         f"LABEL_STATES [{len(unit[1])} watched labels]": (
             graph_reads.LABEL_STATES, {"ids": unit[1]}),
-        "TAG_COUNTS Genre [Electronic]": (graph_reads.TAG_COUNTS["Genre"], {"ids": ["Electronic"]}),
+        "TAG_COUNTS Genre [Electronic] (IS degree)": (
+            graph_reads.TAG_COUNTS["Genre"], {"ids": ["Electronic"]}),
+        "TAG_MASTERS Genre [Electronic] (masters' IS edges)": (
+            graph_reads.TAG_MASTERS["Genre"], {"ids": ["Electronic"]}),
         f"RELEASES [{len(new_ids)} new]": (graph_reads.RELEASES, {"ids": new_ids}),
         "ARTIST_SIZES [hub]": (graph_reads.ARTIST_SIZES, {"ids": [HUB_ID]}),
         "ARTIST_SIZES [500 watched artists]": (graph_reads.ARTIST_SIZES, {"ids": unit[0]}),
@@ -427,7 +433,8 @@ def profile_hubs(
             graph_reads.RELEASE_ID_PAGE, {"after": "", "limit": ROUTER_BATCH}),
         f"before: RELEASE_ARTISTS counting releases [{len(new_ids)} new]": (
             RELEASE_ARTISTS_BEFORE, {"ids": new_ids}),
-        "candidate: TAG by degree [Electronic]": (TAG_DEGREE, {"ids": ["Electronic"]}),
+        "before: every IS edge of the genre counted [Electronic]": (
+            TAG_COUNTS_BEFORE, {"ids": ["Electronic"]}),
     }  # fmt: skip
     out: dict[str, Any] = {}
     with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as d:

@@ -8,9 +8,10 @@ its constraint (NodeUniqueIndexSeek) and only expand from there. On 19M
 releases a label scan per unit is the difference between milliseconds and
 minutes.
 
-`RELEASES_ABOVE` is left out on purpose: it is the cycle-level filter of every
-release id above the previous highest (once per cycle, in the server), a scan
-by design, not a unit read. The full id walk (`RELEASE_ID_PAGE`) pages by a
+`TAG_MASTERS` (the masters' IS edges, counted from the master side once a
+tag unit) and `RELEASES_ABOVE` are left out on purpose: they are scans by design
+(the masters; every release id above the previous highest, in the server),
+whose cost does not grow with a hub. The full id walk (`RELEASE_ID_PAGE`) pages by a
 range seek of the id index.
 """
 
