@@ -24,5 +24,6 @@ CREATE TABLE notifier.cycle_search_matches (
     match_count  integer  NOT NULL,
     -- [[release_id, title], ...]: the first matches by release id (diff.SEARCH_MATCH_CAP).
     matches      jsonb    NOT NULL,
+    -- A search unit reads its searches' rows: units.SEARCH_MATCHES.
     PRIMARY KEY (version, search_id)
 );
