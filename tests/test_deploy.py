@@ -782,7 +782,10 @@ def test_replayed_image_migrates_as_non_root_from_elsewhere(
     where = _run(built, ["python", "-c", "from notifier import db; print(db.migrations_dir())"])
     assert Path(where.strip()).is_relative_to(built.venv)
     # The router's statements are read from the installed package when it is imported.
-    probe = "from notifier import queries, units; print(queries.__file__, len(units.FINISH_UNIT))"
+    probe = (
+        "from notifier import queries, unitstore;"
+        " print(queries.__file__, len(unitstore.FINISH_UNIT))"
+    )
     module, size = _run(built, ["python", "-c", probe]).split()
     assert Path(module).is_relative_to(built.venv) and int(size) > 1000
 

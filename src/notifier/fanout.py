@@ -151,7 +151,7 @@ async def fan_out_events(
 def draft_params(
     events: Sequence[EventDraft], *, version: str, watches_before: datetime, email: bool = False
 ) -> dict[str, object]:
-    """The fan-out parameters of units.FINISH_UNIT for a unit's `events` of cycle `version`.
+    """The fan-out parameters of unitstore.FINISH_UNIT for a unit's `events` of cycle `version`.
 
     `events` is the JSON array its `drafts` reads (queries/finish_unit.sql
     names them all); only watches created before `watches_before` (the

@@ -42,7 +42,8 @@ from psycopg_pool import AsyncConnectionPool
 from notifier import cycles, db, latch, lifecycle
 from notifier.config import Settings
 from notifier.graph import Graph
-from notifier.units import Ahead, Pipeline, Stopping, UnitRunner
+from notifier.releases import Stopping
+from notifier.units import Ahead, Pipeline, UnitRunner
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Artist units compared in PostgreSQL by graph-row digest (units.COMPARE_ARTISTS),
+"""Artist units compared in PostgreSQL by graph-row digest (unitstore.COMPARE_ARTISTS),
 against the Python diff of every artist (the path of rows without a digest), and
 snapshots left as they are while unchanged (a cycle knows from the previous
 cycle's units which entities it diffed), on real PostgreSQL and Bolt graph."""
@@ -18,7 +18,7 @@ import pytest
 from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import config, cycles, db, fanout, units
+from notifier import config, cycles, db, fanout, units, unitstore
 from notifier.devkit import services
 from notifier.graph import Graph
 from tests.conftest import _new_database
@@ -172,8 +172,8 @@ async def test_a_nul_in_a_name_is_compared_like_any_other(
 def test_row_digests_hash_each_row_as_json_in_unit_order() -> None:
     row = ["1", "A\x00", ["10"], [["2", "B"]], []]
     json_digest = hashlib.sha256(b'["1","A\\u0000",["10"],[["2","B"]],[]]').digest()
-    assert units.row_digests(["1"], [row]) == json_digest
-    no = units.NO_DIGEST
+    assert unitstore.row_digests(["1"], [row]) == json_digest
+    no = unitstore.NO_DIGEST
     odd = [
         ["3", neo4j.time.Date(2020, 1, 1), [], [], []],
         ["4", object(), [], [], []],
@@ -181,9 +181,9 @@ def test_row_digests_hash_each_row_as_json_in_unit_order() -> None:
         ["5", "old", [], [], []],
         ["5", "B", [], [], []],
     ]
-    got = units.row_digests(["9", "1", "3", "4", "7", "5"], [row, *odd])
-    assert len(got) == 6 * units.DIGEST_SIZE
-    assert got == no + json_digest + no + no + no + units.row_digests(["5"], [odd[-1]])
+    got = unitstore.row_digests(["9", "1", "3", "4", "7", "5"], [row, *odd])
+    assert len(got) == 6 * unitstore.DIGEST_SIZE
+    assert got == no + json_digest + no + no + no + unitstore.row_digests(["5"], [odd[-1]])
 
 
 @contextlib.contextmanager
@@ -234,7 +234,9 @@ async def test_the_database_compare_finds_what_the_python_diff_finds(
                 version = f"v{n}"
                 stats = await _cycle(ours, graph, router_settings, version)
                 with monkeypatch.context() as m:  # no digests: every artist diffed in Python
-                    m.setattr(units, "row_digests", lambda ids, rows: units.NO_DIGEST * len(ids))
+                    m.setattr(
+                        unitstore, "row_digests", lambda ids, rows: unitstore.NO_DIGEST * len(ids)
+                    )
                     await _cycle(python, graph, python_settings, version)
                 assert events(pg_url, version) == events(python_url, version), version
                 # The same states (a row change the snapshot does not show, as

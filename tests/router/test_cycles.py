@@ -16,8 +16,9 @@ from notifier.api.feed import UNREAD_COUNT
 from notifier.devkit import services
 from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.graph import Graph
+from notifier.releases import Stopping
 from notifier.router import REGISTRY, Router, queue_names
-from notifier.units import Stopping, UnitRunner
+from notifier.units import UnitRunner
 from tests.router.conftest import (
     Publish,
     completion,

@@ -14,7 +14,8 @@ from psycopg_pool import AsyncConnectionPool
 from notifier import config, cycles, db, diff
 from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.graph import Graph, artist_states
-from notifier.units import Claim, Pipeline, UnitRunner, unchanged
+from notifier.units import Claim, Pipeline, UnitRunner
+from notifier.unitstore import unchanged
 from tests.router.conftest import events, fire, q, watch, write
 
 ARTISTS = [str(i) for i in range(1, 7)]

@@ -11,7 +11,7 @@ from notifier.percolate import CycleRelease, Percolator, matches
 
 
 def release(rid: int, title: str = "", **fields: object) -> CycleRelease:
-    """A cycle_releases row; `search_text` made as units.release_row makes it."""
+    """A cycle_releases row; `search_text` made as releases.release_row makes it."""
     base: dict[str, object] = dict(
         version="v2", release_id=rid, title=title, year=None, formats=[], artist_ids=[],
         artist_names=[], label_ids=[], label_names=[], genres=[], styles=[], rank=0,

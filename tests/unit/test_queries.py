@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier import fanout, queries, units
+from notifier import fanout, queries, unitstore
 
 QUERY_DIR = Path(__file__).resolve().parents[2] / "src" / "notifier" / "queries"
 NAMES = sorted(p.stem for p in QUERY_DIR.glob("*.sql"))
@@ -44,7 +44,7 @@ def _header(text: str, section: str) -> list[str]:
 def test_the_modules_run_the_files_text() -> None:
     assert NAMES == ["fan_out_events", "fan_out_to_users", "finish_unit"]
     executed = {
-        "finish_unit": units.FINISH_UNIT,
+        "finish_unit": unitstore.FINISH_UNIT,
         "fan_out_events": fanout.FAN_OUT_EVENTS,
         "fan_out_to_users": fanout.FAN_OUT_TO_USERS,
     }

@@ -14,7 +14,7 @@
 --   feed_lock   fanout.FEED_LOCK_KEY, held shared until commit (an unread
 --               counter fold takes it exclusively)
 --   type        the unit's entity type
---   rows        the changed snapshots, one JSON array (units.snapshot_params)
+--   rows        the changed snapshots, one JSON array (unitstore.snapshot_params)
 --               of {i, n, v, r, a, m, c, h}: entity id, name, version, release,
 --               alias and member ids, release count, graph digest in hex
 --   events      the unit's events, one JSON array (fanout.draft_params) of

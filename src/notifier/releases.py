@@ -1,0 +1,239 @@
+"""The cycle's releases unit: its new releases, stored with their details, and the searches.
+
+Unlike the other units it diffs no snapshot: it records every release id
+of the graph in seen_releases (or only those above the previous cycle's
+mark), stores the cycle's new releases in cycle_releases (which genre and
+style units read) and matches every saved search against them
+(cycle_search_matches, which search units read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NamedTuple
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from notifier import cycles, diff, unitstore
+from notifier.graph import Graph, ReleaseInfo
+from notifier.percolate import CycleRelease, Percolator
+
+# Every saved search of the cycle, once (watchlists_entity_idx), for percolation.
+ALL_SEARCHES = """
+SELECT DISTINCT ON (entity_id) entity_id, options
+FROM notifier.watchlists
+WHERE entity_type = 'search' AND created_at < %(before)s
+ORDER BY entity_id, created_at
+"""
+# The releases unit writes a cycle's rows afresh: a resumed unit first removes
+# what its earlier attempt wrote (nothing reads them before the unit is done).
+CLEAR_SEARCH_MATCHES = "DELETE FROM notifier.cycle_search_matches WHERE version = %(version)s"
+COPY_SEARCH_MATCHES = """
+COPY notifier.cycle_search_matches (version, search_id, match_count, matches) FROM STDIN
+"""
+# The previous cycle's release count and highest release id (release_marks primary key).
+RELEASE_MARK = """
+SELECT release_count, highest_id FROM notifier.release_marks WHERE version = %(version)s
+"""
+# A resumed releases unit writes the same mark again.
+RECORD_RELEASE_MARK = """
+INSERT INTO notifier.release_marks (version, release_count, highest_id, full_scan)
+VALUES (%(version)s, %(count)s, %(highest)s, %(full_scan)s)
+ON CONFLICT (version) DO UPDATE
+SET release_count = excluded.release_count, highest_id = excluded.highest_id,
+    full_scan = excluded.full_scan
+"""
+# seen_releases_version_idx: was there any scan before this cycle's?
+EARLIER_SCAN = """
+SELECT EXISTS (SELECT 1 FROM notifier.seen_releases WHERE first_version <> %(version)s)
+"""
+# seen_releases primary key absorbs ids already seen (and a re-run's rows).
+INSERT_SEEN = """
+INSERT INTO notifier.seen_releases (release_id, first_version)
+SELECT unnest(%(ids)s::bigint[]), %(version)s
+ON CONFLICT (release_id) DO NOTHING
+"""
+# seen_releases_version_idx (first_version, release_id): keyset over the new ones.
+NEW_RELEASE_IDS = """
+SELECT release_id FROM notifier.seen_releases
+WHERE first_version = %(version)s AND release_id > %(after)s
+ORDER BY release_id
+LIMIT %(limit)s
+"""
+CLEAR_CYCLE_RELEASES = "DELETE FROM notifier.cycle_releases WHERE version = %(version)s"
+COPY_CYCLE_RELEASES = """
+COPY notifier.cycle_releases
+    (version, release_id, title, year, formats, artist_ids, artist_names, label_ids,
+     label_names, genres, styles, search_text, rank)
+FROM STDIN
+"""
+
+
+def _text(value: object, limit: int = 1000) -> str | None:
+    return diff.clip_name(value, limit)
+
+
+def _texts(values: object, limit: int = 200) -> list[str]:
+    if not isinstance(values, list):
+        return []
+    return [t for t in (_text(v, limit) for v in values) if t is not None]
+
+
+def release_row(version: str, info: ReleaseInfo, counters: diff.Counters) -> CycleRelease | None:
+    """A cycle_releases row for one release (None, counted, when its id is not numeric)."""
+    rid = diff.parse_id(info.id)
+    if rid is None:
+        counters.add("non_numeric_release_ids")
+        return None
+    year = info.year if isinstance(info.year, int) and not isinstance(info.year, bool) else None
+    if year is not None and not -100_000 <= year <= 100_000:
+        year = None
+    if info.year is not None and year is None:
+        counters.add("bad_release_year")
+    if info.formats is not None and not isinstance(info.formats, list):
+        counters.add("bad_release_formats")
+    title = _text(info.title)
+    artist_ids = [t for t in (_text(a, 100) for a, _ in info.artists) if t is not None]
+    artist_names = [t for t in (_text(n) for _, n in info.artists) if t is not None]
+    label_ids = [t for t in (_text(a, 100) for a, _ in info.labels) if t is not None]
+    label_names = [t for t in (_text(n) for _, n in info.labels) if t is not None]
+    haystack = " ".join([title or "", *artist_names, *label_names]).lower()
+    return CycleRelease(
+        version,
+        rid,
+        title,
+        year,
+        _texts(info.formats),
+        artist_ids,
+        artist_names,
+        label_ids,
+        label_names,
+        _texts(info.genres),
+        _texts(info.styles),
+        haystack,
+        info.rank,
+    )
+
+
+class ReleaseMark(NamedTuple):
+    """A cycle's row of release_marks, as RELEASE_MARK reads it."""
+
+    release_count: int
+    highest_id: int
+
+
+class Stopping(Exception):
+    """The process is shutting down: a long unit gives itself back unfinished."""
+
+
+class ReleasesUnit:
+    """Runs the releases unit against one graph and one PostgreSQL pool."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        graph: Graph,
+        me: str,
+        *,
+        batch: int,
+        stop: asyncio.Event,
+    ) -> None:
+        self.pool, self.graph, self.me, self.batch, self.stop = pool, graph, me, batch, stop
+
+    async def run(self, unit: cycles.Unit) -> dict[str, Any] | None:
+        """Find the cycle's new releases, store them with their details, match the searches.
+
+        The previous cycle's mark (release count, highest id) lets the month's
+        new releases be read as those above that id, when the graph's count
+        grew by exactly that many; otherwise every release id is read (the
+        first cycle's way) and compared with seen_releases.
+        """
+        counters = diff.Counters()
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(EARLIER_SCAN, {"version": unit.version})
+            row = await cur.fetchone()
+            baseline = not (row is not None and row[0])
+            cur = await conn.execute(RELEASE_MARK, {"version": unit.previous_version})
+            row = None if baseline else await cur.fetchone()
+            mark = None if row is None else ReleaseMark._make(row)
+            total = await self.graph.release_count()
+            above: list[int] | None = None
+            if mark is not None:
+                raw = await self.graph.releases_above(mark.highest_id)
+                above = diff.parse_ids(raw, counters, "release_ids")
+                if total - mark.release_count != len(above):
+                    counters.add("release_count_mismatch")
+                    above = None
+            if above is not None and mark is not None:
+                scanned, highest = len(above), max([mark.highest_id, *above[-1:]])
+                await conn.execute(INSERT_SEEN, {"ids": above, "version": unit.version})
+            else:
+                scanned, highest = await self._scan_releases(conn, unit, counters)
+            mark_params = {"version": unit.version, "count": total,
+                           "highest": highest, "full_scan": above is None}  # fmt: skip
+            await conn.execute(RECORD_RELEASE_MARK, mark_params)
+            new_count = 0 if baseline else await self._new_releases(conn, unit, counters)
+        stats: dict[str, Any] = dict(counters.values)
+        stats.update(
+            releases_scanned=scanned,
+            new_releases=new_count,
+            release_baseline=int(baseline),
+            release_full_scan=int(above is None),
+        )
+        async with self.pool.connection() as conn, conn.transaction():
+            if not await cycles.lock_owned(conn, unit.id, self.me):
+                return None
+            await cycles.mark_done(conn, unit.id, stats)
+        return stats
+
+    async def _scan_releases(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: diff.Counters
+    ) -> tuple[int, int]:
+        """Record every release id of the graph in seen_releases: (ids read, highest id)."""
+        scanned, highest = 0, -1
+        async for chunk in self.graph.release_ids(self.batch):
+            if self.stop.is_set():  # the scan is long: drain by giving it back
+                raise Stopping
+            ids = diff.parse_ids(chunk, counters, "release_ids")
+            scanned += len(chunk)
+            highest = max(highest, ids[-1]) if ids else highest  # parse_ids sorts
+            await conn.execute(INSERT_SEEN, {"ids": ids, "version": unit.version})
+        return scanned, highest
+
+    async def _new_releases(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: diff.Counters
+    ) -> int:
+        """Store the cycle's new releases in cycle_releases and match every saved search."""
+        cur = await conn.execute(ALL_SEARCHES, {"before": unit.started_at})
+        queries = {i: q for i, options in await cur.fetchall() if (q := diff.parse_search(options))}
+        percolator = Percolator(queries)
+        sizes: dict[Any, int] = {}  # each new release's artists counted once a cycle
+        await conn.execute(CLEAR_CYCLE_RELEASES, {"version": unit.version})
+        new_count, after = 0, -1
+        while True:
+            if self.stop.is_set():
+                raise Stopping
+            params = {"version": unit.version, "after": after, "limit": self.batch}
+            cur = await conn.execute(NEW_RELEASE_IDS, params)
+            new_ids = [r[0] for r in await cur.fetchall()]
+            if not new_ids:
+                break
+            after = new_ids[-1]
+            new_count += len(new_ids)
+            infos = await self.graph.releases([str(i) for i in new_ids], sizes)
+            rows = [r for i in infos if (r := release_row(unit.version, i, counters))]
+            rows.sort(key=lambda r: r.release_id)
+            percolator.add(rows)
+            async with conn.cursor().copy(COPY_CYCLE_RELEASES) as copy:
+                for r in rows:
+                    await copy.write_row(r)
+        found = percolator.results()
+        await conn.execute(CLEAR_SEARCH_MATCHES, {"version": unit.version})
+        async with conn.cursor().copy(COPY_SEARCH_MATCHES) as copy:
+            for search_id, f in sorted(found.items()):
+                pairs = unitstore.JSON.encode([[m.release_id, m.name] for m in f.matches]).decode()
+                await copy.write_row((unit.version, search_id, f.count, pairs))
+        counters.add("searches_percolated", len(queries))
+        counters.add("searches_matched", len(found))
+        return new_count

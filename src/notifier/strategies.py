@@ -1,0 +1,533 @@
+"""What differs between the entity types of diff units, one strategy per type.
+
+A unit runs the same steps whatever its type (`units.UnitRunner`): the graph
+read (`read`), then on one PostgreSQL connection its snapshots (`load`), the
+other rows its type needs (`lookup`), the diff in Python (`diff`), the events'
+split by their watchers' filters (`audience`) and the graph digests to store
+(`digests`), then its write (unitstore.FINISH_UNIT). A `Strategy` says how
+each step goes for one type; the releases unit, which diffs no snapshot,
+has its own module (releases.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
+
+from psycopg import AsyncConnection
+
+from notifier import cycles, diff, fanout, unitstore
+from notifier.diff import (
+    ArtistState,
+    Counters,
+    DiffResult,
+    EventDraft,
+    LabelState,
+    NotableRelease,
+    ReleaseFilter,
+    SearchMatch,
+    Snapshot,
+    TagState,
+)
+from notifier.graph import Graph, artist_states
+
+log = logging.getLogger(__name__)
+
+# The filtered watchers of some artists or labels (watchlists_filtered_idx,
+# whose predicate the fixed type proves): each entity's distinct filters, and
+# whether it also has an unfiltered watcher (watchlists_entity_idx, stopping
+# at the first). The type is fixed per query, never from input.
+_FILTERED_WATCHES = """
+SELECT f.entity_id, f.filters,
+       EXISTS (SELECT 1 FROM notifier.watchlists p
+               WHERE p.entity_type = '{type}' AND p.entity_id = f.entity_id
+                 AND p.created_at < %(before)s AND p.options = '{{}}'::jsonb) AS plain
+FROM (
+    SELECT entity_id, jsonb_agg(DISTINCT options) AS filters
+    FROM notifier.watchlists
+    WHERE entity_type = '{type}' AND entity_id = ANY(%(ids)s) AND created_at < %(before)s
+      AND options <> '{{}}'::jsonb
+    GROUP BY entity_id
+) AS f
+"""
+FILTERED_WATCHES = {t: _FILTERED_WATCHES.format(type=t) for t in ("artist", "label")}
+# Genre/style watchers' thresholds (watchlists_entity_idx). A usable threshold
+# is a positive integer JSON number; other values match no event (fan-out
+# compares the JSON values) and are counted.
+THRESHOLDS = """
+SELECT entity_id,
+       array_agg(DISTINCT (options ->> 'threshold')::bigint) FILTER (
+           WHERE jsonb_typeof(options -> 'threshold') = 'number'
+             AND options ->> 'threshold' ~ '^[1-9][0-9]{0,17}$'),
+       bool_or(NOT options ? 'threshold'),
+       count(*) FILTER (
+           WHERE options ? 'threshold' AND NOT (jsonb_typeof(options -> 'threshold') = 'number'
+             AND options ->> 'threshold' ~ '^[1-9][0-9]{0,17}$'))
+FROM notifier.watchlists
+WHERE entity_type = %(type)s AND entity_id = ANY(%(ids)s) AND created_at < %(before)s
+GROUP BY entity_id
+"""
+# The cycle's new releases of some genres or styles (cycle_releases primary
+# key prefix: version). The column is fixed by the caller, never from input.
+NEW_IN_GENRES = """
+SELECT t.tag, r.release_id, r.title, r.rank
+FROM notifier.cycle_releases r, unnest(r.genres) AS t (tag)
+WHERE r.version = %(version)s AND t.tag = ANY(%(ids)s)
+"""
+NEW_IN_STYLES = NEW_IN_GENRES.replace("r.genres", "r.styles")
+# One row per saved search among the unit's ids (watchlists_entity_idx); all
+# watches of one search share its options (the id is a hash of them).
+SEARCHES = """
+SELECT DISTINCT ON (entity_id) entity_id, entity_name, options
+FROM notifier.watchlists
+WHERE entity_type = 'search' AND entity_id = ANY(%(ids)s) AND created_at < %(before)s
+ORDER BY entity_id, created_at
+"""
+# The matches of the unit's searches, found by the cycle's releases unit
+# (cycle_search_matches primary key).
+SEARCH_MATCHES = """
+SELECT search_id, match_count, matches
+FROM notifier.cycle_search_matches
+WHERE version = %(version)s AND search_id = ANY(%(ids)s)
+"""
+
+
+Data = TypeVar("Data")
+Extra = TypeVar("Extra")
+# Per id: the stored graph digest, and the one to store (None: none).
+Digests = Mapping[str, tuple[bytes | None, bytes | None]]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A unit's snapshots as read for its diff."""
+
+    ids: list[str]  # the ids to diff, in unit order
+    snapshots: dict[str, Snapshot]
+    # Artists: the COMPARE_ARTISTS rows, one per id.
+    compared: Sequence[unitstore.ComparedRow] = ()
+
+
+class Strategy(Protocol[Data, Extra]):
+    """How a unit of one entity type is read and diffed (see the module's docstring).
+
+    `Data` is what its graph read gives, `Extra` what it reads from
+    PostgreSQL beside the snapshots. The defaults: every snapshot of the
+    unit, nothing else read, events as the diff made them, no digest.
+    """
+
+    async def read(self, unit: cycles.Unit) -> Data:
+        """The unit's graph read, before its transaction."""
+        ...
+
+    def diff(
+        self,
+        unit: cycles.Unit,
+        data: Data,
+        ids: Sequence[str],
+        snapshots: dict[str, Snapshot],
+        extra: Extra,
+    ) -> list[DiffResult]:
+        """One result per id of `ids`, in order (`diff.UNCHANGED`: found as recorded)."""
+        ...
+
+    async def lookup(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
+    ) -> Extra:
+        """What the diff needs from PostgreSQL beside the snapshots."""
+        ...
+
+    async def load(
+        self,
+        conn: AsyncConnection[Any],
+        unit: cycles.Unit,
+        me: str,
+        data: Data,
+        counters: Counters,
+    ) -> Loaded:
+        """The unit's snapshots, and which of its ids to diff."""
+        ids = unit.entity_ids
+        return Loaded(ids, await unitstore.load_snapshots(conn, unit))
+
+    async def audience(
+        self,
+        conn: AsyncConnection[Any],
+        unit: cycles.Unit,
+        events: list[EventDraft],
+        counters: Counters,
+        loaded: Loaded,
+    ) -> list[EventDraft]:
+        """`events` as they go to the watchers (split by their filters, for some types)."""
+        return events
+
+    def digests(self, data: Data, loaded: Loaded, results: Sequence[DiffResult]) -> Digests:
+        """The graph digests to store with the changed snapshots (unitstore.changed_snapshots)."""
+        return {}
+
+
+@dataclass
+class ArtistRead:
+    """An artist unit's graph rows (graph.ARTIST_STATES), and the states its diff built."""
+
+    rows: list[Any]
+    states: dict[str, ArtistState] = field(default_factory=dict)
+    digests: bytes = b""  # unitstore.row_digests of the rows, in unit order
+
+
+class ArtistStrategy(Strategy[ArtistRead, None]):
+    """Artists: compared in PostgreSQL by graph-row digest first, only the changed diffed."""
+
+    def __init__(self, graph: Graph, batch: int) -> None:
+        self.graph, self.batch = graph, batch
+
+    async def read(self, unit: cycles.Unit) -> ArtistRead:
+        """graph.Graph.artist_rows of the unit."""
+        return ArtistRead(await self.graph.artist_rows(unit.entity_ids))
+
+    async def load(
+        self,
+        conn: AsyncConnection[Any],
+        unit: cycles.Unit,
+        me: str,
+        data: ArtistRead,
+        counters: Counters,
+    ) -> Loaded:
+        """COMPARE_ARTISTS: those whose graph row changed since their snapshot."""
+        data.digests = unitstore.row_digests(unit.entity_ids, data.rows)
+        rows = await unitstore.compare_artists(conn, unit, me, data.digests)
+        counters.add("unchanged_in_db", len(unit.entity_ids) - len(rows))
+        ids = [r.entity_id for r in rows]
+        return Loaded(ids, unitstore.snapshots_of(rows), rows)
+
+    async def lookup(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
+    ) -> None:
+        """Nothing: COMPARE_ARTISTS also says which artists have a filtered watcher."""
+        return None
+
+    def diff(
+        self,
+        unit: cycles.Unit,
+        data: ArtistRead,
+        ids: Sequence[str],
+        snapshots: dict[str, Snapshot],
+        extra: None,
+    ) -> list[DiffResult]:
+        """`diff_artists` of the artists the compare left, their states built from the rows."""
+        data.states.update(artist_states(data.rows, set(ids)))
+        return diff_artists(unit, ids, data.states, snapshots)
+
+    async def audience(
+        self,
+        conn: AsyncConnection[Any],
+        unit: cycles.Unit,
+        events: list[EventDraft],
+        counters: Counters,
+        loaded: Loaded,
+    ) -> list[EventDraft]:
+        """`filter_releases`, asked only of the artists COMPARE_ARTISTS found filtered."""
+        filtered = {r.entity_id for r in loaded.compared if r.filtered}
+        return await filter_releases(conn, self.graph, self.batch, unit, events, counters, filtered)
+
+    def digests(self, data: ArtistRead, loaded: Loaded, results: Sequence[DiffResult]) -> Digests:
+        """Each diffed artist's stored digest, and its row's when that row was clean."""
+        return {
+            r.entity_id: (
+                r.stored_digest,
+                r.row_digest
+                if r.row_digest != unitstore.NO_DIGEST and _clean(data, r.entity_id, result)
+                else None,
+            )
+            for r, result in zip(loaded.compared, results, strict=True)
+        }
+
+
+def _clean(data: ArtistRead, entity_id: str, result: DiffResult) -> bool:
+    # A digest stands for its row only if JSON told the row apart from any
+    # other that diffs differently: a string name (a NaN name and a missing
+    # one are both null), nothing odd counted.
+    state = data.states.get(entity_id)
+    return (
+        state is not None
+        and type(state.name) is str
+        and result.counters.values.keys() <= {"baseline"}
+    )
+
+
+class LabelStrategy(Strategy[dict[str, LabelState], None]):
+    """Labels: each label's releases (its sublabels' included) against its snapshot."""
+
+    def __init__(self, graph: Graph, batch: int) -> None:
+        self.graph, self.batch = graph, batch
+
+    async def read(self, unit: cycles.Unit) -> dict[str, LabelState]:
+        """graph.Graph.labels of the unit."""
+        return await self.graph.labels(unit.entity_ids)
+
+    async def lookup(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
+    ) -> None:
+        """Nothing beside the snapshots."""
+        return None
+
+    def diff(
+        self,
+        unit: cycles.Unit,
+        data: dict[str, LabelState],
+        ids: Sequence[str],
+        snapshots: dict[str, Snapshot],
+        extra: None,
+    ) -> list[DiffResult]:
+        """`diff.diff_label` of each label."""
+        return [
+            diff.diff_label(unit.version, unit.previous_version, i, data.get(i), snapshots.get(i))
+            for i in ids
+        ]
+
+    async def audience(
+        self,
+        conn: AsyncConnection[Any],
+        unit: cycles.Unit,
+        events: list[EventDraft],
+        counters: Counters,
+        loaded: Loaded,
+    ) -> list[EventDraft]:
+        """`filter_releases` (which labels have a filtered watcher is asked there)."""
+        return await filter_releases(conn, self.graph, self.batch, unit, events, counters)
+
+
+class TagExtra(NamedTuple):
+    """What a genre or style unit reads beside its snapshots."""
+
+    thresholds: dict[str, list[int]]  # each tag's watchers' release-count thresholds
+    notable: dict[str, list[NotableRelease]]  # each tag's new releases of the cycle
+
+
+class TagStrategy(Strategy[dict[str, TagState], TagExtra]):
+    """Genres and styles: release counts crossing the watchers' thresholds."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    async def read(self, unit: cycles.Unit) -> dict[str, TagState]:
+        """graph.Graph.tags of the unit."""
+        tag: Literal["Genre", "Style"] = "Genre" if unit.entity_type == "genre" else "Style"
+        return await self.graph.tags(tag, unit.entity_ids)
+
+    async def lookup(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
+    ) -> TagExtra:
+        """The watchers' thresholds (THRESHOLDS) and the cycle's new releases (NEW_IN_*)."""
+        thresholds: dict[str, list[int]] = {}
+        cur = await conn.execute(
+            THRESHOLDS,
+            {"type": unit.entity_type, "ids": unit.entity_ids, "before": unit.started_at},
+        )
+        for entity_id, explicit, any_default, bad in await cur.fetchall():
+            values = list(explicit or [])
+            if any_default:
+                values.extend(fanout.THRESHOLD_MILESTONES)
+            thresholds[entity_id] = values
+            counters.add("bad_threshold_option", int(bad))
+        notable: dict[str, list[NotableRelease]] = defaultdict(list)
+        query = NEW_IN_GENRES if unit.entity_type == "genre" else NEW_IN_STYLES
+        cur = await conn.execute(query, {"version": unit.version, "ids": unit.entity_ids})
+        for name, rid, title, rank in await cur.fetchall():
+            notable[name].append(NotableRelease(rid, title, rank))
+        return TagExtra(thresholds, notable)
+
+    def diff(
+        self,
+        unit: cycles.Unit,
+        data: dict[str, TagState],
+        ids: Sequence[str],
+        snapshots: dict[str, Snapshot],
+        extra: TagExtra,
+    ) -> list[DiffResult]:
+        """`diff.diff_tag` of each genre or style."""
+        return [
+            diff.diff_tag(
+                unit.version,
+                unit.previous_version,
+                unit.entity_type,
+                i,
+                data.get(i),
+                snapshots.get(i),
+                extra.thresholds.get(i, ()),
+                extra.notable.get(i, []),
+            )
+            for i in ids
+        ]
+
+
+class FoundSearch(NamedTuple):
+    """A saved search of a search unit, and what the releases unit found for it."""
+
+    name: str | None
+    matches: list[SearchMatch] | None  # None: its options are not a search
+    match_count: int
+
+
+class SearchStrategy(Strategy[None, dict[str, FoundSearch]]):
+    """Saved searches: the matches the cycle's releases unit found (no graph read)."""
+
+    async def read(self, unit: cycles.Unit) -> None:
+        """Nothing: the releases unit read the graph."""
+        return None
+
+    async def lookup(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
+    ) -> dict[str, FoundSearch]:
+        """The unit's searches (SEARCHES) and their matches (SEARCH_MATCHES)."""
+        found: dict[str, FoundSearch] = {}
+        cur = await conn.execute(SEARCHES, {"ids": unit.entity_ids, "before": unit.started_at})
+        searches = await cur.fetchall()
+        params = {"version": unit.version, "ids": [entity_id for entity_id, _, _ in searches]}
+        cur = await conn.execute(SEARCH_MATCHES, params)
+        matched = {i: (int(count), pairs) for i, count, pairs in await cur.fetchall()}
+        for entity_id, name, options in searches:
+            if diff.parse_search(options) is None:
+                found[entity_id] = FoundSearch(name, None, 0)
+                continue
+            count, pairs = matched.get(entity_id, (0, []))
+            found[entity_id] = FoundSearch(name, [SearchMatch(i, t) for i, t in pairs], count)
+        return found
+
+    def diff(
+        self,
+        unit: cycles.Unit,
+        data: None,
+        ids: Sequence[str],
+        snapshots: dict[str, Snapshot],
+        extra: dict[str, FoundSearch],
+    ) -> list[DiffResult]:
+        """`diff.diff_search` of each saved search."""
+        out = []
+        for i in ids:
+            name, matches, count = extra.get(i, FoundSearch(None, None, 0))
+            out.append(
+                diff.diff_search(
+                    unit.version, unit.previous_version, i, name, matches, count, snapshots.get(i)
+                )
+            )
+        return out
+
+
+class UnknownStrategy(Strategy[None, None]):
+    """A type this router does not know: no event, counted and logged, the unit done."""
+
+    async def read(self, unit: cycles.Unit) -> None:
+        """Nothing."""
+        return None
+
+    async def lookup(
+        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
+    ) -> None:
+        """Nothing read: the unit is counted and logged."""
+        counters.add("unknown_entity_type", len(unit.entity_ids))
+        log.warning(
+            "unknown entity type in a diff unit",
+            extra={"unit": unit.id, "entity_type": unit.entity_type},
+        )
+
+    def diff(
+        self,
+        unit: cycles.Unit,
+        data: None,
+        ids: Sequence[str],
+        snapshots: dict[str, Snapshot],
+        extra: None,
+    ) -> list[DiffResult]:
+        """An empty result per id."""
+        return [DiffResult([], None, Counters()) for _ in ids]
+
+
+def by_type(graph: Graph, batch: int) -> dict[str, Strategy[Any, Any]]:
+    """The strategy of each known entity type (UnknownStrategy for the others)."""
+    tags = TagStrategy(graph)
+    return {
+        "artist": ArtistStrategy(graph, batch),
+        "label": LabelStrategy(graph, batch),
+        "genre": tags,
+        "style": tags,
+        "search": SearchStrategy(),
+    }
+
+
+async def filter_releases(
+    conn: AsyncConnection[Any],
+    graph: Graph,
+    batch: int,
+    unit: cycles.Unit,
+    events: list[EventDraft],
+    counters: Counters,
+    filtered: set[str] | None = None,
+) -> list[EventDraft]:
+    """`events` with each filtered entity's new_releases split by its watchers' filters.
+
+    `filtered`, when known, holds the entities with a filtered watcher:
+    without new releases of one of them, nothing is asked. Otherwise one
+    query (an index probe per entity with new releases), then their new
+    releases' year and formats from the graph in batches (see
+    `diff.filter_new_releases`).
+    """
+    news = {
+        e.entity_id: e
+        for e in events
+        if e.event == "new_releases" and (filtered is None or e.entity_id in filtered)
+    }
+    if not news:
+        return events
+    params = {"ids": list(news), "before": unit.started_at}
+    rows = await (await conn.execute(FILTERED_WATCHES[unit.entity_type], params)).fetchall()
+    if not rows:
+        return events
+    wanted = sorted({i for entity_id, _, _ in rows for i in news[entity_id].new_ids})
+    facets = await graph.release_facets(wanted, batch)
+    split: dict[str, list[EventDraft]] = {}
+    for entity_id, filters, plain in rows:
+        audiences: list[tuple[Any, ReleaseFilter]] = []
+        if plain:
+            audiences.append(({}, ReleaseFilter()))
+        for options in filters:
+            rule = diff.parse_filter(options)
+            if rule is None:  # not written by the API: let everything through
+                counters.add("bad_filter_option")
+                rule = ReleaseFilter()
+            audiences.append((options, rule))
+        split[entity_id] = diff.filter_new_releases(news[entity_id], audiences, facets)
+    counters.add("filtered_entities", len(split))
+    counters.add("filtered_releases_read", len(wanted))
+    out: list[EventDraft] = []
+    for e in events:
+        if e.event == "new_releases" and e.entity_id in split:
+            out.extend(split[e.entity_id])
+        else:
+            out.append(e)
+    return out
+
+
+def diff_artists(
+    unit: cycles.Unit,
+    ids: Sequence[str],
+    artists: dict[str, ArtistState],
+    snapshots: dict[str, Snapshot],
+) -> list[DiffResult]:
+    """`diff.diff_artist` of each of `ids`; `diff.UNCHANGED` for an artist found as recorded."""
+    out: list[DiffResult] = []
+    previous = unit.previous_version
+    for i in ids:
+        state, old = artists.get(i), snapshots.get(i)
+        if (
+            state is not None
+            and old is not None
+            and old.version == previous  # not a baseline, not already diffed
+            and diff.artist_unchanged(state, old)
+        ):
+            out.append(diff.UNCHANGED)
+        else:
+            out.append(diff.diff_artist(unit.version, previous, i, state, old))
+    return out
