@@ -1,10 +1,10 @@
 """What differs between the entity types of diff units, one strategy per type.
 
 A unit runs the same steps whatever its type (`units.UnitRunner`): the graph
-read (`read`), then on one PostgreSQL connection its snapshots (`load`), the
-other rows its type needs (`lookup`), the diff in Python (`diff`), the events'
-split by their watchers' filters (`audience`) and the graph digests to store
-(`digests`), then its write (unitstore.FINISH_UNIT). A `Strategy` says how
+read (`read`), then on one PostgreSQL connection (`Writing`) its snapshots
+(`load`), the other rows its type needs (`lookup`), the diff in Python
+(`diff`), the events' split by their watchers' filters (`audience`) and the
+graph digests to store (`digests`), then its write (unitstore.FINISH_UNIT). A `Strategy` says how
 each step goes for one type; the releases unit, which diffs no snapshot,
 has its own module (releases.py).
 """
@@ -102,6 +102,16 @@ Digests = Mapping[str, tuple[bytes | None, bytes | None]]
 
 
 @dataclass(frozen=True)
+class Writing:
+    """A unit's write step under way: its connection, this router's id, the unit's counters."""
+
+    unit: cycles.Unit
+    conn: AsyncConnection[Any]
+    me: str
+    counters: Counters
+
+
+@dataclass(frozen=True)
 class Loaded:
     """A unit's snapshots as read for its diff."""
 
@@ -115,50 +125,29 @@ class Strategy(Protocol[Data, Extra]):
     """How a unit of one entity type is read and diffed (see the module's docstring).
 
     `Data` is what its graph read gives, `Extra` what it reads from
-    PostgreSQL beside the snapshots. The defaults: every snapshot of the
-    unit, nothing else read, events as the diff made them, no digest.
+    PostgreSQL beside the snapshots. The defaults (for a class that names
+    Strategy as its base): every snapshot of the unit, events as the diff
+    made them, no graph digest.
     """
 
     async def read(self, unit: cycles.Unit) -> Data:
         """The unit's graph read, before its transaction."""
         ...
 
-    def diff(
-        self,
-        unit: cycles.Unit,
-        data: Data,
-        ids: Sequence[str],
-        snapshots: dict[str, Snapshot],
-        extra: Extra,
-    ) -> list[DiffResult]:
-        """One result per id of `ids`, in order (`diff.UNCHANGED`: found as recorded)."""
-        ...
-
-    async def lookup(
-        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
-    ) -> Extra:
+    async def lookup(self, w: Writing) -> Extra:
         """What the diff needs from PostgreSQL beside the snapshots."""
         ...
 
-    async def load(
-        self,
-        conn: AsyncConnection[Any],
-        unit: cycles.Unit,
-        me: str,
-        data: Data,
-        counters: Counters,
-    ) -> Loaded:
+    def diff(self, unit: cycles.Unit, data: Data, loaded: Loaded, extra: Extra) -> list[DiffResult]:
+        """One result per id of `loaded.ids`, in order (`diff.UNCHANGED`: found as recorded)."""
+        ...
+
+    async def load(self, w: Writing, data: Data) -> Loaded:
         """The unit's snapshots, and which of its ids to diff."""
-        ids = unit.entity_ids
-        return Loaded(ids, await unitstore.load_snapshots(conn, unit))
+        return Loaded(w.unit.entity_ids, await unitstore.load_snapshots(w.conn, w.unit))
 
     async def audience(
-        self,
-        conn: AsyncConnection[Any],
-        unit: cycles.Unit,
-        events: list[EventDraft],
-        counters: Counters,
-        loaded: Loaded,
+        self, w: Writing, events: list[EventDraft], loaded: Loaded
     ) -> list[EventDraft]:
         """`events` as they go to the watchers (split by their filters, for some types)."""
         return events
@@ -174,7 +163,6 @@ class ArtistRead:
 
     rows: list[Any]
     states: dict[str, ArtistState] = field(default_factory=dict)
-    digests: bytes = b""  # unitstore.row_digests of the rows, in unit order
 
 
 class ArtistStrategy(Strategy[ArtistRead, None]):
@@ -187,50 +175,30 @@ class ArtistStrategy(Strategy[ArtistRead, None]):
         """graph.Graph.artist_rows of the unit."""
         return ArtistRead(await self.graph.artist_rows(unit.entity_ids))
 
-    async def load(
-        self,
-        conn: AsyncConnection[Any],
-        unit: cycles.Unit,
-        me: str,
-        data: ArtistRead,
-        counters: Counters,
-    ) -> Loaded:
+    async def load(self, w: Writing, data: ArtistRead) -> Loaded:
         """COMPARE_ARTISTS: those whose graph row changed since their snapshot."""
-        data.digests = unitstore.row_digests(unit.entity_ids, data.rows)
-        rows = await unitstore.compare_artists(conn, unit, me, data.digests)
-        counters.add("unchanged_in_db", len(unit.entity_ids) - len(rows))
-        ids = [r.entity_id for r in rows]
-        return Loaded(ids, unitstore.snapshots_of(rows), rows)
+        digests = unitstore.row_digests(w.unit.entity_ids, data.rows)
+        rows = await unitstore.compare_artists(w.conn, w.unit, w.me, digests)
+        w.counters.add("unchanged_in_db", len(w.unit.entity_ids) - len(rows))
+        return Loaded([r.entity_id for r in rows], unitstore.snapshots_of(rows), rows)
 
-    async def lookup(
-        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
-    ) -> None:
-        """Nothing: COMPARE_ARTISTS also says which artists have a filtered watcher."""
+    async def lookup(self, w: Writing) -> None:
+        """Nothing: COMPARE_ARTISTS also said which artists have a filtered watcher."""
         return None
 
     def diff(
-        self,
-        unit: cycles.Unit,
-        data: ArtistRead,
-        ids: Sequence[str],
-        snapshots: dict[str, Snapshot],
-        extra: None,
+        self, unit: cycles.Unit, data: ArtistRead, loaded: Loaded, extra: None
     ) -> list[DiffResult]:
         """`diff_artists` of the artists the compare left, their states built from the rows."""
-        data.states.update(artist_states(data.rows, set(ids)))
-        return diff_artists(unit, ids, data.states, snapshots)
+        data.states.update(artist_states(data.rows, set(loaded.ids)))
+        return diff_artists(unit, loaded.ids, data.states, loaded.snapshots)
 
     async def audience(
-        self,
-        conn: AsyncConnection[Any],
-        unit: cycles.Unit,
-        events: list[EventDraft],
-        counters: Counters,
-        loaded: Loaded,
+        self, w: Writing, events: list[EventDraft], loaded: Loaded
     ) -> list[EventDraft]:
         """`filter_releases`, asked only of the artists COMPARE_ARTISTS found filtered."""
         filtered = {r.entity_id for r in loaded.compared if r.filtered}
-        return await filter_releases(conn, self.graph, self.batch, unit, events, counters, filtered)
+        return await filter_releases(w, self.graph, self.batch, events, filtered)
 
     def digests(self, data: ArtistRead, loaded: Loaded, results: Sequence[DiffResult]) -> Digests:
         """Each diffed artist's stored digest, and its row's when that row was clean."""
@@ -267,36 +235,22 @@ class LabelStrategy(Strategy[dict[str, LabelState], None]):
         """graph.Graph.labels of the unit."""
         return await self.graph.labels(unit.entity_ids)
 
-    async def lookup(
-        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
-    ) -> None:
+    async def lookup(self, w: Writing) -> None:
         """Nothing beside the snapshots."""
         return None
 
     def diff(
-        self,
-        unit: cycles.Unit,
-        data: dict[str, LabelState],
-        ids: Sequence[str],
-        snapshots: dict[str, Snapshot],
-        extra: None,
+        self, unit: cycles.Unit, data: dict[str, LabelState], loaded: Loaded, extra: None
     ) -> list[DiffResult]:
         """`diff.diff_label` of each label."""
-        return [
-            diff.diff_label(unit.version, unit.previous_version, i, data.get(i), snapshots.get(i))
-            for i in ids
-        ]
+        old, version, previous = loaded.snapshots, unit.version, unit.previous_version
+        return [diff.diff_label(version, previous, i, data.get(i), old.get(i)) for i in loaded.ids]
 
     async def audience(
-        self,
-        conn: AsyncConnection[Any],
-        unit: cycles.Unit,
-        events: list[EventDraft],
-        counters: Counters,
-        loaded: Loaded,
+        self, w: Writing, events: list[EventDraft], loaded: Loaded
     ) -> list[EventDraft]:
         """`filter_releases` (which labels have a filtered watcher is asked there)."""
-        return await filter_releases(conn, self.graph, self.batch, unit, events, counters)
+        return await filter_releases(w, self.graph, self.batch, events)
 
 
 class TagExtra(NamedTuple):
@@ -317,35 +271,27 @@ class TagStrategy(Strategy[dict[str, TagState], TagExtra]):
         tag: Literal["Genre", "Style"] = "Genre" if unit.entity_type == "genre" else "Style"
         return await self.graph.tags(tag, unit.entity_ids)
 
-    async def lookup(
-        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
-    ) -> TagExtra:
+    async def lookup(self, w: Writing) -> TagExtra:
         """The watchers' thresholds (THRESHOLDS) and the cycle's new releases (NEW_IN_*)."""
+        unit = w.unit
         thresholds: dict[str, list[int]] = {}
-        cur = await conn.execute(
-            THRESHOLDS,
-            {"type": unit.entity_type, "ids": unit.entity_ids, "before": unit.started_at},
-        )
+        params = {"type": unit.entity_type, "ids": unit.entity_ids, "before": unit.started_at}
+        cur = await w.conn.execute(THRESHOLDS, params)
         for entity_id, explicit, any_default, bad in await cur.fetchall():
             values = list(explicit or [])
             if any_default:
                 values.extend(fanout.THRESHOLD_MILESTONES)
             thresholds[entity_id] = values
-            counters.add("bad_threshold_option", int(bad))
+            w.counters.add("bad_threshold_option", int(bad))
         notable: dict[str, list[NotableRelease]] = defaultdict(list)
         query = NEW_IN_GENRES if unit.entity_type == "genre" else NEW_IN_STYLES
-        cur = await conn.execute(query, {"version": unit.version, "ids": unit.entity_ids})
+        cur = await w.conn.execute(query, {"version": unit.version, "ids": unit.entity_ids})
         for name, rid, title, rank in await cur.fetchall():
             notable[name].append(NotableRelease(rid, title, rank))
         return TagExtra(thresholds, notable)
 
     def diff(
-        self,
-        unit: cycles.Unit,
-        data: dict[str, TagState],
-        ids: Sequence[str],
-        snapshots: dict[str, Snapshot],
-        extra: TagExtra,
+        self, unit: cycles.Unit, data: dict[str, TagState], loaded: Loaded, extra: TagExtra
     ) -> list[DiffResult]:
         """`diff.diff_tag` of each genre or style."""
         return [
@@ -355,11 +301,11 @@ class TagStrategy(Strategy[dict[str, TagState], TagExtra]):
                 unit.entity_type,
                 i,
                 data.get(i),
-                snapshots.get(i),
+                loaded.snapshots.get(i),
                 extra.thresholds.get(i, ()),
                 extra.notable.get(i, []),
             )
-            for i in ids
+            for i in loaded.ids
         ]
 
 
@@ -378,15 +324,13 @@ class SearchStrategy(Strategy[None, dict[str, FoundSearch]]):
         """Nothing: the releases unit read the graph."""
         return None
 
-    async def lookup(
-        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
-    ) -> dict[str, FoundSearch]:
+    async def lookup(self, w: Writing) -> dict[str, FoundSearch]:
         """The unit's searches (SEARCHES) and their matches (SEARCH_MATCHES)."""
-        found: dict[str, FoundSearch] = {}
-        cur = await conn.execute(SEARCHES, {"ids": unit.entity_ids, "before": unit.started_at})
+        unit, found = w.unit, {}
+        cur = await w.conn.execute(SEARCHES, {"ids": unit.entity_ids, "before": unit.started_at})
         searches = await cur.fetchall()
         params = {"version": unit.version, "ids": [entity_id for entity_id, _, _ in searches]}
-        cur = await conn.execute(SEARCH_MATCHES, params)
+        cur = await w.conn.execute(SEARCH_MATCHES, params)
         matched = {i: (int(count), pairs) for i, count, pairs in await cur.fetchall()}
         for entity_id, name, options in searches:
             if diff.parse_search(options) is None:
@@ -397,22 +341,14 @@ class SearchStrategy(Strategy[None, dict[str, FoundSearch]]):
         return found
 
     def diff(
-        self,
-        unit: cycles.Unit,
-        data: None,
-        ids: Sequence[str],
-        snapshots: dict[str, Snapshot],
-        extra: dict[str, FoundSearch],
+        self, unit: cycles.Unit, data: None, loaded: Loaded, extra: dict[str, FoundSearch]
     ) -> list[DiffResult]:
         """`diff.diff_search` of each saved search."""
-        out = []
-        for i in ids:
+        version, previous, out = unit.version, unit.previous_version, []
+        for i in loaded.ids:
             name, matches, count = extra.get(i, FoundSearch(None, None, 0))
-            out.append(
-                diff.diff_search(
-                    unit.version, unit.previous_version, i, name, matches, count, snapshots.get(i)
-                )
-            )
+            old = loaded.snapshots.get(i)
+            out.append(diff.diff_search(version, previous, i, name, matches, count, old))
         return out
 
 
@@ -423,26 +359,17 @@ class UnknownStrategy(Strategy[None, None]):
         """Nothing."""
         return None
 
-    async def lookup(
-        self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: Counters
-    ) -> None:
+    async def lookup(self, w: Writing) -> None:
         """Nothing read: the unit is counted and logged."""
-        counters.add("unknown_entity_type", len(unit.entity_ids))
+        w.counters.add("unknown_entity_type", len(w.unit.entity_ids))
         log.warning(
             "unknown entity type in a diff unit",
-            extra={"unit": unit.id, "entity_type": unit.entity_type},
+            extra={"unit": w.unit.id, "entity_type": w.unit.entity_type},
         )
 
-    def diff(
-        self,
-        unit: cycles.Unit,
-        data: None,
-        ids: Sequence[str],
-        snapshots: dict[str, Snapshot],
-        extra: None,
-    ) -> list[DiffResult]:
+    def diff(self, unit: cycles.Unit, data: None, loaded: Loaded, extra: None) -> list[DiffResult]:
         """An empty result per id."""
-        return [DiffResult([], None, Counters()) for _ in ids]
+        return [DiffResult([], None, Counters()) for _ in loaded.ids]
 
 
 def by_type(graph: Graph, batch: int) -> dict[str, Strategy[Any, Any]]:
@@ -458,12 +385,10 @@ def by_type(graph: Graph, batch: int) -> dict[str, Strategy[Any, Any]]:
 
 
 async def filter_releases(
-    conn: AsyncConnection[Any],
+    w: Writing,
     graph: Graph,
     batch: int,
-    unit: cycles.Unit,
     events: list[EventDraft],
-    counters: Counters,
     filtered: set[str] | None = None,
 ) -> list[EventDraft]:
     """`events` with each filtered entity's new_releases split by its watchers' filters.
@@ -481,8 +406,8 @@ async def filter_releases(
     }
     if not news:
         return events
-    params = {"ids": list(news), "before": unit.started_at}
-    rows = await (await conn.execute(FILTERED_WATCHES[unit.entity_type], params)).fetchall()
+    params = {"ids": list(news), "before": w.unit.started_at}
+    rows = await (await w.conn.execute(FILTERED_WATCHES[w.unit.entity_type], params)).fetchall()
     if not rows:
         return events
     wanted = sorted({i for entity_id, _, _ in rows for i in news[entity_id].new_ids})
@@ -495,12 +420,12 @@ async def filter_releases(
         for options in filters:
             rule = diff.parse_filter(options)
             if rule is None:  # not written by the API: let everything through
-                counters.add("bad_filter_option")
+                w.counters.add("bad_filter_option")
                 rule = ReleaseFilter()
             audiences.append((options, rule))
         split[entity_id] = diff.filter_new_releases(news[entity_id], audiences, facets)
-    counters.add("filtered_entities", len(split))
-    counters.add("filtered_releases_read", len(wanted))
+    w.counters.add("filtered_entities", len(split))
+    w.counters.add("filtered_releases_read", len(wanted))
     out: list[EventDraft] = []
     for e in events:
         if e.event == "new_releases" and e.entity_id in split:

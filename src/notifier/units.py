@@ -88,10 +88,11 @@ class UnitRunner:
         counters = diff.Counters()
         started = time.monotonic()
         async with self.pool.connection() as conn:  # autocommit: a statement, a transaction
-            loaded = await strategy.load(conn, unit, self.me, reading.data, counters)
+            w = strategies.Writing(unit, conn, self.me, counters)
+            loaded = await strategy.load(w, reading.data)
             loaded_at = time.monotonic()
-            extra = await strategy.lookup(conn, unit, counters)
-            results = strategy.diff(unit, reading.data, loaded.ids, loaded.snapshots, extra)
+            extra = await strategy.lookup(w)
+            results = strategy.diff(unit, reading.data, loaded, extra)
             events: list[diff.EventDraft] = []
             for entity_id, result in zip(loaded.ids, results, strict=True):
                 if result is diff.UNCHANGED:
@@ -102,7 +103,7 @@ class UnitRunner:
                     counters.add("already_diffed")  # not expected: a unit is written once
                     continue
                 events.extend(result.events)
-            events = await strategy.audience(conn, unit, events, counters, loaded)
+            events = await strategy.audience(w, events, loaded)
             digests = strategy.digests(reading.data, loaded, results)
             changed = unitstore.changed_snapshots(
                 loaded.ids, results, loaded.snapshots, unit.version, digests

@@ -141,8 +141,8 @@ async def compare_artists(
 ) -> list[ComparedRow]:
     """The artists of `unit` whose graph row changed, with their snapshots (COMPARE_ARTISTS).
 
-    `digests` holds their row digests (`row_digests`, in unit order). None
-    when the unit is no longer pending and claimed by `me`.
+    `digests` holds their row digests (`row_digests`, in unit order). No
+    row when the unit is no longer pending and claimed by `me`.
     """
     params = {"unit": unit.id, "me": me, "digests": digests, "size": DIGEST_SIZE,
               "version": unit.version, "previous": unit.previous_version,
