@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -122,6 +123,28 @@ class GraphService:
 # --------------------------------------------------------------------------- helpers
 
 
+class _Address(NamedTuple):
+    """What a service URL from the environment gives (the defaults where it says nothing)."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    path: str
+
+
+def _from_url(url: str, *, port: int, user: str = "", password: str = "") -> _Address:
+    """Host, port, user, password (percent-decoded) and path of a service URL."""
+    p = urllib.parse.urlsplit(url)
+    return _Address(
+        p.hostname or "localhost",
+        p.port or port,
+        urllib.parse.unquote(p.username or user),
+        urllib.parse.unquote(p.password or password),
+        p.path,
+    )
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -199,15 +222,9 @@ def postgres() -> Iterator[PostgresService]:
     """A PostgreSQL server for the lifetime of the context."""
     url = os.environ.get(POSTGRES_URL_ENV)
     if url:
-        p = urllib.parse.urlsplit(url)
-        yield PostgresService(
-            host=p.hostname or "localhost",
-            port=p.port or 5432,
-            user=urllib.parse.unquote(p.username or "postgres"),
-            password=urllib.parse.unquote(p.password or ""),
-            database=(p.path or "/postgres").lstrip("/") or "postgres",
-            origin="env",
-        )
+        a = _from_url(url, port=5432, user="postgres")
+        database = a.path.lstrip("/") or "postgres"
+        yield PostgresService(a.host, a.port, a.user, a.password, database, origin="env")
         return
     if docker_available():  # pragma: no cover - no Docker daemon on the CI machine
         from testcontainers.postgres import PostgresContainer
@@ -335,15 +352,9 @@ def rabbitmq() -> Iterator[RabbitService]:
     """A RabbitMQ broker for the lifetime of the context."""
     url = os.environ.get(RABBITMQ_URL_ENV)
     if url:
-        p = urllib.parse.urlsplit(url)
-        yield RabbitService(
-            host=p.hostname or "localhost",
-            port=p.port or 5672,
-            user=urllib.parse.unquote(p.username or "guest"),
-            password=urllib.parse.unquote(p.password or "guest"),
-            vhost=urllib.parse.unquote(p.path[1:]) if len(p.path) > 1 else "/",
-            origin="env",
-        )
+        a = _from_url(url, port=5672, user="guest", password="guest")
+        vhost = urllib.parse.unquote(a.path[1:]) if len(a.path) > 1 else "/"
+        yield RabbitService(a.host, a.port, a.user, a.password, vhost, origin="env")
         return
     if docker_available():  # pragma: no cover - no Docker daemon on the CI machine
         from testcontainers.rabbitmq import RabbitMqContainer
@@ -450,9 +461,8 @@ def redis() -> Iterator[RedisService]:
     """A Redis server for the lifetime of the context (a URL, else local redis-server)."""
     url = os.environ.get(REDIS_URL_ENV)
     if url:
-        p = urllib.parse.urlsplit(url)
-        password = urllib.parse.unquote(p.password) if p.password else None
-        yield RedisService(p.hostname or "localhost", p.port or 6379, password, origin="env")
+        a = _from_url(url, port=6379)
+        yield RedisService(a.host, a.port, a.password or None, origin="env")
         return
     binary = shutil.which("redis-server")
     if binary is None:
@@ -501,15 +511,9 @@ def graph() -> Iterator[GraphService]:
     """A Bolt graph server for the lifetime of the context."""
     url = os.environ.get(NEO4J_URL_ENV)
     if url:
-        p = urllib.parse.urlsplit(url)
-        yield GraphService(
-            host=p.hostname or "localhost",
-            port=p.port or 7687,
-            user=urllib.parse.unquote(p.username or "neo4j"),
-            password=urllib.parse.unquote(p.password or ""),
-            origin="env",
-            admin_url=os.environ.get(NEO4J_ADMIN_URL_ENV) or None,
-        )
+        a = _from_url(url, port=7687, user="neo4j")
+        admin_url = os.environ.get(NEO4J_ADMIN_URL_ENV) or None
+        yield GraphService(a.host, a.port, a.user, a.password, "env", admin_url=admin_url)
         return
     if docker_available():  # pragma: no cover - no Docker daemon on the CI machine
         from testcontainers.neo4j import Neo4jContainer
