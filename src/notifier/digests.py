@@ -24,26 +24,14 @@ import msgspec
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
-from notifier.outbox import CompletionRow
+from notifier.outbox import CLAIM_DUE, COMPLETED, OUTCOMES, CompletionRow
 
-# email_digests_due_idx (next_attempt_at) WHERE status = 'pending' from the
-# oldest due row, skipping leased and locked rows (as outbox.CLAIM_SQL);
-# user_emails by primary key.
-CLAIM_SQL = """
-WITH claimed AS (
-    UPDATE notifier.email_digests d
-    SET lease_until = now() + make_interval(secs => %(lease)s),
-        claim_token = %(token)s, claimed_by = %(replica)s,
-        attempts = d.attempts + 1, updated_at = now()
-    WHERE d.id = ANY(ARRAY(
-        SELECT id FROM notifier.email_digests
-        WHERE status = 'pending' AND next_attempt_at <= now()
-          AND (lease_until IS NULL OR lease_until <= now())
-        ORDER BY next_attempt_at
-        LIMIT (SELECT %(limit)s::int)
-        FOR NO KEY UPDATE SKIP LOCKED
-    ))
-    RETURNING d.id, d.claim_token, d.user_id, d.version, d.message_id, d.attempts, d.event_count
+# outbox.CLAIM_DUE on email_digests (by id: a digest row is small and
+# rarely claimed); user_emails by primary key.
+CLAIM_SQL = (
+    CLAIM_DUE.format(table="email_digests", key="id")
+    + """
+    RETURNING q.id, q.claim_token, q.user_id, q.version, q.message_id, q.attempts, q.event_count
 )
 SELECT c.id AS digest_id, c.claim_token, c.user_id, c.version, c.message_id, c.attempts,
        c.event_count, ue.email
@@ -51,6 +39,7 @@ FROM claimed c
 LEFT JOIN notifier.user_emails ue ON ue.user_id = c.user_id
 ORDER BY c.id
 """
+)
 
 # The claimed digests' events: email_digest_items primary key (version,
 # user_id) prefix, then events by primary key. Cancelled events are left out.
@@ -64,34 +53,12 @@ WHERE e.cancelled_at IS NULL
 ORDER BY d.id, e.entity_type, e.entity_id, e.event, e.created_at, e.id
 """
 
-# One statement for a batch of outcomes (as outbox.COMPLETE_SQL): attempts
-# appended (email_digest_attempts), outcomes by primary key where the claim
-# is still ours. A success is always recorded; a retry never overrides a
-# final state someone else wrote meanwhile.
-COMPLETE_SQL = """
-WITH r AS MATERIALIZED (
-    SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
-        id bigint, user_id uuid, token uuid, status text, next_at timestamptz,
-        last_error text, uncount int, at timestamptz, ms int, code int, error text,
-        excerpt text)
-), attempts AS (
-    INSERT INTO notifier.email_digest_attempts
-        (digest_id, user_id, attempted_at, duration_ms, status_code, error, response_excerpt)
-    SELECT r.id, r.user_id, r.at, r.ms, r.code, r.error, r.excerpt FROM r
-    WHERE r.at IS NOT NULL
-      AND EXISTS (SELECT 1 FROM notifier.email_digests d WHERE d.id = r.id)
-)
-UPDATE notifier.email_digests d
-SET status = r.status,
-    next_attempt_at = coalesce(r.next_at, d.next_attempt_at),
-    last_error = coalesce(r.last_error, d.last_error),
-    delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE d.delivered_at END,
-    attempts = d.attempts - r.uncount,
-    claim_token = NULL, lease_until = NULL, updated_at = now()
-FROM r
-WHERE d.id = r.id AND d.claim_token = r.token
-  AND (d.status = 'pending' OR r.status = 'delivered')
-"""
+# One statement for a batch of outcomes (outbox.COMPLETED and OUTCOMES, as
+# outbox.COMPLETE_SQL): attempts appended (email_digest_attempts), outcomes
+# by primary key where the claim is still ours. A success is always
+# recorded; a retry never overrides a final state someone else wrote meanwhile.
+_DIGESTS = {"table": "email_digests", "attempts": "email_digest_attempts", "key": "digest_id"}
+COMPLETE_SQL = COMPLETED.format(**_DIGESTS) + OUTCOMES.format(**_DIGESTS) + "\n"
 
 
 @dataclass(frozen=True)

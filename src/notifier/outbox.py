@@ -39,9 +39,13 @@ from notifier import fanout, secretbox
 
 log = logging.getLogger("notifier.outbox")
 
-# The inner SELECT walks outbox_due_idx (next_attempt_at) WHERE status =
-# 'pending' from the oldest due row, skipping rows under a running lease and
-# rows another claim holds locked. The UPDATE then goes straight to the
+# The lease claim of a queue's due rows, the outbox's here and the email
+# digests' (digests.CLAIM_SQL): the statement's `claimed` CTE up to its
+# RETURNING, the queue `q` (`{table}`, `{key}`: fixed names, never input).
+# The inner SELECT walks the queue's due index (outbox_due_idx,
+# email_digests_due_idx: next_attempt_at WHERE status = 'pending') from the
+# oldest due row, skipping rows under a running lease and rows another claim
+# holds locked. The UPDATE then goes straight to the
 # locked row versions by ctid (a TID scan, no index descent): a row locked by
 # this statement cannot change under it. Should the locked version be newer
 # than the statement's snapshot (another transaction changed the row after
@@ -55,22 +59,25 @@ log = logging.getLogger("notifier.outbox")
 # claim again. events, webhook_configs and user_emails are read by primary
 # key, one probe per claimed row (OFFSET 0 keeps the planner from turning the
 # probes into hash joins over whole tables).
-CLAIM_SQL = """
+CLAIM_DUE = """
 WITH claimed AS (
-    UPDATE notifier.outbox o
+    UPDATE notifier.{table} q
     SET lease_until = now() + make_interval(secs => %(lease)s),
         claim_token = %(token)s, claimed_by = %(replica)s,
-        attempts = o.attempts + 1, updated_at = now()
-    WHERE o.ctid = ANY(ARRAY(
-        SELECT ctid FROM notifier.outbox
+        attempts = q.attempts + 1, updated_at = now()
+    WHERE q.{key} = ANY(ARRAY(
+        SELECT {key} FROM notifier.{table}
         WHERE status = 'pending' AND next_attempt_at <= now()
           AND (lease_until IS NULL OR lease_until <= now())
         ORDER BY next_attempt_at
         LIMIT (SELECT %(limit)s::int)
         FOR NO KEY UPDATE SKIP LOCKED
-    ))
-    RETURNING o.id, o.claim_token, o.user_id, o.event_id, o.channel, o.webhook_id, o.attempts,
-              coalesce(o.message_id, o.event_id) AS message_id
+    ))"""
+CLAIM_SQL = (
+    CLAIM_DUE.format(table="outbox", key="ctid")  # noqa: S608 - fixed names only
+    + """
+    RETURNING q.id, q.claim_token, q.user_id, q.event_id, q.channel, q.webhook_id, q.attempts,
+              coalesce(q.message_id, q.event_id) AS message_id
 )
 SELECT c.id AS outbox_id, c.claim_token, c.user_id, c.channel, c.attempts, c.webhook_id,
        c.message_id, e.id AS event_id, e.event, e.entity_type, e.entity_id, e.entity_name,
@@ -97,7 +104,13 @@ LEFT JOIN LATERAL (
     WHERE ue.user_id = c.user_id AND c.channel = 'email' OFFSET 0
 ) ue ON true
 """
+)
 
+# A queue's completion (the outbox's here, the email digests' in
+# digests.COMPLETE_SQL), in two parts: COMPLETED, the batch `r` and its
+# attempts (`{attempts}` table, `{key}` column), and OUTCOMES, the queue's
+# rows `q` (`{table}`) updated where the claim is still ours. Fixed names,
+# never input.
 # One statement, one round trip, for the whole batch. The batch travels as
 # one JSON parameter (`CompletionRow` records): psycopg dumps arrays element by
 # element in Python, msgspec encodes the whole batch in C, many times faster.
@@ -115,27 +128,34 @@ LEFT JOIN LATERAL (
 #   in the batch ends up failing since now (as "clear, then mark" would leave
 #   it). The id lists are (SELECT ...) subqueries, so that no plan knows their
 #   length and PostgreSQL keeps one generic plan.
-COMPLETE_SQL = """
+COMPLETED = """
 WITH r AS MATERIALIZED (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
         id bigint, user_id uuid, token uuid, status text, next_at timestamptz, last_error text,
         uncount int, at timestamptz, ms int, code int, error text, excerpt text)
 ), attempts AS (
-    INSERT INTO notifier.delivery_attempts
-        (outbox_id, user_id, attempted_at, duration_ms, status_code, error, response_excerpt)
+    INSERT INTO notifier.{attempts}
+        ({key}, user_id, attempted_at, duration_ms, status_code, error, response_excerpt)
     SELECT r.id, r.user_id, r.at, r.ms, r.code, r.error, r.excerpt FROM r
-    WHERE r.at IS NOT NULL AND EXISTS (SELECT 1 FROM notifier.outbox o WHERE o.id = r.id)
-), outcomes AS (
-    UPDATE notifier.outbox o
+    WHERE r.at IS NOT NULL AND EXISTS (SELECT 1 FROM notifier.{table} q WHERE q.id = r.id)
+)"""
+OUTCOMES = """
+    UPDATE notifier.{table} q
     SET status = r.status,
-        next_attempt_at = coalesce(r.next_at, o.next_attempt_at),
-        last_error = coalesce(r.last_error, o.last_error),
-        delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE o.delivered_at END,
-        attempts = o.attempts - r.uncount,
+        next_attempt_at = coalesce(r.next_at, q.next_attempt_at),
+        last_error = coalesce(r.last_error, q.last_error),
+        delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE q.delivered_at END,
+        attempts = q.attempts - r.uncount,
         claim_token = NULL, lease_until = NULL, updated_at = now()
     FROM r
-    WHERE o.id = ANY(ARRAY(SELECT id FROM r)) AND o.id = r.id AND o.claim_token = r.token
-      AND (o.status = 'pending' OR r.status = 'delivered')
+    WHERE q.id = ANY(ARRAY(SELECT id FROM r)) AND q.id = r.id AND q.claim_token = r.token
+      AND (q.status = 'pending' OR r.status = 'delivered')"""
+_OUTBOX = {"table": "outbox", "attempts": "delivery_attempts", "key": "outbox_id"}
+COMPLETE_SQL = (
+    COMPLETED.format(**_OUTBOX)  # noqa: S608 - fixed names only
+    + """, outcomes AS ("""
+    + OUTCOMES.format(**_OUTBOX)
+    + """
 ), cleared AS (
     UPDATE notifier.webhook_configs SET failing_since = NULL
     WHERE id = ANY((SELECT string_to_array(%(cleared)s, ','))::uuid[])
@@ -147,6 +167,7 @@ WITH r AS MATERIALIZED (
 )
 SELECT 1
 """
+)
 
 # Per-endpoint rate limits, held across delivery replicas: a token bucket on
 # the endpoint's row (capacity max(rate, 1), refilled at `rate_limit` a
