@@ -419,6 +419,9 @@ def profile_hubs(
         "LABEL_STATES [hub]": (graph_reads.LABEL_STATES, {"ids": [HUB_ID]}),
         f"LABEL_STATES [{len(unit[1])} watched labels]": (
             graph_reads.LABEL_STATES, {"ids": unit[1]}),
+        "LABEL_TREES [hub] (tree and ON degrees)": (graph_reads.LABEL_TREES, {"ids": [HUB_ID]}),
+        f"LABEL_TREES [{len(unit[1])} watched labels]": (
+            graph_reads.LABEL_TREES, {"ids": unit[1]}),
         "TAG_COUNTS Genre [Electronic] (IS degree)": (
             graph_reads.TAG_COUNTS["Genre"], {"ids": ["Electronic"]}),
         "TAG_MASTERS Genre [Electronic] (masters' IS edges)": (

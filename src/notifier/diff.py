@@ -16,8 +16,10 @@ Rules shared by every entity type (contract §6):
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -116,7 +118,7 @@ def dedup_key(version: str, entity_type: str, entity_id: str, event: str, *extra
 class Snapshot(NamedTuple):
     """The last recorded state of one watched entity (notifier.entity_snapshots).
 
-    A named tuple (fields in units.LOAD_UNIT_SNAPSHOTS' column order): a unit
+    A named tuple (fields in unitstore.LOAD_UNIT_SNAPSHOTS' column order): a unit
     loads hundreds of them, and a tuple is several times cheaper to build than
     a frozen dataclass.
     """
@@ -127,6 +129,10 @@ class Snapshot(NamedTuple):
     alias_ids: Sequence[int] | None = None
     member_ids: Sequence[int] | None = None
     release_count: int | None = None
+    # Labels (sql/017_label_marks.sql): the digest of the sublabel tree and
+    # the ON edges into it when release_ids were recorded (LabelTree).
+    tree_digest: bytes | None = None
+    edge_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -454,6 +460,8 @@ def _keep(snapshot: Snapshot | None, version: str) -> Snapshot | None:
         alias_ids=snapshot.alias_ids,
         member_ids=snapshot.member_ids,
         release_count=snapshot.release_count,
+        tree_digest=snapshot.tree_digest,
+        edge_count=snapshot.edge_count,
     )
 
 
@@ -465,26 +473,122 @@ class LabelState:
     release_ids: Sequence[object]
 
 
+@dataclass(frozen=True)
+class LabelTree:
+    """A label as its cheap read gives it (graph.LABEL_TREES), without release ids.
+
+    `label_ids`: the label and its sublabels (graph.SUBLABEL_DEPTH deep);
+    `edge_count`: the ON edges into those labels (raw, as the graph gives it).
+    """
+
+    name: object
+    label_ids: Sequence[object]
+    edge_count: object
+
+    @functools.cached_property
+    def digest(self) -> bytes | None:
+        """`tree_digest` of `label_ids`."""
+        return tree_digest(self.label_ids)
+
+    @property
+    def edges(self) -> int | None:
+        """`edge_count` when it is a non-negative int, else None."""
+        n = self.edge_count
+        return n if type(n) is int and n >= 0 else None
+
+
+def tree_digest(label_ids: Iterable[object]) -> bytes | None:
+    """SHA-256 of a sublabel tree's distinct ids, sorted; None if one is not a string."""
+    ids = list(label_ids)
+    if not all(type(i) is str for i in ids):
+        return None
+    try:  # as a JSON list: no id can pass for two
+        return hashlib.sha256(_JSON.encode(sorted(set(ids)))).digest()
+    except (msgspec.EncodeError, UnicodeEncodeError):
+        return None
+
+
 def diff_label(
     version: str,
     previous_version: str | None,
     entity_id: str,
     state: LabelState | None,
     snapshot: Snapshot | None,
+    tree: LabelTree | None = None,
 ) -> DiffResult:
-    """new_releases of one label (sublabels included)."""
+    """new_releases of one label (sublabels included), by comparing every release id.
+
+    With `tree` (read with the releases), the new snapshot also records its
+    digest and edge count, for `label_news` next cycle.
+    """
     counters = Counters()
     if state is None:
         return _vanished(snapshot, version, counters)
     name, releases = _name_and_releases(state.name, state.release_ids, counters)
     new = Snapshot(
-        version=version, entity_name=name, release_ids=releases, release_count=len(releases)
+        version=version,
+        entity_name=name,
+        release_ids=releases,
+        release_count=len(releases),
+        tree_digest=None if tree is None else tree.digest,
+        edge_count=None if tree is None else tree.edges,
     )
     if is_baseline(snapshot, previous_version):
         counters.add("baseline")
         return DiffResult([], new, counters)
     assert snapshot is not None
     fresh = added(releases, snapshot.release_ids)
+    events = [_new_releases("label", entity_id, name, fresh)] if fresh else []
+    return DiffResult(events, new, counters)
+
+
+def label_news(
+    version: str,
+    previous_version: str | None,
+    entity_id: str,
+    tree: LabelTree,
+    snapshot: Snapshot | None,
+    pairs: Sequence[int],
+) -> DiffResult | None:
+    """A label's diff from the cycle's new releases alone, or None: read it in full.
+
+    `pairs` holds the release id of every (new release of the cycle, label of
+    the tree) ON pair found in cycle_releases, once per pair. The edges of
+    the cycle's new releases are all new, so when the tree is the one the
+    snapshot recorded (previous cycle, not a baseline) and its ON edges grew
+    by exactly `len(pairs)`, no other edge came or went (unless as many went
+    as came: README) and the label's releases are the recorded ones plus
+    these. Then the result is what `diff_label` gives on a full read; every
+    doubt (an odd id, a release already recorded, counts that do not add up)
+    answers None.
+    """
+    if snapshot is None or previous_version is None or snapshot.version != previous_version:
+        return None
+    old = snapshot.release_ids
+    digest, edges = tree.digest, tree.edges
+    if old is None or digest is None or edges is None or snapshot.edge_count is None:
+        return None
+    if digest != snapshot.tree_digest or edges - snapshot.edge_count != len(pairs):
+        return None
+    fresh = sorted(set(pairs))
+    recorded = list(old)  # sorted: found by bisection, a hub's ids never hashed
+    for i in fresh:
+        at = bisect.bisect_left(recorded, i)
+        if at < len(recorded) and recorded[at] == i:
+            return None
+    counters = Counters()
+    if tree.name is None:
+        counters.add("missing_name")
+    name = clip_name(tree.name, ENTITY_NAME_MAX)
+    releases = sorted(recorded + fresh) if fresh else recorded  # two sorted runs: linear
+    new = Snapshot(
+        version=version,
+        entity_name=name,
+        release_ids=releases,
+        release_count=len(releases),
+        tree_digest=digest,
+        edge_count=edges,
+    )
     events = [_new_releases("label", entity_id, name, fresh)] if fresh else []
     return DiffResult(events, new, counters)
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from neo4j import AsyncDriver
 
-from notifier.diff import ArtistState, Facets, LabelState, TagState, parse_id
+from notifier.diff import ArtistState, Facets, LabelState, LabelTree, TagState, parse_id
 
 # Sublabels are followed this deep (a label's releases include those of its
 # sublabels, their sublabels, ... up to this depth).
@@ -43,6 +43,19 @@ LABEL_STATES = (
     "OPTIONAL MATCH (s)<-[:ON]-(r:Release) "
     "WITH l, collect(DISTINCT r.id) AS releases "
     "RETURN collect([l.id, l.name, releases]) AS rows"
+)
+# A label's cheap read, without its releases: its name, the ids of its
+# sublabel tree (LABEL_STATES' depth) and the ON edges into the tree, each tree
+# label's ON degree from the degree store (Neo4j answers COUNT { (s)<-[:ON]-() }
+# without touching the edges, tests/router/test_label_news.py), so a hub costs
+# what a small label costs. Only releases are ON a label (graphinator MERGEs
+# one edge per release and label). One record, as above.
+LABEL_TREES = (
+    "UNWIND $ids AS id MATCH (l:Label {id: id}) "
+    f"MATCH (l)<-[:SUBLABEL_OF*0..{SUBLABEL_DEPTH}]-(s:Label) "
+    "WITH DISTINCT l, s "
+    "WITH l, collect(s.id) AS tree, sum(COUNT { (s)<-[:ON]-() }) AS edges "
+    "RETURN collect([l.id, l.name, tree, edges]) AS rows"
 )
 # A genre's (style's) release count: its IS degree from the degree store (O(1),
 # whatever the tag's size) less the IS edges of masters, which are not
@@ -138,6 +151,14 @@ class Graph:
         return {
             key: LabelState(name, releases or [])
             for key, name, releases in await self._one(LABEL_STATES, ids=list(ids))
+            if isinstance(key, str)
+        }
+
+    async def label_trees(self, ids: Sequence[str]) -> dict[str, LabelTree]:
+        """The labels among `ids` that exist: name, sublabel tree, ON edges (no release)."""
+        return {
+            key: LabelTree(name, tree or [], edges)
+            for key, name, tree, edges in await self._one(LABEL_TREES, ids=list(ids))
             if isinstance(key, str)
         }
 

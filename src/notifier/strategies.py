@@ -26,6 +26,7 @@ from notifier.diff import (
     DiffResult,
     EventDraft,
     LabelState,
+    LabelTree,
     NotableRelease,
     ReleaseFilter,
     SearchMatch,
@@ -69,6 +70,21 @@ SELECT entity_id,
 FROM notifier.watchlists
 WHERE entity_type = %(type)s AND entity_id = ANY(%(ids)s) AND created_at < %(before)s
 GROUP BY entity_id
+"""
+# The cycle's (new release, label) ON pairs on some labels: each new release's
+# label_ids (one per ON edge, releases.release_row) unnested (cycle_releases
+# primary key prefix: version).
+NEW_ON_LABELS = """
+SELECT t.label_id, r.release_id
+FROM notifier.cycle_releases r, unnest(r.label_ids) AS t (label_id)
+WHERE r.version = %(version)s AND t.label_id = ANY(%(ids)s)
+"""
+# Only a releases unit that is done has written all of its cycle's new
+# releases (diff_units_version_type_seq_key); one that failed for good may
+# have written some: then every label is read in full.
+RELEASES_DONE = """
+SELECT EXISTS (SELECT 1 FROM notifier.diff_units
+               WHERE version = %(version)s AND entity_type = 'releases' AND status = 'done')
 """
 # The cycle's new releases of some genres or styles (cycle_releases primary
 # key prefix: version). The column is fixed by the caller, never from input.
@@ -225,32 +241,104 @@ def _clean(data: ArtistRead, entity_id: str, result: DiffResult) -> bool:
     )
 
 
-class LabelStrategy(Strategy[dict[str, LabelState], None]):
-    """Labels: each label's releases (its sublabels' included) against its snapshot."""
+@dataclass
+class LabelRead:
+    """A label unit's cheap graph read (graph.LABEL_TREES), then what its `load` found."""
+
+    trees: dict[str, LabelTree]
+    # The labels found from the cycle's new releases (diff.label_news)...
+    fast: dict[str, DiffResult] = field(default_factory=dict)
+    # ...and the others' full read (graph.LABEL_STATES).
+    states: dict[str, LabelState] = field(default_factory=dict)
+
+
+class LabelStrategy(Strategy[LabelRead, None]):
+    """Labels: each label's releases (its sublabels' included) against its snapshot.
+
+    The graph read gives each label's sublabel tree and the ON edges into it,
+    not its releases. A label whose tree is the one its snapshot recorded and
+    whose edges grew by exactly the ON pairs of the cycle's new releases on
+    that tree takes those as its new releases (`diff.label_news`, counted
+    `label_fast_path`); the others are read in full (`label_full_read`).
+    """
 
     def __init__(self, graph: Graph, batch: int) -> None:
         self.graph, self.batch = graph, batch
 
-    async def read(self, unit: cycles.Unit) -> dict[str, LabelState]:
-        """graph.Graph.labels of the unit."""
-        return await self.graph.labels(unit.entity_ids)
+    async def read(self, unit: cycles.Unit) -> LabelRead:
+        """graph.Graph.label_trees of the unit."""
+        return LabelRead(await self.graph.label_trees(unit.entity_ids))
+
+    async def load(self, w: Writing, data: LabelRead) -> Loaded:
+        """The snapshots; then each label from the cycle's new releases, or read in full."""
+        unit = w.unit
+        snapshots = await unitstore.load_snapshots(w.conn, unit)
+        previous = unit.previous_version
+        # Only a label whose snapshot recorded this very tree may take the fast path.
+        hopeful = {
+            i: tree
+            for i, tree in data.trees.items()
+            if (s := snapshots.get(i)) is not None
+            and s.version == previous
+            and s.tree_digest is not None
+            and s.tree_digest == tree.digest
+        }
+        pairs = await _new_on_labels(w, hopeful) if hopeful else None
+        if pairs is not None:
+            for i, tree in hopeful.items():
+                on_tree = [r for t in set(tree.label_ids) for r in pairs.get(t, [])]
+                found = diff.label_news(unit.version, previous, i, tree, snapshots[i], on_tree)
+                if found is not None:
+                    data.fast[i] = found
+        full = [i for i in unit.entity_ids if i in data.trees and i not in data.fast]
+        if full:
+            data.states = await self.graph.labels(full)
+        w.counters.add("label_fast_path", len(data.fast))
+        w.counters.add("label_full_read", len(full))
+        return Loaded(unit.entity_ids, snapshots)
 
     async def lookup(self, w: Writing) -> None:
-        """Nothing beside the snapshots."""
+        """Nothing more: `load` read the cycle's new releases."""
         return None
 
     def diff(
-        self, unit: cycles.Unit, data: dict[str, LabelState], loaded: Loaded, extra: None
+        self, unit: cycles.Unit, data: LabelRead, loaded: Loaded, extra: None
     ) -> list[DiffResult]:
-        """`diff.diff_label` of each label."""
+        """The fast path's result, else `diff.diff_label` of the full read."""
         old, version, previous = loaded.snapshots, unit.version, unit.previous_version
-        return [diff.diff_label(version, previous, i, data.get(i), old.get(i)) for i in loaded.ids]
+        out: list[DiffResult] = []
+        for i in loaded.ids:
+            if (found := data.fast.get(i)) is not None:
+                out.append(found)
+                continue
+            state, tree = data.states.get(i), data.trees.get(i)
+            out.append(diff.diff_label(version, previous, i, state, old.get(i), tree))
+        return out
 
     async def audience(
         self, w: Writing, events: list[EventDraft], loaded: Loaded
     ) -> list[EventDraft]:
         """`filter_releases` (which labels have a filtered watcher is asked there)."""
         return await filter_releases(w, self.graph, self.batch, events)
+
+
+async def _new_on_labels(
+    w: Writing, trees: Mapping[str, LabelTree]
+) -> dict[object, list[int]] | None:
+    """The cycle's new releases ON each label of `trees` (once per edge), by label id.
+
+    None when the cycle's releases unit is not done (its rows may be missing).
+    """
+    version = w.unit.version
+    row = await (await w.conn.execute(RELEASES_DONE, {"version": version})).fetchone()
+    if row is None or not row[0]:
+        return None
+    ids = sorted({t for tree in trees.values() for t in tree.label_ids if type(t) is str})
+    cur = await w.conn.execute(NEW_ON_LABELS, {"version": version, "ids": ids})
+    out: dict[object, list[int]] = defaultdict(list)
+    for label_id, release_id in await cur.fetchall():
+        out[label_id].append(release_id)
+    return out
 
 
 class TagExtra(NamedTuple):

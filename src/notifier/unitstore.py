@@ -38,7 +38,8 @@ _SEEN_VERSION = """
 _LOAD_HEAD = """
 SELECT s.entity_id,"""
 _LOAD_TAIL = """,
-       s.entity_name, s.release_ids, s.alias_ids, s.member_ids, s.release_count
+       s.entity_name, s.release_ids, s.alias_ids, s.member_ids, s.release_count,
+       s.tree_digest, s.edge_count
 FROM notifier.diff_units d
 CROSS JOIN LATERAL unnest(d.entity_ids) AS x (id)
 JOIN notifier.entity_snapshots s ON s.entity_type = d.entity_type AND s.entity_id = x.id
@@ -71,7 +72,7 @@ WITH x AS (
     WHERE d.id = %(unit)s AND d.status = 'pending' AND d.claimed_by = %(me)s
 )
 SELECT id, version, entity_name, release_ids, alias_ids, member_ids, release_count,
-       graph_digest, h,
+       tree_digest, edge_count, graph_digest, h,
        -- Has it a filtered watcher (watchlists_filtered_idx)? Asked only of
        -- the artists returned, so the unit needs no query of its own when
        -- none has (strategies.FILTERED_WATCHES).
@@ -84,7 +85,7 @@ FROM (
                      FROM (x.n::int - 1) * %(size)s::int + 1 FOR %(size)s::int) AS h,"""
 _COMPARE_TAIL = """ AS version,
            s.entity_name, s.release_ids, s.alias_ids,
-           s.member_ids, s.release_count, s.graph_digest
+           s.member_ids, s.release_count, s.tree_digest, s.edge_count, s.graph_digest
     FROM x
     LEFT JOIN (
         SELECT * FROM notifier.entity_snapshots s
@@ -114,6 +115,8 @@ class ComparedRow(NamedTuple):
     alias_ids: Sequence[int] | None
     member_ids: Sequence[int] | None
     release_count: int | None
+    tree_digest: bytes | None  # a label's: None for an artist
+    edge_count: int | None
     stored_digest: bytes | None  # the snapshot's graph digest
     row_digest: bytes  # the graph row's now (NO_DIGEST: none)
     filtered: bool  # a filtered watch watches it
@@ -166,7 +169,7 @@ def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
     COMPARE_ARTISTS' digests.
     """
     make = diff.Snapshot._make
-    return {r[0]: make(r[1:7]) for r in rows if r[1] is not None}
+    return {r[0]: make(r[1:9]) for r in rows if r[1] is not None}
 
 
 # Graph rows are hashed as JSON. A row JSON has no form for (the driver's
@@ -244,6 +247,8 @@ def unchanged(before: diff.Snapshot, after: diff.Snapshot) -> bool:
         and _same(before.release_ids, after.release_ids)
         and _same(before.alias_ids, after.alias_ids)
         and _same(before.member_ids, after.member_ids)
+        and before.tree_digest == after.tree_digest
+        and before.edge_count == after.edge_count
     )
 
 
@@ -267,6 +272,8 @@ def snapshot_params(
             "m": s.member_ids,
             "c": s.release_count,
             "h": None if h is None else h.hex(),
+            "t": None if s.tree_digest is None else s.tree_digest.hex(),
+            "e": s.edge_count,
         }
         for i, s, h in rows
     ]

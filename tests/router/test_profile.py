@@ -33,6 +33,7 @@ from tests.router.test_platform_graph import ALL_SIGNALS, first_import, second_i
 UNIT_READS: dict[str, tuple[str, list[str]]] = {
     "ARTIST_STATES": (graph.ARTIST_STATES, ["1", "2", "3", "4", "404"]),
     "LABEL_STATES": (graph.LABEL_STATES, ["10", "12", "404"]),
+    "LABEL_TREES": (graph.LABEL_TREES, ["10", "12", "404"]),
     "TAG_COUNTS[Genre]": (graph.TAG_COUNTS["Genre"], ["Jazz", "Nope"]),
     "TAG_COUNTS[Style]": (graph.TAG_COUNTS["Style"], ["Hard Bop", "Modal", "Nope"]),
     "RELEASE_FACETS": (graph.RELEASE_FACETS, ["101", "102", "103", "201", "404"]),
@@ -43,6 +44,7 @@ UNIT_READS: dict[str, tuple[str, list[str]]] = {
 ANCHOR = {
     "ARTIST_STATES": "Artist",
     "LABEL_STATES": "Label",
+    "LABEL_TREES": "Label",
     "TAG_COUNTS[Genre]": "Genre",
     "TAG_COUNTS[Style]": "Style",
     "ARTIST_SIZES": "Artist",
@@ -134,6 +136,11 @@ async def test_profiled_reads_return_what_the_graph_reads_return(
     assert sorted(artists["1"].release_ids) == ["100", "101", "102"]  # never a master
     assert artists["3"].name is None and sorted(artists["3"].release_ids) == ["200", "201"]
     labels = await g.labels(["10", "12"])
+    trees = await g.label_trees(["10", "12", "404"])
+    assert sorted(trees) == ["10", "12"]
+    assert sorted(trees["10"].label_ids) == ["10", "11"] and trees["10"].edge_count == 4
+    assert trees["12"].name is None and trees["12"].label_ids == ["12"]
+    assert trees["12"].edge_count == 1
     assert sorted(labels["10"].release_ids) == ["100", "101", "102", "300"]
     assert labels["12"].name is None and list(labels["12"].release_ids) == ["200"]
     assert {k: v.release_count for k, v in (await g.tags("Style", ["Hard Bop"])).items()} == {
