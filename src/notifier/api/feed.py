@@ -32,7 +32,7 @@ from starlette.responses import Response
 
 from notifier import fanout
 from notifier.api import auth, conditional, cursor, parsing
-from notifier.api.context import ctx
+from notifier.api.context import ctx, row_or_404
 from notifier.api.errors import not_found
 from notifier.api.routing import Endpoint, respond
 from notifier.api.schemas import (
@@ -327,14 +327,8 @@ async def list_notifications(request: Request) -> Response:
 async def get_notification(request: Request) -> Response:
     """GET /api/notifications/{id}."""
     who = await auth.user(request)
-    nid = parsing.path_int(request, "id", "notification")
-    async with ctx(request).pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(FEED_ONE, {"id": nid, "user": who.id})
-        row = await cur.fetchone()
-    if row is None:
-        raise not_found("notification")
-    return respond(notification(row))
+    params = {"id": parsing.path_int(request, "id", "notification"), "user": who.id}
+    return respond(notification(await row_or_404(request, FEED_ONE, params, "notification")))
 
 
 async def get_unread_count(request: Request) -> Response:

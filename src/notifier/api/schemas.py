@@ -71,11 +71,16 @@ class NotificationPage(msgspec.Struct):
     next_cursor: str | None
 
 
-class FeedQuery(msgspec.Struct, forbid_unknown_fields=False):
-    """Query of `GET /api/notifications`."""
+class PageQuery(msgspec.Struct, forbid_unknown_fields=False):
+    """`limit` and `cursor`: the watchlist's query, and the start of the others' pages."""
 
     limit: Limit = 20
     cursor: Cursor | None = None
+
+
+class FeedQuery(PageQuery):
+    """Query of `GET /api/notifications`."""
+
     unread: bool = False
 
 
@@ -167,13 +172,6 @@ class WatchPage(msgspec.Struct):
 
     items: list[Watch]
     next_cursor: str | None
-
-
-class PageQuery(msgspec.Struct, forbid_unknown_fields=False):
-    """`limit` and `cursor`."""
-
-    limit: Limit = 20
-    cursor: Cursor | None = None
 
 
 # ------------------------------------------------------------------ preferences
@@ -354,11 +352,9 @@ class DeliveryPage(msgspec.Struct):
     next_cursor: str | None
 
 
-class DeliveryQuery(msgspec.Struct, forbid_unknown_fields=False):
+class DeliveryQuery(PageQuery):
     """Query of `GET /api/webhook/deliveries`."""
 
-    limit: Limit = 20
-    cursor: Cursor | None = None
     status: OutboxStatus | None = None
 
 

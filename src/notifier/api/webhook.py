@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from notifier import secretbox, signing, ssrf
 from notifier.api import auth, cursor, parsing, ratelimit
-from notifier.api.context import ctx
+from notifier.api.context import ctx, row_or_404
 from notifier.api.errors import ApiError, FieldError, not_found
 from notifier.api.routing import Endpoint, no_content, respond
 from notifier.api.schemas import (
@@ -343,13 +343,7 @@ async def register(request: Request) -> Response:
 async def get_webhook(request: Request) -> Response:
     """GET /api/webhook: the oldest endpoint, no secret, with `disabled_reason`."""
     who = await auth.user(request)
-    async with ctx(request).pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(GET, (who.id,))
-        row = await cur.fetchone()
-    if row is None:
-        raise not_found("webhook")
-    return respond(Webhook(**row))
+    return respond(Webhook(**await row_or_404(request, GET, (who.id,), "webhook")))
 
 
 async def delete_webhook(request: Request) -> Response:

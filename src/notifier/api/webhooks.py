@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from notifier.api import auth, parsing, ratelimit
 from notifier.api import webhook as single
-from notifier.api.context import ctx
+from notifier.api.context import ctx, row_or_404
 from notifier.api.errors import ApiError, FieldError, not_found
 from notifier.api.routing import Endpoint, no_content, respond
 from notifier.api.schemas import (
@@ -161,14 +161,8 @@ async def _check_owner(pool: AsyncConnectionPool, user: uuid.UUID, hook: uuid.UU
 async def get_endpoint(request: Request) -> Response:
     """GET /api/webhooks/{id}: the endpoint without its secret."""
     who = await auth.user(request)
-    hook = _endpoint_id(request)
-    async with ctx(request).pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(GET_ONE, {"id": hook, "user": who.id})
-        row = await cur.fetchone()
-    if row is None:
-        raise not_found("webhook")
-    return respond(Webhook(**row))
+    params = {"id": _endpoint_id(request), "user": who.id}
+    return respond(Webhook(**await row_or_404(request, GET_ONE, params, "webhook")))
 
 
 async def patch_endpoint(request: Request) -> Response:
