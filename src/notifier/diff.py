@@ -451,18 +451,7 @@ def _name_and_releases(
 
 def _keep(snapshot: Snapshot | None, version: str) -> Snapshot | None:
     """A vanished entity keeps its last known state (written only if it was a baseline)."""
-    if snapshot is None:
-        return None
-    return Snapshot(
-        version=version,
-        entity_name=snapshot.entity_name,
-        release_ids=snapshot.release_ids,
-        alias_ids=snapshot.alias_ids,
-        member_ids=snapshot.member_ids,
-        release_count=snapshot.release_count,
-        tree_digest=snapshot.tree_digest,
-        edge_count=snapshot.edge_count,
-    )
+    return None if snapshot is None else snapshot._replace(version=version)
 
 
 @dataclass(frozen=True)

@@ -87,22 +87,28 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
-# The next `batch` outbox rows; the old finished ones nothing points at.
-# Index: outbox primary key; outbox_redelivery_of_idx for the redeliveries.
-OUTBOX_WINDOW = """
+# Outbox and email digests: the next `batch` rows by primary key, the ids of
+# the old finished ones among them (`{done}`: which are finished, fixed text)
+# and whether all were created after the cutoff.
+_WINDOW = """
 WITH w AS (
-    SELECT id, status, created_at, updated_at FROM notifier.outbox
+    SELECT id, status, created_at, updated_at FROM notifier.{table}
     WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
 )
 SELECT max(w.id) AS last_id,
        coalesce(array_agg(w.id ORDER BY w.id) FILTER (
-           WHERE w.status IN ('delivered', 'dead', 'cancelled', 'recovered', 'held')
-             AND w.updated_at < %(cutoff)s
-             AND NOT EXISTS (SELECT 1 FROM notifier.outbox r WHERE r.redelivery_of = w.id)
-       ), '{}') AS old_ids,
+           WHERE w.updated_at < %(cutoff)s
+             AND {done}
+       ), '{{}}') AS old_ids,
        bool_and(w.created_at >= %(cutoff)s) AS young
 FROM w
 """
+# Outbox rows finished and that no redelivery points at (outbox_redelivery_of_idx).
+OUTBOX_WINDOW = _WINDOW.format(
+    table="outbox",
+    done="""w.status IN ('delivered', 'dead', 'cancelled', 'recovered', 'held')
+             AND NOT EXISTS (SELECT 1 FROM notifier.outbox r WHERE r.redelivery_of = w.id)""",
+)
 DELETE_OUTBOX_ATTEMPTS = """
 DELETE FROM notifier.delivery_attempts WHERE outbox_id = ANY(%(ids)s::bigint[])
 """
@@ -127,18 +133,7 @@ DELETE_DIGEST_ATTEMPTS = _DELETE_ATTEMPTS.format(table="email_digest_attempts")
 # Email digests sent or dead, not touched for outbox_days, with their attempts
 # and items (email_digest_attempts_digest_idx; the items' primary key
 # (version, user_id, …)). A pending digest and its items stay.
-DIGEST_WINDOW = """
-WITH w AS (
-    SELECT id, status, created_at, updated_at FROM notifier.email_digests
-    WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
-)
-SELECT max(w.id) AS last_id,
-       coalesce(array_agg(w.id ORDER BY w.id) FILTER (
-           WHERE w.status IN ('delivered', 'dead') AND w.updated_at < %(cutoff)s
-       ), '{}') AS old_ids,
-       bool_and(w.created_at >= %(cutoff)s) AS young
-FROM w
-"""
+DIGEST_WINDOW = _WINDOW.format(table="email_digests", done="w.status IN ('delivered', 'dead')")
 DELETE_DIGESTS = """
 WITH d AS (
     DELETE FROM notifier.email_digests WHERE id = ANY(%(ids)s::bigint[])
