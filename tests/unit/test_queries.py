@@ -10,9 +10,10 @@ import pytest
 from notifier import fanout, queries, unitstore
 
 QUERY_DIR = Path(__file__).resolve().parents[2] / "src" / "notifier" / "queries"
-NAMES = sorted(p.stem for p in QUERY_DIR.glob("*.sql"))
+NAMES = sorted(p.stem for p in QUERY_DIR.glob("*.sql") if not p.stem.startswith("_"))
+SHARED_FILES = sorted(p.stem for p in QUERY_DIR.glob("_*.sql"))
 
-# The fan-out CTEs each statement holds as its own copy: the same text everywhere.
+# The fan-out CTEs each statement holds (from _watchers.sql, _fan_out.sql): the same text.
 SHARED = {
     "recipients": ("finish_unit", "fan_out_events"),
     "targets": ("finish_unit", "fan_out_events", "fan_out_to_users"),
@@ -49,8 +50,25 @@ def test_the_modules_run_the_files_text() -> None:
         "fan_out_to_users": fanout.FAN_OUT_TO_USERS,
     }
     for name, text in executed.items():
-        assert text == (QUERY_DIR / f"{name}.sql").read_text(encoding="utf-8")
+        written = (QUERY_DIR / f"{name}.sql").read_text(encoding="utf-8")
+        # The file's text, each `-- include: _x` line replaced by _x.sql's CTEs.
+        parts = re.split(r"^-- include: (_\w+)(,?)\n", written, flags=re.M)
+        assert len(parts) > 1, f"{name} includes nothing"
+        expected = parts[0]
+        for i in range(1, len(parts), 3):
+            shared = (QUERY_DIR / f"{parts[i]}.sql").read_text(encoding="utf-8")
+            ctes = shared[shared.index("\n", shared.rindex("\n-- ") + 1) + 1 :].strip()
+            expected += ctes + parts[i + 1] + "\n" + parts[i + 2]
+        assert text == expected
+        assert not re.search(r"^-- include:", text, re.M)
         assert text is queries.load(name)  # read once
+
+
+def test_every_shared_file_is_included() -> None:
+    assert SHARED_FILES == ["_fan_out", "_watchers"]
+    written = "".join((QUERY_DIR / f"{name}.sql").read_text(encoding="utf-8") for name in NAMES)
+    for shared in SHARED_FILES:
+        assert f"-- include: {shared}" in written
 
 
 @pytest.mark.parametrize("name", NAMES)
