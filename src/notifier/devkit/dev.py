@@ -76,51 +76,34 @@ def first_import() -> GraphBuilder:
         ("103", "Journey in Satchidananda", 1971, ["2"], ["10"], ["Modal"]),
         ("104", "Kind of Blue", 1959, ["3"], ["12"], ["Modal"]),
     ]
-    for rid, title, year, artists, labels, styles in releases:
-        g.release(
-            rid,
-            title,
-            year=year,
-            artists=artists,
-            labels=labels,
-            genres=["Jazz"],
-            styles=styles,
-            formats=["Vinyl", "LP"],
-        )
-    return g
+    return _add_releases(g, releases, formats=["Vinyl", "LP"])
 
 
 def second_import() -> GraphBuilder:
     """What the next monthly import adds."""
     g = GraphBuilder(platform=True)
     g.artist("5", "Trane").alias("5", "1").artist("6", "McCoy Tyner").member("6", "4")
-    g.release(
-        "200",
-        "Live at Birdland",
-        year=1964,
-        artists=["1", "4"],
-        labels=["11"],
-        genres=["Jazz"],
-        styles=["Modal"],
-    )
-    g.release(
-        "201",
-        "A Love Supreme: Live in Seattle",
-        year=2021,
-        artists=["1"],
-        labels=["10"],
-        genres=["Jazz"],
-        styles=["Modal"],
-    )
-    g.release(
-        "202",
-        "Ptah, the El Daoud",
-        year=1970,
-        artists=["2"],
-        labels=["10"],
-        genres=["Jazz"],
-        styles=["Modal"],
-    )
+    releases = [
+        ("200", "Live at Birdland", 1964, ["1", "4"], ["11"], ["Modal"]),
+        ("201", "A Love Supreme: Live in Seattle", 2021, ["1"], ["10"], ["Modal"]),
+        ("202", "Ptah, the El Daoud", 1970, ["2"], ["10"], ["Modal"]),
+    ]
+    return _add_releases(g, releases)
+
+
+# A demo release: id, title, year, artist ids, label ids, styles (genre Jazz).
+Release = tuple[str, str, int, list[str], list[str], list[str]]
+
+
+def _add_releases(
+    g: GraphBuilder, releases: list[Release], formats: list[str] | None = None
+) -> GraphBuilder:
+    """`g` with `releases` added."""
+    for rid, title, year, artists, labels, styles in releases:
+        g.release(
+            rid, title, year=year, formats=formats, artists=artists, labels=labels,
+            genres=["Jazz"], styles=styles,
+        )  # fmt: skip
     return g
 
 

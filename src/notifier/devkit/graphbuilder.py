@@ -154,13 +154,17 @@ MUSICBRAINZ_EDGES = frozenset(
 )  # fmt: skip
 
 # api/syncer.py (sync_collection, sync_wantlist), one row per user; the
-# platform runs one query per user with the same clauses.
-_USER_COLLECTED = """
+# platform runs one query per user with the same clauses. Both start with
+# the user's upsert.
+_USER = """
 UNWIND $rows AS row
 MERGE (u:User {id: row.user_id})
 ON CREATE SET u.discogs_username = row.discogs_username
 ON MATCH SET u.discogs_username = row.discogs_username
-WITH u, row
+WITH u, row"""
+_USER_COLLECTED = (
+    _USER
+    + """
 UNWIND row.releases AS rel
 MATCH (r:Release {id: toString(rel.release_id)})
 MERGE (u)-[c:COLLECTED {instance_id: rel.instance_id}]->(r)
@@ -170,12 +174,10 @@ SET c.rating = rel.rating,
     c.synced_at = row.synced_at,
     r += rel.metadata
 """
-_USER_WANTS = """
-UNWIND $rows AS row
-MERGE (u:User {id: row.user_id})
-ON CREATE SET u.discogs_username = row.discogs_username
-ON MATCH SET u.discogs_username = row.discogs_username
-WITH u, row
+)
+_USER_WANTS = (
+    _USER
+    + """
 UNWIND row.wants AS w
 MATCH (r:Release {id: toString(w.release_id)})
 MERGE (u)-[wnt:WANTS]->(r)
@@ -184,6 +186,7 @@ SET wnt.rating = w.rating,
     wnt.synced_at = row.synced_at,
     r += w.metadata
 """
+)
 # graphinator/batch_processor.py, the release batch's credits (extraartists).
 _CREDITS = """
 UNWIND $rows AS credit

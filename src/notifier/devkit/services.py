@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -145,6 +145,11 @@ def _from_url(url: str, *, port: int, user: str = "", password: str = "") -> _Ad
     )
 
 
+def _mapped(container: Any, port: int) -> tuple[str, int]:  # pragma: no cover - Docker only
+    """Where a testcontainers container's `port` is reachable from here: (host, port)."""
+    return container.get_container_host_ip(), int(container.get_exposed_port(port))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -230,14 +235,8 @@ def postgres() -> Iterator[PostgresService]:
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16-alpine", driver=None) as c:
-            yield PostgresService(
-                host=c.get_container_host_ip(),
-                port=int(c.get_exposed_port(5432)),
-                user=c.username,
-                password=c.password,
-                database=c.dbname,
-                origin="testcontainers",
-            )
+            host, port = _mapped(c, 5432)
+            yield PostgresService(host, port, c.username, c.password, c.dbname, "testcontainers")
         return
     with _local_postgres() as svc:
         yield svc
@@ -360,14 +359,8 @@ def rabbitmq() -> Iterator[RabbitService]:
         from testcontainers.rabbitmq import RabbitMqContainer
 
         with RabbitMqContainer("rabbitmq:3.13-alpine") as c:
-            yield RabbitService(
-                host=c.get_container_host_ip(),
-                port=int(c.get_exposed_port(5672)),
-                user="guest",
-                password="guest",
-                vhost="/",
-                origin="testcontainers",
-            )
+            host, port = _mapped(c, 5672)
+            yield RabbitService(host, port, "guest", "guest", "/", "testcontainers")
         return
     with _local_rabbitmq() as svc:
         yield svc
@@ -519,13 +512,8 @@ def graph() -> Iterator[GraphService]:
         from testcontainers.neo4j import Neo4jContainer
 
         with Neo4jContainer("neo4j:2026-community", password=GRAPH_PASSWORD) as c:
-            yield GraphService(
-                host=c.get_container_host_ip(),
-                port=int(c.get_exposed_port(7687)),
-                user="neo4j",
-                password=GRAPH_PASSWORD,
-                origin="testcontainers",
-            )
+            host, port = _mapped(c, 7687)
+            yield GraphService(host, port, "neo4j", GRAPH_PASSWORD, "testcontainers")
         return
     if local_graph_choice() == "neo4j":
         try:
