@@ -466,24 +466,42 @@ class LabelState:
 class LabelTree:
     """A label as its cheap read gives it (graph.LABEL_TREES), without release ids.
 
-    `label_ids`: the label and its sublabels (graph.SUBLABEL_DEPTH deep);
-    `edge_count`: the ON edges into those labels (raw, as the graph gives it).
+    `labels`: [id, ON degree] of the label and each of its sublabels
+    (graph.SUBLABEL_DEPTH deep), raw, as the graph gives them.
     """
 
     name: object
-    label_ids: Sequence[object]
-    edge_count: object
+    labels: Sequence[Sequence[object]]
+
+    @property
+    def label_ids(self) -> list[object]:
+        """The ids of the label and its sublabels."""
+        return [pair[0] for pair in self.labels]
 
     @functools.cached_property
-    def digest(self) -> bytes | None:
-        """`tree_digest` of `label_ids`."""
-        return tree_digest(self.label_ids)
+    def degrees(self) -> dict[str, int] | None:
+        """ON degree by label id; None if an id is not a string or a degree not an int."""
+        out: dict[str, int] = {}
+        for pair in self.labels:
+            if len(pair) != 2:
+                return None
+            key, n = pair
+            if type(key) is not str or type(n) is not int or n < 0:
+                return None
+            out[key] = n
+        return out
 
     @property
     def edges(self) -> int | None:
-        """`edge_count` when it is a non-negative int, else None."""
-        n = self.edge_count
-        return n if type(n) is int and n >= 0 else None
+        """The ON edges into the tree (None when `degrees` is)."""
+        degrees = self.degrees
+        return None if degrees is None else sum(degrees.values())
+
+    @functools.cached_property
+    def digest(self) -> bytes | None:
+        """What a snapshot records of the tree: `tree_digest` of its labels holding releases."""
+        degrees = self.degrees
+        return None if degrees is None else tree_digest(i for i, n in degrees.items() if n)
 
 
 def tree_digest(label_ids: Iterable[object]) -> bytes | None:
@@ -537,29 +555,42 @@ def label_news(
     entity_id: str,
     tree: LabelTree,
     snapshot: Snapshot | None,
-    pairs: Sequence[int],
+    pairs: Mapping[str, Sequence[int]],
 ) -> DiffResult | None:
     """A label's diff from the cycle's new releases alone, or None: read it in full.
 
-    `pairs` holds the release id of every (new release of the cycle, label of
-    the tree) ON pair found in cycle_releases, once per pair. The edges of
-    the cycle's new releases are all new, so when the tree is the one the
-    snapshot recorded (previous cycle, not a baseline) and its ON edges grew
-    by exactly `len(pairs)`, no other edge came or went (unless as many went
-    as came: README) and the label's releases are the recorded ones plus
-    these. Then the result is what `diff_label` gives on a full read; every
-    doubt (an odd id, a release already recorded, counts that do not add up)
-    answers None.
+    `pairs` maps a label id to the release id of each of its ON edges from a
+    new release of the cycle (cycle_releases). The edges of the cycle's new
+    releases are all new. So when the snapshot is the previous cycle's (not
+    a baseline), the tree's labels holding older edges are those the
+    snapshot recorded as holding releases (`LabelTree.digest`: a sublabel
+    attached with only new releases is fine, one with old releases is not)
+    and the tree's ON edges grew by exactly its pairs, no other edge came or
+    went (unless as many went as came: README), and the label's releases are
+    the recorded ones plus these. Then the result is what `diff_label` gives
+    on a full read; every doubt (an odd id, a release already recorded,
+    counts that do not add up) answers None.
     """
     if snapshot is None or previous_version is None or snapshot.version != previous_version:
         return None
-    old = snapshot.release_ids
-    digest, edges = tree.digest, tree.edges
-    if old is None or digest is None or edges is None or snapshot.edge_count is None:
+    old, degrees = snapshot.release_ids, tree.degrees
+    if old is None or degrees is None or snapshot.edge_count is None:
         return None
-    if digest != snapshot.tree_digest or edges - snapshot.edge_count != len(pairs):
+    on_tree: list[int] = []
+    older: list[str] = []  # the labels holding an edge from before this cycle
+    for label_id, n in degrees.items():
+        mine = pairs.get(label_id, ())
+        if n < len(mine):
+            return None  # not the graph the releases unit read
+        if n > len(mine):
+            older.append(label_id)
+        on_tree.extend(mine)
+    if tree_digest(older) != snapshot.tree_digest:
         return None
-    fresh = sorted(set(pairs))
+    edges = sum(degrees.values())
+    if edges - snapshot.edge_count != len(on_tree):
+        return None
+    fresh = sorted(set(on_tree))
     recorded = list(old)  # sorted: found by bisection, a hub's ids never hashed
     for i in fresh:
         at = bisect.bisect_left(recorded, i)
@@ -575,7 +606,7 @@ def label_news(
         entity_name=name,
         release_ids=releases,
         release_count=len(releases),
-        tree_digest=digest,
+        tree_digest=tree.digest,
         edge_count=edges,
     )
     events = [_new_releases("label", entity_id, name, fresh)] if fresh else []

@@ -44,18 +44,18 @@ LABEL_STATES = (
     "WITH l, collect(DISTINCT r.id) AS releases "
     "RETURN collect([l.id, l.name, releases]) AS rows"
 )
-# A label's cheap read, without its releases: its name, the ids of its
-# sublabel tree (LABEL_STATES' depth) and the ON edges into the tree, each tree
-# label's ON degree from the degree store (Neo4j answers COUNT { (s)<-[:ON]-() }
-# without touching the edges, tests/router/test_label_news.py), so a hub costs
-# what a small label costs. Only releases are ON a label (graphinator MERGEs
-# one edge per release and label). One record, as above.
+# A label's cheap read, without its releases: its name and, for it and each
+# label of its sublabel tree (LABEL_STATES' depth), the id and ON degree, from
+# the degree store (Neo4j answers COUNT { (s)<-[:ON]-() } without touching
+# the edges, tests/router/test_label_news.py), so a hub costs what a small
+# label costs. Only releases are ON a label (graphinator MERGEs one edge per
+# release and label). One record, as above.
 LABEL_TREES = (
     "UNWIND $ids AS id MATCH (l:Label {id: id}) "
     f"MATCH (l)<-[:SUBLABEL_OF*0..{SUBLABEL_DEPTH}]-(s:Label) "
     "WITH DISTINCT l, s "
-    "WITH l, collect(s.id) AS tree, sum(COUNT { (s)<-[:ON]-() }) AS edges "
-    "RETURN collect([l.id, l.name, tree, edges]) AS rows"
+    "WITH l, collect([s.id, COUNT { (s)<-[:ON]-() }]) AS tree "
+    "RETURN collect([l.id, l.name, tree]) AS rows"
 )
 # A genre's (style's) release count: its IS degree from the degree store (O(1),
 # whatever the tag's size) less the IS edges of masters, which are not
@@ -155,10 +155,10 @@ class Graph:
         }
 
     async def label_trees(self, ids: Sequence[str]) -> dict[str, LabelTree]:
-        """The labels among `ids` that exist: name, sublabel tree, ON edges (no release)."""
+        """The labels among `ids` that exist: name, sublabel tree, ON degrees (no release)."""
         return {
-            key: LabelTree(name, tree or [], edges)
-            for key, name, tree, edges in await self._one(LABEL_TREES, ids=list(ids))
+            key: LabelTree(name, tree or [])
+            for key, name, tree in await self._one(LABEL_TREES, ids=list(ids))
             if isinstance(key, str)
         }
 

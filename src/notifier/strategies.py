@@ -255,11 +255,12 @@ class LabelRead:
 class LabelStrategy(Strategy[LabelRead, None]):
     """Labels: each label's releases (its sublabels' included) against its snapshot.
 
-    The graph read gives each label's sublabel tree and the ON edges into it,
-    not its releases. A label whose tree is the one its snapshot recorded and
-    whose edges grew by exactly the ON pairs of the cycle's new releases on
-    that tree takes those as its new releases (`diff.label_news`, counted
-    `label_fast_path`); the others are read in full (`label_full_read`).
+    The graph read gives each label's sublabel tree and each tree label's ON
+    degree, not its releases. A label whose tree holds older releases on the
+    labels its snapshot recorded and whose edges grew by exactly the ON pairs
+    of the cycle's new releases on that tree takes those as its new releases
+    (`diff.label_news`, counted `label_fast_path`); the others are read in
+    full (`label_full_read`).
     """
 
     def __init__(self, graph: Graph, batch: int) -> None:
@@ -274,20 +275,19 @@ class LabelStrategy(Strategy[LabelRead, None]):
         unit = w.unit
         snapshots = await unitstore.load_snapshots(w.conn, unit)
         previous = unit.previous_version
-        # Only a label whose snapshot recorded this very tree may take the fast path.
+        # Only a label recorded by the previous cycle with its tree may take the fast path.
         hopeful = {
             i: tree
             for i, tree in data.trees.items()
             if (s := snapshots.get(i)) is not None
             and s.version == previous
             and s.tree_digest is not None
-            and s.tree_digest == tree.digest
+            and s.edge_count is not None
         }
         pairs = await _new_on_labels(w, hopeful) if hopeful else None
         if pairs is not None:
             for i, tree in hopeful.items():
-                on_tree = [r for t in set(tree.label_ids) for r in pairs.get(t, [])]
-                found = diff.label_news(unit.version, previous, i, tree, snapshots[i], on_tree)
+                found = diff.label_news(unit.version, previous, i, tree, snapshots[i], pairs)
                 if found is not None:
                     data.fast[i] = found
         full = [i for i in unit.entity_ids if i in data.trees and i not in data.fast]
@@ -322,9 +322,7 @@ class LabelStrategy(Strategy[LabelRead, None]):
         return await filter_releases(w, self.graph, self.batch, events)
 
 
-async def _new_on_labels(
-    w: Writing, trees: Mapping[str, LabelTree]
-) -> dict[object, list[int]] | None:
+async def _new_on_labels(w: Writing, trees: Mapping[str, LabelTree]) -> dict[str, list[int]] | None:
     """The cycle's new releases ON each label of `trees` (once per edge), by label id.
 
     None when the cycle's releases unit is not done (its rows may be missing).
@@ -335,7 +333,7 @@ async def _new_on_labels(
         return None
     ids = sorted({t for tree in trees.values() for t in tree.label_ids if type(t) is str})
     cur = await w.conn.execute(NEW_ON_LABELS, {"version": version, "ids": ids})
-    out: dict[object, list[int]] = defaultdict(list)
+    out: dict[str, list[int]] = defaultdict(list)
     for label_id, release_id in await cur.fetchall():
         out[label_id].append(release_id)
     return out

@@ -21,7 +21,8 @@ from notifier.devkit.graphbuilder import GraphBuilder
 from tests.router.conftest import events, fire, q, watch
 from tests.router.test_profile import profile
 
-TREE = diff.LabelTree("Impulse!", ["10", "11"], 5)
+# Label 10 (releases 100 and 300 before) and its sublabel 11, with their ON degrees.
+TREE = diff.LabelTree("Impulse!", [["10", 2], ["11", 1]])
 RECORDED = diff.Snapshot(
     "v1", "Impulse!", [100, 300], release_count=2, tree_digest=TREE.digest, edge_count=3
 )
@@ -35,8 +36,8 @@ def _full(tree: diff.LabelTree, releases: list[str], snapshot: diff.Snapshot) ->
 
 def test_new_releases_on_the_label_and_a_sublabel_are_what_the_full_read_finds() -> None:
     # 101 is ON 10 and 11 (two pairs), 102 ON 11: the tree's edges grew by 3.
-    tree = diff.LabelTree("Impulse!", ["11", "10"], 6)
-    fast = diff.label_news("v2", "v1", "10", tree, RECORDED, [101, 101, 102])
+    tree = diff.LabelTree("Impulse!", [["11", 3], ["10", 3]])
+    fast = diff.label_news("v2", "v1", "10", tree, RECORDED, {"10": [101], "11": [101, 102]})
     assert fast is not None
     full = _full(tree, ["100", "300", "101", "102"], RECORDED)
     assert fast.events == full.events
@@ -49,59 +50,81 @@ def test_new_releases_on_the_label_and_a_sublabel_are_what_the_full_read_finds()
 
 
 def test_nothing_new_keeps_the_recorded_releases() -> None:
-    fast = diff.label_news("v2", "v1", "10", diff.LabelTree("Impulse!", ["10", "11"], 3),
-                           RECORDED, [])  # fmt: skip
+    fast = diff.label_news("v2", "v1", "10", TREE, RECORDED, {"99": [500]})
     assert fast is not None and fast.events == [] and fast.counters.values == {}
     assert fast.snapshot == RECORDED._replace(version="v2")
+
+
+def test_a_new_sublabel_with_only_new_releases_keeps_the_fast_path() -> None:
+    """A label made this month and attached, every release of it new: nothing old to read."""
+    tree = diff.LabelTree("Impulse!", [["10", 2], ["11", 1], ["12", 2], ["13", 0]])
+    fast = diff.label_news("v2", "v1", "10", tree, RECORDED, {"12": [103, 104]})
+    assert fast is not None
+    assert fast.events[0].detail == {"new_release_count": 2, "release_ids": ["103", "104"]}
+    full = _full(tree, ["100", "300", "103", "104"], RECORDED)
+    assert fast.events == full.events and fast.snapshot == full.snapshot
+    # Recorded now with its releases: next month its edges are old ones.
+    assert fast.snapshot is not None and fast.snapshot.tree_digest != TREE.digest
 
 
 @pytest.mark.parametrize(
     ("tree", "snapshot", "pairs"),
     [
-        # A sublabel attached (its old releases are new to the label).
-        (diff.LabelTree("Impulse!", ["10", "11", "12"], 7), RECORDED, [101]),
+        # A sublabel attached with old releases (new to the label)...
+        (diff.LabelTree("Impulse!", [["10", 3], ["11", 1], ["12", 1]]), RECORDED, {"10": [101]}),
+        # ...even while as many edges left the tree elsewhere.
+        (diff.LabelTree("Impulse!", [["10", 3], ["11", 0], ["12", 1]]), RECORDED, {"10": [101]}),
+        # A sublabel detached.
+        (diff.LabelTree("Impulse!", [["10", 3]]), RECORDED, {"10": [101]}),
         # An old release re-labelled onto the tree: one edge more than the pairs.
-        (diff.LabelTree("Impulse!", ["10", "11"], 5), RECORDED, [101]),
+        (diff.LabelTree("Impulse!", [["10", 4], ["11", 1]]), RECORDED, {"10": [101]}),
         # A release gone: fewer edges than the pairs.
-        (TREE, RECORDED, [101, 102, 103]),
-        # Baselines: no snapshot, one of an older cycle, none before this cycle.
-        (TREE, None, [101, 102]),
-        (TREE, RECORDED._replace(version="v0"), [101, 102]),
-        # Recorded before the marks existed, or with an odd tree or count.
-        (TREE, RECORDED._replace(tree_digest=None, edge_count=None), [101, 102]),
-        (diff.LabelTree("Impulse!", ["10", 11], 5), RECORDED, [101, 102]),
-        (diff.LabelTree("Impulse!", ["10", "11"], "5"), RECORDED, [101, 102]),
-        (diff.LabelTree("Impulse!", ["10", "11"], None), RECORDED, [101, 102]),
+        (diff.LabelTree("Impulse!", [["10", 3], ["11", 1]]), RECORDED, {"10": [101, 102]}),
+        # More pairs on a label than its degree: not the graph the releases unit read.
+        (diff.LabelTree("Impulse!", [["10", 1], ["11", 3]]), RECORDED, {"10": [101, 102]}),
+        # Baselines: no snapshot, one of an older cycle.
+        (TREE, None, {}),
+        (TREE, RECORDED._replace(version="v0"), {}),
+        # Recorded before the marks existed, or with an odd tree or degree.
+        (TREE, RECORDED._replace(tree_digest=None, edge_count=None), {}),
+        (diff.LabelTree("Impulse!", [["10", 2], [11, 1]]), RECORDED, {}),
+        (diff.LabelTree("Impulse!", [["10", 2], ["11", "1"]]), RECORDED, {}),
+        (diff.LabelTree("Impulse!", [["10", 2], ["11", None]]), RECORDED, {}),
+        (diff.LabelTree("Impulse!", [["10", 2], ["11"]]), RECORDED, {}),
         # A release of the cycle already recorded: something is off.
-        (TREE, RECORDED, [300, 101]),
+        (diff.LabelTree("Impulse!", [["10", 3], ["11", 1]]), RECORDED, {"10": [300]}),
     ],
     ids=[
         "sublabel-attached",
+        "attached-and-as-many-gone",
+        "sublabel-detached",
         "relabelled",
         "release-gone",
+        "more-pairs-than-edges",
         "no-snapshot",
         "older-snapshot",
         "no-marks",
         "odd-tree-id",
-        "odd-count",
-        "no-count",
+        "odd-degree",
+        "no-degree",
+        "short-pair",
         "already-recorded",
     ],
 )
 def test_every_doubt_reads_the_label_in_full(
-    tree: diff.LabelTree, snapshot: diff.Snapshot | None, pairs: list[int]
+    tree: diff.LabelTree, snapshot: diff.Snapshot | None, pairs: dict[str, list[int]]
 ) -> None:
     assert diff.label_news("v2", "v1", "10", tree, snapshot, pairs) is None
 
 
 def test_no_previous_cycle_reads_in_full() -> None:
-    assert diff.label_news("v1", None, "10", TREE, RECORDED, [101, 102]) is None
+    assert diff.label_news("v1", None, "10", TREE, RECORDED, {}) is None
 
 
 def test_a_missing_name_is_counted_as_the_full_read_counts_it() -> None:
-    tree = diff.LabelTree(None, ["10"], 4)
-    recorded = RECORDED._replace(entity_name=None, tree_digest=tree.digest, edge_count=3)
-    fast = diff.label_news("v2", "v1", "10", tree, recorded, [101])
+    tree = diff.LabelTree(None, [["10", 4]])
+    recorded = RECORDED._replace(entity_name=None, tree_digest=diff.tree_digest(["10"]))
+    fast = diff.label_news("v2", "v1", "10", tree, recorded, {"10": [101]})
     full = _full(tree, ["100", "300", "101"], recorded)
     assert fast is not None and fast.counters.values == full.counters.values == {"missing_name": 1}
     assert fast.events == full.events and fast.snapshot == full.snapshot
@@ -113,16 +136,20 @@ def test_the_tree_digest_is_the_set_of_ids() -> None:
     assert diff.tree_digest(["1", "0"]) != diff.tree_digest(["1\n0"])
     assert diff.tree_digest(["10", 11]) is None
     assert diff.tree_digest(["\ud800"]) is None
+    # A tree records the labels holding releases: an empty sublabel is not one.
+    assert TREE.digest == diff.LabelTree("X", [["11", 5], ["10", 1], ["12", 0]]).digest
 
 
 def test_the_full_read_records_the_tree_it_was_read_with() -> None:
     result = _full(TREE, ["100", "300"], RECORDED)
     assert result.snapshot is not None
-    assert (result.snapshot.tree_digest, result.snapshot.edge_count) == (TREE.digest, 5)
+    assert (result.snapshot.tree_digest, result.snapshot.edge_count) == (TREE.digest, 3)
     # Without a tree (or with an odd one) nothing is recorded: the next cycle reads in full.
     plain = diff.diff_label("v2", "v1", "10", diff.LabelState("Impulse!", ["100"]), RECORDED)
     assert plain.snapshot is not None and plain.snapshot.tree_digest is None
     assert plain.snapshot.edge_count is None
+    odd = _full(diff.LabelTree("Impulse!", [["10", "2"]]), ["100"], RECORDED)
+    assert odd.snapshot is not None and odd.snapshot.tree_digest is None
 
 
 def _db_hits(plan: Mapping[str, Any]) -> int:
@@ -150,9 +177,9 @@ async def test_the_cheap_read_does_not_grow_with_the_labels_releases(
     hits: dict[str, int] = {}
     for label, releases in (("1", 100), ("2", 1000)):
         rows, plan = await profile(graph_driver, platform_graph, graph.LABEL_TREES, ids=[label])
-        [[key, name, tree, edges]] = rows[0]["rows"]
-        assert (key, name, sorted(tree), edges) == (
-            label, f"Label {label}", [label, f"{label}-sub"], 2 * releases
+        [[key, name, tree]] = rows[0]["rows"]
+        assert (key, name, sorted(tree)) == (
+            label, f"Label {label}", [[label, releases], [f"{label}-sub", releases]]
         )  # fmt: skip
         hits[label] = _db_hits(plan)
     print(f"LABEL_TREES db hits: 100 releases a label {hits['1']}, 1,000: {hits['2']}")
@@ -290,14 +317,16 @@ async def test_new_releases_on_a_label_and_its_sublabels_take_the_fast_path(
     after = _snapshots(pg_url)
     assert after["10"].release_ids == [100, 101, 102, 103, 110]
     assert after["10"].release_count == 5 and after["10"].edge_count == 6
-    assert after["10"].tree_digest == before["10"].tree_digest
+    # The labels holding releases: 12 now too.
+    assert before["10"].tree_digest == diff.tree_digest(["10", "11"])
+    assert after["10"].tree_digest == diff.tree_digest(["10", "11", "12"])
     assert after["20"] == before["20"]  # nothing new: left as it was
     # The snapshot is what a full read records.
     states = await g.labels(["10"])
     assert [str(i) for i in after["10"].release_ids] == sorted(states["10"].release_ids)
 
 
-async def test_a_sublabel_attached_with_old_releases_is_read_in_full_and_reported(
+async def test_a_sublabel_attached_with_old_releases_is_read_in_full_a_new_one_is_not(
     router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, platform_graph: str
 ) -> None:
     watch(pg_url, uuid.uuid4(), "label", "10")
@@ -317,13 +346,19 @@ async def test_a_sublabel_attached_with_old_releases_is_read_in_full_and_reporte
             ("new_releases", "label", "10",
              {"new_release_count": 2, "release_ids": ["104", "300"]}),
         ]  # fmt: skip
-        # The new tree is recorded: the next cycle is fast again.
-        await _platform(graph_driver, platform_graph,
-                        lambda b: b.release("105", "M", formats=["LP"], labels=["30"]))  # fmt: skip
+
+        # The new tree is recorded: the next cycle is fast again, even with a label made
+        # this month attached under 30 (all its releases are new ones).
+        def more(b: GraphBuilder) -> None:
+            b.label("31", "Brand new", parent="30")
+            b.release("105", "M", formats=["LP"], labels=["30"])
+            b.release("106", "O", formats=["LP"], labels=["31"])
+
+        await _platform(graph_driver, platform_graph, more)
         got = await _cycle(pool, g, router_settings, "v3")
         assert got == {"label_fast_path": 1, "label_full_read": 0, "baseline": 0}
     assert events(pg_url, "v3") == [
-        ("new_releases", "label", "10", {"new_release_count": 1, "release_ids": ["105"]}),
+        ("new_releases", "label", "10", {"new_release_count": 2, "release_ids": ["105", "106"]}),
     ]
 
 
