@@ -186,6 +186,8 @@ SELECT u.entity_type, %(hub)s = ANY (u.entity_ids) OR 'Electronic' = ANY (u.enti
 FROM notifier.diff_units u JOIN notifier.cycles c ON c.version = u.version
 WHERE u.version = %(version)s
 """
+# A label unit's stats: labels found from the cycle's new releases, labels read in full.
+LABEL_PATHS = ("label_fast_path", "label_full_read", "load_ms")
 SPY_OUT = os.path.join(tempfile.gettempdir(), "discogs-router.pyspy.txt")
 ROUTER_BATCH = 1000  # the release reads' batch as the router runs them (its default)
 # The reads the router used before its release reads followed what is new,
@@ -604,6 +606,8 @@ def _unit_costs(rows: list[Any]) -> dict[str, Any]:
         if hub and kind in ("artist", "label", "genre"):
             out[f"hub_{kind}"] = {"unit_ms": unit_ms, "graph_ms": graph_ms,
                                   "ratio": round((unit_ms or 0) / max(median, 1), 1)}  # fmt: skip
+            # How the hub label's unit found its labels' new releases (strategies.LabelStrategy).
+            out[f"hub_{kind}"].update({k: stats[k] for k in LABEL_PATHS if k in (stats or {})})
     out["by_type"] = {k: {"units": len(v), "median_ms": sorted(v)[len(v) // 2], "max_ms": max(v)}
                       for k, v in by_type.items()}  # fmt: skip
     return out
