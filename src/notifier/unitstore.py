@@ -123,9 +123,8 @@ class ComparedRow(NamedTuple):
 
 
 class Finished(NamedTuple):
-    """FINISH_UNIT's row."""
+    """FINISH_UNIT's counts, for a unit that was still ours."""
 
-    ours: bool
     events: int
     feed_rows: int
     outbox_rows: int
@@ -159,7 +158,7 @@ async def finish_unit(conn: AsyncConnection[Any], params: dict[str, Any]) -> Fin
     row = await (await conn.execute(FINISH_UNIT, params)).fetchone()
     if row is None or not row[0]:
         return None
-    return Finished(True, int(row[1]), int(row[2]), int(row[3]), int(row[4]))
+    return Finished._make(int(n) for n in row[1:])
 
 
 def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
