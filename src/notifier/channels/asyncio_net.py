@@ -47,8 +47,8 @@ class _Protocol(asyncio.Protocol):
         self.waiter: asyncio.Future[bool] | None = None  # a read or a drain
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's are not asyncio.Transport subclasses).
+        self.transport = typing.cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.data = self.data + data if self.data else data
@@ -188,7 +188,6 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         if transport is None:  # the connection was lost during the handshake
             raise httpcore.ConnectError("connection closed during the TLS handshake")
-        assert isinstance(transport, asyncio.Transport)
         self._p.transport = self._transport = transport
         return self
 
@@ -217,5 +216,4 @@ async def connect_tcp(
         raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
     except OSError as exc:
         raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-    assert isinstance(transport, asyncio.Transport)
     return AsyncioStream(transport, protocol)

@@ -18,6 +18,7 @@ Errors come out as httpx's exceptions, with the original in the chain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import typing
@@ -63,12 +64,20 @@ class Backend(typing.Protocol):
         ...
 
 
-def _mapped(exc: Exception, request: httpx.Request) -> Exception:
+def _mapped(exc: Exception, request: httpx.Request | None) -> Exception:
     """httpx's exception for a stream or h11 error (others unchanged)."""
     for kind, mapped in _ERRORS.items():
         if isinstance(exc, kind):
             return mapped(str(exc) or type(exc).__name__, request=request)
     return exc
+
+
+class Answer(typing.NamedTuple):
+    """What `EndpointPool.post` read of a response."""
+
+    status_code: int
+    retry_after: str | None  # the Retry-After header, as sent
+    body: bytes  # at most the first `max_body` bytes
 
 
 class Connection:
@@ -261,6 +270,75 @@ class EndpointPool:
                 return event
             if type(event) is not h11.InformationalResponse:
                 raise httpcore.RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+    async def post(
+        self,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: dict[str, float | None],
+        max_body: int,
+    ) -> Answer:
+        """POST `body` with `headers` (Host and Content-Length included) and read the answer.
+
+        The webhook sender's path: no httpx request or response objects, and
+        h11 is told the head is already valid (`_parsed`), since the caller
+        builds every header from values it made itself. Reads at most
+        `max_body` bytes of the body; a connection whose body was not read
+        to its end is closed, not reused. Errors come out as httpx's.
+        """
+        try:
+            conn = await self._acquire(timeouts.get("pool"))
+        except Exception as exc:
+            raise _mapped(exc, None) from exc
+        reuse = False
+        try:
+            if conn is None:
+                conn = await self._connect(url, timeouts.get("connect"))
+            h = conn.h11
+            data = h.send(h11.Request(method=b"POST", target=url.raw_path, headers=headers,
+                                      _parsed=True))  # fmt: skip
+            data += h.send(h11.Data(data=body)) or b""
+            data += h.send(h11.EndOfMessage()) or b""
+            # The server may have answered early and closed: read what it said.
+            with contextlib.suppress(httpcore.WriteError):
+                await conn.stream.write(data, timeout=timeouts.get("write"))
+            read = timeouts.get("read")
+            while True:
+                event = await conn.next_event(read)
+                if type(event) is h11.Response:
+                    break
+                if type(event) is not h11.InformationalResponse:
+                    raise httpcore.RemoteProtocolError(f"unexpected {type(event).__name__}")
+            retry_after = None
+            for name, value in event.headers:
+                if name == b"retry-after":
+                    retry_after = value.decode("latin-1")
+            got = b""
+            while len(got) < max_body:
+                part = await conn.next_event(read)
+                if type(part) is h11.Data:
+                    got += part.data
+                elif type(part) in _BODY_ENDS or part is h11.PAUSED:
+                    break
+            # (Bytes after the response would be taken for the next answer.)
+            reuse = h.our_state is h11.DONE and h.their_state is h11.DONE
+            reuse = reuse and not h.trailing_data[0]
+            if reuse:
+                h.start_next_cycle()
+        except BaseException as exc:
+            if conn is not None:
+                await conn.aclose()
+            self.release(None)
+            if isinstance(exc, Exception):
+                raise _mapped(exc, None) from exc
+            raise
+        if reuse:
+            self.release(conn)
+        else:
+            await conn.aclose()
+            self.release(None)
+        return Answer(event.status_code, retry_after, got[:max_body])
 
     async def aclose(self) -> None:
         """Close the idle connections (those in use close when their response does)."""
