@@ -10,6 +10,7 @@ style units read) and matches every saved search against them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
@@ -211,23 +212,37 @@ class ReleasesUnit:
         sizes: dict[Any, int] = {}  # each new release's artists counted once a cycle
         await conn.execute(CLEAR_CYCLE_RELEASES, {"version": unit.version})
         new_count, after = 0, -1
-        while True:
-            if self.stop.is_set():
-                raise Stopping
-            params = {"version": unit.version, "after": after, "limit": self.batch}
-            cur = await conn.execute(NEW_RELEASE_IDS, params)
-            new_ids = [r[0] for r in await cur.fetchall()]
-            if not new_ids:
-                break
-            after = new_ids[-1]
-            new_count += len(new_ids)
-            infos = await self.graph.releases([str(i) for i in new_ids], sizes)
-            rows = [r for i in infos if (r := release_row(unit.version, i, counters))]
-            rows.sort(key=lambda r: r.release_id)
-            percolator.add(rows)
-            async with conn.cursor().copy(COPY_CYCLE_RELEASES) as copy:
-                for r in rows:
-                    await copy.write_row(r)
+        # The graph read of the next page runs while the current one is
+        # percolated and copied: Neo4j works on the other core meanwhile.
+        reading: asyncio.Task[list[ReleaseInfo]] | None = None
+        try:
+            while True:
+                if self.stop.is_set():
+                    raise Stopping
+                params = {"version": unit.version, "after": after, "limit": self.batch}
+                cur = await conn.execute(NEW_RELEASE_IDS, params)
+                new_ids = [r[0] for r in await cur.fetchall()]
+                infos = None if reading is None else await reading
+                reading = None
+                if new_ids:
+                    after = new_ids[-1]
+                    new_count += len(new_ids)
+                    page = [str(i) for i in new_ids]
+                    reading = asyncio.create_task(self.graph.releases(page, sizes))
+                if infos is not None:
+                    rows = [r for i in infos if (r := release_row(unit.version, i, counters))]
+                    rows.sort(key=lambda r: r.release_id)
+                    percolator.add(rows)
+                    async with conn.cursor().copy(COPY_CYCLE_RELEASES) as copy:
+                        for r in rows:
+                            await copy.write_row(r)
+                if reading is None:
+                    break
+        finally:
+            if reading is not None:  # an error or a stop: the read is not wanted
+                reading.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await reading
         found = percolator.results()
         await conn.execute(CLEAR_SEARCH_MATCHES, {"version": unit.version})
         async with conn.cursor().copy(COPY_SEARCH_MATCHES) as copy:

@@ -74,3 +74,30 @@ async def test_new_releases_above_the_mark_then_a_late_one_below_it(
     fourth = releases_unit(pg_url, "v4")
     assert fourth["release_full_scan"] == 0 and fourth["releases_scanned"] == 0
     assert fourth["new_releases"] == 0 and matched(pg_url, "v4") == {}
+
+
+async def test_new_releases_over_several_pages_are_all_stored_and_matched(
+    router: Router, publish: Publish, pg_url: str, graph_driver: AsyncDriver, graph_db: str
+) -> None:
+    # 2,500 new releases: three pages of the releases unit (1,000 a page), each
+    # page's graph read overlapping the previous page's percolation and copy.
+    watch(pg_url, uuid.uuid4(), "search", "s-fresh", {"q": "fresh"})
+    await write(graph_driver, graph_db, lambda g: g.release("1", "Fresh Before"))
+    await signal_all(publish, "v1")
+    await cycle_done(pg_url, "v1")
+    fresh = {"10", "1500", "2400"}
+
+    def month(g: Any) -> None:
+        for i in range(2, 2502):
+            g.release(str(i), f"Fresh {i}" if str(i) in fresh else f"Plain {i}")
+
+    await write(graph_driver, graph_db, month)
+    await signal_all(publish, "v2")
+    await cycle_done(pg_url, "v2")
+    stats = releases_unit(pg_url, "v2")
+    assert stats["new_releases"] == 2500 and stats["release_full_scan"] == 0
+    assert q(pg_url, "SELECT count(*), min(release_id), max(release_id)"
+             " FROM notifier.cycle_releases WHERE version = 'v2'") == [(2500, 2, 2501)]  # fmt: skip
+    found = matched(pg_url, "v2")["s-fresh"]
+    assert found["match_count"] == 3
+    assert [m["id"] for m in found["matches"]] == ["10", "1500", "2400"]
