@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
@@ -151,6 +152,7 @@ class ReleasesUnit:
         first cycle's way) and compared with seen_releases.
         """
         counters = diff.Counters()
+        started = time.monotonic()
         async with self.pool.connection() as conn:
             cur = await conn.execute(EARLIER_SCAN, {"version": unit.version})
             row = await cur.fetchone()
@@ -174,6 +176,7 @@ class ReleasesUnit:
             mark_params = {"version": unit.version, "count": total,
                            "highest": highest, "full_scan": above is None}  # fmt: skip
             await conn.execute(RECORD_RELEASE_MARK, mark_params)
+            counters.add("find_ms", _ms_since(started))
             new_count = 0 if baseline else await self._new_releases(conn, unit, counters)
         stats: dict[str, Any] = dict(counters.values)
         stats.update(
@@ -222,7 +225,9 @@ class ReleasesUnit:
                 params = {"version": unit.version, "after": after, "limit": self.batch}
                 cur = await conn.execute(NEW_RELEASE_IDS, params)
                 new_ids = [r[0] for r in await cur.fetchall()]
+                waited = time.monotonic()
                 infos = None if reading is None else await reading
+                counters.add("graph_wait_ms", _ms_since(waited))
                 reading = None
                 if new_ids:
                     after = new_ids[-1]
@@ -232,10 +237,14 @@ class ReleasesUnit:
                 if infos is not None:
                     rows = [r for i in infos if (r := release_row(unit.version, i, counters))]
                     rows.sort(key=lambda r: r.release_id)
+                    percolating = time.monotonic()
                     percolator.add(rows)
+                    copying = time.monotonic()
+                    counters.add("percolate_ms", _ms_since(percolating, copying))
                     async with conn.cursor().copy(COPY_CYCLE_RELEASES) as copy:
                         for r in rows:
                             await copy.write_row(r)
+                    counters.add("copy_ms", _ms_since(copying))
                 if reading is None:
                     break
         finally:
@@ -243,7 +252,9 @@ class ReleasesUnit:
                 reading.cancel()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await reading
+        percolating = time.monotonic()
         found = percolator.results()
+        counters.add("percolate_ms", _ms_since(percolating))
         await conn.execute(CLEAR_SEARCH_MATCHES, {"version": unit.version})
         async with conn.cursor().copy(COPY_SEARCH_MATCHES) as copy:
             for search_id, f in sorted(found.items()):
@@ -252,3 +263,8 @@ class ReleasesUnit:
         counters.add("searches_percolated", len(queries))
         counters.add("searches_matched", len(found))
         return new_count
+
+
+def _ms_since(start: float, end: float | None = None) -> int:
+    """Whole milliseconds from `start` to `end` (now when None)."""
+    return round(((time.monotonic() if end is None else end) - start) * 1000)

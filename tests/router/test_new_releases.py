@@ -96,6 +96,8 @@ async def test_new_releases_over_several_pages_are_all_stored_and_matched(
     await cycle_done(pg_url, "v2")
     stats = releases_unit(pg_url, "v2")
     assert stats["new_releases"] == 2500 and stats["release_full_scan"] == 0
+    # Where the unit's time went is recorded beside its counts.
+    assert {"find_ms", "graph_wait_ms", "percolate_ms", "copy_ms"} <= stats.keys()
     assert q(pg_url, "SELECT count(*), min(release_id), max(release_id)"
              " FROM notifier.cycle_releases WHERE version = 'v2'") == [(2500, 2, 2501)]  # fmt: skip
     found = matched(pg_url, "v2")["s-fresh"]
