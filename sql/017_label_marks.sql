@@ -9,7 +9,7 @@
 -- label is read in full, which records both. Nullable columns without a
 -- default: no table rewrite.
 ALTER TABLE notifier.entity_snapshots
-    -- SHA-256 of the sorted ids of the label and its sublabels (diff.tree_digest).
+    -- SHA-256 of the sorted ids of the tree's labels holding releases (diff.LabelTree.digest).
     ADD COLUMN tree_digest bytea,
     -- ON edges into those labels when release_ids were recorded.
     ADD COLUMN edge_count bigint;
