@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
 import hmac
 from collections.abc import Sequence
 
@@ -51,7 +50,8 @@ def secret_key(secret: str) -> bytes:
 
 
 def _mac(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha256).digest()
+    # One-shot OpenSSL digest (named, not hashlib.sha256): no HMAC object per signature.
+    return hmac.digest(key, message, "sha256")
 
 
 def discogsography_signature(keys: Sequence[bytes], timestamp: int, body: bytes) -> str:
