@@ -259,3 +259,43 @@ async def test_a_stream_waits_for_a_slow_reader_and_pauses_a_fast_writer() -> No
             got += chunk
         await stream.aclose()
     assert bytes(got) == sent
+
+
+async def test_the_senders_direct_post_reads_a_bounded_answer_and_reuses_only_whole_ones() -> None:
+    peers: list[int] = []
+    heads: list[bytes] = []
+    answers = [
+        b"HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\nno",
+        OK,  # reuses the first connection
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",  # longer than read: closed
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        OK,
+    ]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                heads.append(head)
+                await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r")[0]))
+                peers.append(writer.get_extra_info("peername")[1])
+                writer.write(answers.pop(0))
+                await writer.drain()
+        writer.close()
+
+    pools = EndpointPools(allow_private=True, per_endpoint=1, max_pools=8)
+    timeouts: dict[str, float | None] = {"pool": 5, "connect": 5, "read": 5, "write": 5}
+    async with raw_server(serve) as port:
+        url = httpx.URL(f"http://127.0.0.1:{port}/hook?a=1")
+        headers = [(b"Host", url.netloc), (b"Content-Length", b"2"), (b"webhook-id", b"m1")]
+        got = [await pools.post(url, headers, b"{}", timeouts, 4) for _ in range(5)]
+        await pools.aclose()
+    assert [(a.status_code, a.retry_after, a.body) for a in got] == [
+        (429, "7", b"no"), (200, None, b"ok"), (200, None, b"0123"), (200, None, b"ok"),
+        (200, None, b"ok"),
+    ]  # fmt: skip
+    assert heads[0].startswith(b"POST /hook?a=1 HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{port}\r\n".encode() in heads[0] and b"webhook-id: m1\r\n" in heads[0]
+    # One connection for the first three; the 3rd's answer was read short, so it was closed,
+    # and the 4th's said close: the 4th and the 5th each on a new one.
+    assert peers[0] == peers[1] == peers[2] != peers[3] != peers[4], peers
