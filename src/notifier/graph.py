@@ -10,6 +10,7 @@ and COUNT {} are fine), no APOC.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import AsyncIterator, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,6 +71,17 @@ TAG_COUNTS = {
 TAG_MASTERS = {
     tag: f"MATCH (m:Master)-[:IS]->(g:{tag}) USING SCAN m:Master WHERE g.name IN $ids "
     "RETURN g.name AS id, count(*) AS n"
+    for tag in ("Genre", "Style")
+}
+# The highest numeric master id, and the tags among `$ids` of each master whose
+# numeric id is above `$mark` (one entry per IS edge; `$mark` null: none):
+# one pass over the masters' ids, each tag name read only for the new masters
+# (a month's, not the catalogue's). Only masters are new from the master side:
+# graphinator MERGEs one IS edge per master and tag. One record.
+MASTERS_ABOVE = {
+    tag: "MATCH (m:Master) WITH m, toIntegerOrNull(m.id) AS n "
+    "WITH max(n) AS highest, collect(CASE WHEN n > $mark THEN m END) AS fresh "
+    f"RETURN highest, [m IN fresh | [(m)-[:IS]->(g:{tag}) WHERE g.name IN $ids | g.name]] AS tags"
     for tag in ("Genre", "Style")
 }
 # The catalogue's size (Neo4j answers from its count store, without a scan).
@@ -166,14 +178,37 @@ class Graph:
         self, tag: Literal["Genre", "Style"], names: Sequence[str]
     ) -> dict[str, TagState]:
         """The genres (or styles) among `names` that exist, with their release counts."""
+        degrees = await self.tag_degrees(tag, names)
+        masters = await self.tag_masters(tag, list(degrees))
+        return {i: TagState(n - masters.get(i, 0)) for i, n in degrees.items()}
+
+    async def tag_degrees(
+        self, tag: Literal["Genre", "Style"], names: Sequence[str]
+    ) -> dict[str, int]:
+        """The IS degree of each genre (or style) among `names` that exists (TAG_COUNTS)."""
         rows = await self._rows(TAG_COUNTS[tag], ids=list(names))
-        of_masters = await self._rows(TAG_MASTERS[tag], ids=list(names))
-        masters = {r["id"]: int(r["n"]) for r in of_masters}
-        return {
-            r["id"]: TagState(int(r["n"]) - masters.get(r["id"], 0))
-            for r in rows
-            if isinstance(r["id"], str)
-        }
+        return {r["id"]: int(r["n"]) for r in rows if isinstance(r["id"], str)}
+
+    async def tag_masters(
+        self, tag: Literal["Genre", "Style"], names: Sequence[str]
+    ) -> dict[str, int]:
+        """Every master's IS edges on each of `names` (TAG_MASTERS: a scan of the masters)."""
+        rows = await self._rows(TAG_MASTERS[tag], ids=list(names))
+        return {r["id"]: int(r["n"]) for r in rows}
+
+    async def masters_above(
+        self, tag: Literal["Genre", "Style"], names: Sequence[str], mark: int | None
+    ) -> tuple[int | None, dict[str, int]]:
+        """The highest master id, and the IS edges on each of `names` of masters above `mark`."""
+        rows = await self._rows(MASTERS_ABOVE[tag], ids=list(names), mark=mark)
+        if not rows:
+            return None, {}
+        highest, per_master = rows[0]["highest"], rows[0]["tags"] or []
+        edges: dict[str, int] = defaultdict(int)
+        for names_of_one in per_master:
+            for name in names_of_one:
+                edges[name] += 1
+        return (highest if type(highest) is int else None), dict(edges)
 
     async def release_facets(self, ids: Sequence[int], batch: int) -> dict[int, Facets]:
         """(year, formats) of each release among `ids` that exists, read `batch` ids a query."""

@@ -343,22 +343,88 @@ class TagExtra(NamedTuple):
     """What a genre or style unit reads beside its snapshots."""
 
     thresholds: dict[str, list[int]]  # each tag's watchers' release-count thresholds
-    notable: dict[str, list[NotableRelease]]  # each tag's new releases of the cycle
 
 
-class TagStrategy(Strategy[dict[str, TagState], TagExtra]):
-    """Genres and styles: release counts crossing the watchers' thresholds."""
+@dataclass
+class TagRead:
+    """A tag unit's graph read (its IS degrees), then what its `load` found."""
+
+    degrees: dict[str, int]
+    # Each tag's new releases of the cycle (NEW_IN_*)...
+    notable: dict[str, list[NotableRelease]] = field(default_factory=dict)
+    # ...and its state: counted from them (diff.tag_count) or in full.
+    states: dict[str, TagState] = field(default_factory=dict)
+
+
+class TagStrategy(Strategy[TagRead, TagExtra]):
+    """Genres and styles: release counts crossing the watchers' thresholds.
+
+    The graph read gives each tag's IS degree. A tag whose snapshot is the
+    previous cycle's and whose degree grew by exactly the IS edges of the
+    cycle's new releases and of the masters above the snapshot's master mark
+    (graph.MASTERS_ABOVE) counts the recorded releases plus those
+    (`diff.tag_count`, counted `tag_fast_path`); the others subtract every
+    master's IS edges as before (graph.TAG_MASTERS, `tag_full_count`).
+    """
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
 
-    async def read(self, unit: cycles.Unit) -> dict[str, TagState]:
-        """graph.Graph.tags of the unit."""
-        tag: Literal["Genre", "Style"] = "Genre" if unit.entity_type == "genre" else "Style"
-        return await self.graph.tags(tag, unit.entity_ids)
+    @staticmethod
+    def _tag(unit: cycles.Unit) -> Literal["Genre", "Style"]:
+        return "Genre" if unit.entity_type == "genre" else "Style"
+
+    async def read(self, unit: cycles.Unit) -> TagRead:
+        """graph.Graph.tag_degrees of the unit."""
+        return TagRead(await self.graph.tag_degrees(self._tag(unit), unit.entity_ids))
+
+    async def load(self, w: Writing, data: TagRead) -> Loaded:
+        """The snapshots and the cycle's new releases; each tag's count, fast or in full."""
+        unit, tag = w.unit, self._tag(w.unit)
+        snapshots = await unitstore.load_snapshots(w.conn, unit)
+        query = NEW_IN_GENRES if unit.entity_type == "genre" else NEW_IN_STYLES
+        cur = await w.conn.execute(query, {"version": unit.version, "ids": unit.entity_ids})
+        notable: dict[str, list[NotableRelease]] = defaultdict(list)
+        for name, rid, title, rank in await cur.fetchall():
+            notable[name].append(NotableRelease(rid, title, rank))
+        data.notable = notable
+        previous = unit.previous_version
+        marks = [
+            s.master_mark
+            for i in data.degrees
+            if (s := snapshots.get(i)) is not None
+            and s.version == previous
+            and s.master_mark is not None
+        ]
+        # Masters above the lowest mark: a tag recorded with a higher one finds
+        # more master edges than it gained, and is counted in full.
+        mark = min(marks) if marks and await _releases_done(w) else None
+        highest, master_edges = await self.graph.masters_above(tag, list(data.degrees), mark)
+        if highest is None:  # no numeric master id at all
+            highest = mark if mark is not None else 0
+        full: list[str] = []
+        for i, degree in data.degrees.items():
+            count = None
+            if mark is not None:
+                new_edges = len(notable.get(i, ()))  # one per IS edge (releases.release_row)
+                count = diff.tag_count(
+                    snapshots.get(i), previous, degree, new_edges, master_edges.get(i, 0)
+                )
+            if count is None:
+                full.append(i)
+            else:
+                data.states[i] = TagState(count, degree, highest)
+        if full:
+            masters = await self.graph.tag_masters(tag, full)
+            for i in full:
+                degree = data.degrees[i]
+                data.states[i] = TagState(degree - masters.get(i, 0), degree, highest)
+        w.counters.add("tag_fast_path", len(data.degrees) - len(full))
+        w.counters.add("tag_full_count", len(full))
+        return Loaded(unit.entity_ids, snapshots)
 
     async def lookup(self, w: Writing) -> TagExtra:
-        """The watchers' thresholds (THRESHOLDS) and the cycle's new releases (NEW_IN_*)."""
+        """The watchers' thresholds (THRESHOLDS)."""
         unit = w.unit
         thresholds: dict[str, list[int]] = {}
         params = {"type": unit.entity_type, "ids": unit.entity_ids, "before": unit.started_at}
@@ -369,15 +435,10 @@ class TagStrategy(Strategy[dict[str, TagState], TagExtra]):
                 values.extend(fanout.THRESHOLD_MILESTONES)
             thresholds[entity_id] = values
             w.counters.add("bad_threshold_option", int(bad))
-        notable: dict[str, list[NotableRelease]] = defaultdict(list)
-        query = NEW_IN_GENRES if unit.entity_type == "genre" else NEW_IN_STYLES
-        cur = await w.conn.execute(query, {"version": unit.version, "ids": unit.entity_ids})
-        for name, rid, title, rank in await cur.fetchall():
-            notable[name].append(NotableRelease(rid, title, rank))
-        return TagExtra(thresholds, notable)
+        return TagExtra(thresholds)
 
     def diff(
-        self, unit: cycles.Unit, data: dict[str, TagState], loaded: Loaded, extra: TagExtra
+        self, unit: cycles.Unit, data: TagRead, loaded: Loaded, extra: TagExtra
     ) -> list[DiffResult]:
         """`diff.diff_tag` of each genre or style."""
         return [
@@ -386,13 +447,20 @@ class TagStrategy(Strategy[dict[str, TagState], TagExtra]):
                 unit.previous_version,
                 unit.entity_type,
                 i,
-                data.get(i),
+                data.states.get(i),
                 loaded.snapshots.get(i),
                 extra.thresholds.get(i, ()),
-                extra.notable.get(i, []),
+                data.notable.get(i, []),
             )
             for i in loaded.ids
         ]
+
+
+async def _releases_done(w: Writing) -> bool:
+    """Whether the cycle's releases unit is done: only then are its new releases all written."""
+    cur = await w.conn.execute(RELEASES_DONE, {"version": w.unit.version})
+    row = await cur.fetchone()
+    return row is not None and bool(row[0])
 
 
 class FoundSearch(NamedTuple):

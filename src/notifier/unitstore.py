@@ -39,7 +39,7 @@ _LOAD_HEAD = """
 SELECT s.entity_id,"""
 _LOAD_TAIL = """,
        s.entity_name, s.release_ids, s.alias_ids, s.member_ids, s.release_count,
-       s.tree_digest, s.edge_count
+       s.tree_digest, s.edge_count, s.master_mark
 FROM notifier.diff_units d
 CROSS JOIN LATERAL unnest(d.entity_ids) AS x (id)
 JOIN notifier.entity_snapshots s ON s.entity_type = d.entity_type AND s.entity_id = x.id
@@ -72,7 +72,7 @@ WITH x AS (
     WHERE d.id = %(unit)s AND d.status = 'pending' AND d.claimed_by = %(me)s
 )
 SELECT id, version, entity_name, release_ids, alias_ids, member_ids, release_count,
-       tree_digest, edge_count, graph_digest, h,
+       tree_digest, edge_count, master_mark, graph_digest, h,
        -- Has it a filtered watcher (watchlists_filtered_idx)? Asked only of
        -- the artists returned, so the unit needs no query of its own when
        -- none has (strategies.FILTERED_WATCHES).
@@ -85,7 +85,8 @@ FROM (
                      FROM (x.n::int - 1) * %(size)s::int + 1 FOR %(size)s::int) AS h,"""
 _COMPARE_TAIL = """ AS version,
            s.entity_name, s.release_ids, s.alias_ids,
-           s.member_ids, s.release_count, s.tree_digest, s.edge_count, s.graph_digest
+           s.member_ids, s.release_count, s.tree_digest, s.edge_count, s.master_mark,
+           s.graph_digest
     FROM x
     LEFT JOIN (
         SELECT * FROM notifier.entity_snapshots s
@@ -117,6 +118,7 @@ class ComparedRow(NamedTuple):
     release_count: int | None
     tree_digest: bytes | None  # a label's: None for an artist
     edge_count: int | None
+    master_mark: int | None  # a genre's or style's: None for an artist
     stored_digest: bytes | None  # the snapshot's graph digest
     row_digest: bytes  # the graph row's now (NO_DIGEST: none)
     filtered: bool  # a filtered watch watches it
@@ -168,7 +170,7 @@ def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
     COMPARE_ARTISTS' digests.
     """
     make = diff.Snapshot._make
-    return {r[0]: make(r[1:9]) for r in rows if r[1] is not None}
+    return {r[0]: make(r[1:10]) for r in rows if r[1] is not None}
 
 
 # Graph rows are hashed as JSON. A row JSON has no form for (the driver's
@@ -248,6 +250,7 @@ def unchanged(before: diff.Snapshot, after: diff.Snapshot) -> bool:
         and _same(before.member_ids, after.member_ids)
         and before.tree_digest == after.tree_digest
         and before.edge_count == after.edge_count
+        and before.master_mark == after.master_mark
     )
 
 
@@ -273,6 +276,7 @@ def snapshot_params(
             "h": None if h is None else h.hex(),
             "t": None if s.tree_digest is None else s.tree_digest.hex(),
             "e": s.edge_count,
+            "k": s.master_mark,
         }
         for i, s, h in rows
     ]
