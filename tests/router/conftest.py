@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from neo4j import AsyncDriver
 from psycopg_pool import AsyncConnectionPool
 
-from notifier import config, cycles
+from notifier import config, cycles, db, graph, units
 from notifier.devkit import services
 from notifier.devkit.graphbuilder import GraphBuilder
 from notifier.router import Router
@@ -118,6 +119,46 @@ async def fire(
                 conn, version=version, service=service, completed_at=None, message={},
                 required=settings.required_services, unit_size=unit_size,
             )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def unit_pool(settings: config.Settings) -> AsyncIterator[AsyncConnectionPool]:
+    """A PostgreSQL pool for running a cycle's units in this process."""
+    async with db.pool(settings.postgres_conninfo) as pool:
+        yield pool
+
+
+async def run_cycle(
+    pool: AsyncConnectionPool,
+    g: graph.Graph,
+    settings: config.Settings,
+    version: str,
+    entity_types: Collection[str],
+    keys: Collection[str],
+) -> dict[str, int]:
+    """Fire `version`, run its units one by one in this process and finish the cycle;
+    the counters `keys` of the units of `entity_types`, summed (0 when never counted)."""
+    await fire(pool, settings, version, unit_size=2)
+    runner = units.UnitRunner(pool, g, "me", email=False, batch=100)
+    totals = dict.fromkeys(keys, 0)
+    async with pool.connection() as conn:
+        while (unit := await cycles.claim(conn, "me", 60)) is not None:
+            got = await runner.run(unit)
+            assert got is not None
+            if unit.entity_type in entity_types:
+                for key in keys:
+                    totals[key] += int(got.get(key, 0))
+        assert [f.version for f in await cycles.finish_cycles(conn)] == [version]
+    return totals
+
+
+async def write_platform(
+    driver: AsyncDriver, db_name: str, build: Callable[[GraphBuilder], Any]
+) -> None:
+    """Graph data written as graphinator writes it (GraphBuilder(platform=True))."""
+    g = GraphBuilder(platform=True)
+    build(g)
+    await g.write(driver, db_name)
 
 
 def q(pg_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:

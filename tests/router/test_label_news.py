@@ -6,19 +6,17 @@ re-labelled release loses the edges its record no longer lists)."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from neo4j import AsyncDriver
-from psycopg_pool import AsyncConnectionPool
 
-from notifier import config, cycles, db, diff, graph, units
+from notifier import config, diff, graph
 from notifier.devkit import services
 from notifier.devkit.graphbuilder import GraphBuilder
-from tests.router.conftest import events, fire, q, watch
+from tests.router.conftest import events, q, run_cycle, unit_pool, watch, write_platform
 from tests.router.test_profile import profile
 
 # Label 10 (releases 100 and 300 before) and its sublabel 11, with their ON degrees.
@@ -194,40 +192,10 @@ async def test_the_cheap_read_does_not_grow_with_the_labels_releases(
     assert _db_hits(big) > 5 * _db_hits(small)
 
 
-# Whole cycles, units run in this process one by one (as tests/router/test_compare.py).
+# Whole cycles, units run in this process one by one (tests/router/conftest.run_cycle).
 
-
-@contextlib.asynccontextmanager
-async def _pool(settings: config.Settings) -> AsyncIterator[AsyncConnectionPool]:
-    async with db.pool(settings.postgres_conninfo) as pool:
-        yield pool
-
-
-async def _cycle(
-    pool: AsyncConnectionPool, g: graph.Graph, settings: config.Settings, version: str
-) -> dict[str, int]:
-    """Fire `version`, run its units in turn; the label units' counters summed."""
-    await fire(pool, settings, version, unit_size=2)
-    runner = units.UnitRunner(pool, g, "me", email=False, batch=100)
-    totals: dict[str, int] = {}
-    async with pool.connection() as conn:
-        while (unit := await cycles.claim(conn, "me", 60)) is not None:
-            got = await runner.run(unit)
-            assert got is not None
-            if unit.entity_type == "label":
-                for key in ("label_fast_path", "label_full_read", "baseline"):
-                    totals[key] = totals.get(key, 0) + int(got.get(key, 0))
-        assert [f.version for f in await cycles.finish_cycles(conn)] == [version]
-    return totals
-
-
-async def _platform(
-    driver: AsyncDriver, db_name: str, build: Callable[[GraphBuilder], Any]
-) -> None:
-    """Graph data written as graphinator writes it."""
-    g = GraphBuilder(platform=True)
-    build(g)
-    await g.write(driver, db_name)
+LABEL_UNITS = ("label",)
+LABEL_COUNTERS = ("label_fast_path", "label_full_read", "baseline")
 
 
 async def _relabel(driver: AsyncDriver, db_name: str, release: str, labels: list[str]) -> None:
@@ -290,9 +258,9 @@ async def test_new_releases_on_a_label_and_its_sublabels_take_the_fast_path(
         watch(pg_url, user, "label", label)
     watch(pg_url, cd_only, "label", "10", {"formats": ["CD"]})
     g = graph.Graph(graph_driver, platform_graph)
-    await _platform(graph_driver, platform_graph, _first)
-    async with _pool(router_settings) as pool:
-        first = await _cycle(pool, g, router_settings, "v1")
+    await write_platform(graph_driver, platform_graph, _first)
+    async with unit_pool(router_settings) as pool:
+        first = await run_cycle(pool, g, router_settings, "v1", LABEL_UNITS, LABEL_COUNTERS)
         assert first == {"label_fast_path": 0, "label_full_read": 2, "baseline": 2}
         before = _snapshots(pg_url)
         assert before["10"].edge_count == 2 and before["10"].tree_digest is not None
@@ -303,9 +271,9 @@ async def test_new_releases_on_a_label_and_its_sublabels_take_the_fast_path(
             b.release("103", "N3", formats=["CD"], labels=["10", "11"])  # two ON pairs
             b.release("500", "N4", formats=["LP"], labels=["99"])  # an unwatched label
 
-        await _platform(graph_driver, platform_graph, second)
+        await write_platform(graph_driver, platform_graph, second)
         expected = await _full_read_events(g, before, ["10", "20"])
-        got = await _cycle(pool, g, router_settings, "v2")
+        got = await run_cycle(pool, g, router_settings, "v2", LABEL_UNITS, LABEL_COUNTERS)
         assert got == {"label_fast_path": 2, "label_full_read": 0, "baseline": 0}
     new = {"new_release_count": 3, "release_ids": ["101", "102", "103"]}
     assert expected == [("new_releases", "label", "10", new)]
@@ -331,16 +299,16 @@ async def test_a_sublabel_attached_with_old_releases_is_read_in_full_a_new_one_i
 ) -> None:
     watch(pg_url, uuid.uuid4(), "label", "10")
     g = graph.Graph(graph_driver, platform_graph)
-    await _platform(graph_driver, platform_graph, _first)
-    async with _pool(router_settings) as pool:
-        await _cycle(pool, g, router_settings, "v1")
+    await write_platform(graph_driver, platform_graph, _first)
+    async with unit_pool(router_settings) as pool:
+        await run_cycle(pool, g, router_settings, "v1", LABEL_UNITS, LABEL_COUNTERS)
 
         def attach(b: GraphBuilder) -> None:
             b.label("30", "Orphan", parent="10")
             b.release("104", "N", formats=["LP"], labels=["30"])
 
-        await _platform(graph_driver, platform_graph, attach)
-        got = await _cycle(pool, g, router_settings, "v2")
+        await write_platform(graph_driver, platform_graph, attach)
+        got = await run_cycle(pool, g, router_settings, "v2", LABEL_UNITS, LABEL_COUNTERS)
         assert got == {"label_fast_path": 0, "label_full_read": 1, "baseline": 0}
         assert events(pg_url, "v2") == [
             ("new_releases", "label", "10",
@@ -354,8 +322,8 @@ async def test_a_sublabel_attached_with_old_releases_is_read_in_full_a_new_one_i
             b.release("105", "M", formats=["LP"], labels=["30"])
             b.release("106", "O", formats=["LP"], labels=["31"])
 
-        await _platform(graph_driver, platform_graph, more)
-        got = await _cycle(pool, g, router_settings, "v3")
+        await write_platform(graph_driver, platform_graph, more)
+        got = await run_cycle(pool, g, router_settings, "v3", LABEL_UNITS, LABEL_COUNTERS)
         assert got == {"label_fast_path": 1, "label_full_read": 0, "baseline": 0}
     assert events(pg_url, "v3") == [
         ("new_releases", "label", "10", {"new_release_count": 2, "release_ids": ["105", "106"]}),
@@ -369,14 +337,14 @@ async def test_an_old_release_relabelled_onto_the_label_is_read_in_full_and_repo
     watch(pg_url, user, "label", "10")
     watch(pg_url, user, "label", "20")
     g = graph.Graph(graph_driver, platform_graph)
-    await _platform(graph_driver, platform_graph, _first)
-    async with _pool(router_settings) as pool:
-        await _cycle(pool, g, router_settings, "v1")
+    await write_platform(graph_driver, platform_graph, _first)
+    async with unit_pool(router_settings) as pool:
+        await run_cycle(pool, g, router_settings, "v1", LABEL_UNITS, LABEL_COUNTERS)
         # 400 leaves label 20 for sublabel 11, and a new release lands on 10.
         await _relabel(graph_driver, platform_graph, "400", ["11"])
-        await _platform(graph_driver, platform_graph,
+        await write_platform(graph_driver, platform_graph,
                         lambda b: b.release("101", "N", formats=["LP"], labels=["10"]))  # fmt: skip
-        got = await _cycle(pool, g, router_settings, "v2")
+        got = await run_cycle(pool, g, router_settings, "v2", LABEL_UNITS, LABEL_COUNTERS)
     # 10's edges grew by two for one pair; 20's shrank: both read in full.
     assert got == {"label_fast_path": 0, "label_full_read": 2, "baseline": 0}
     assert events(pg_url, "v2") == [
@@ -394,18 +362,18 @@ async def test_edges_that_change_no_release_are_recorded_and_baselines_read_in_f
     user = uuid.uuid4()
     watch(pg_url, user, "label", "10")
     g = graph.Graph(graph_driver, platform_graph)
-    await _platform(graph_driver, platform_graph, _first)
-    async with _pool(router_settings) as pool:
-        await _cycle(pool, g, router_settings, "v1")
+    await write_platform(graph_driver, platform_graph, _first)
+    async with unit_pool(router_settings) as pool:
+        await run_cycle(pool, g, router_settings, "v1", LABEL_UNITS, LABEL_COUNTERS)
         await _relabel(graph_driver, platform_graph, "100", ["10", "11"])
         watch(pg_url, user, "label", "20")
-        got = await _cycle(pool, g, router_settings, "v2")
+        got = await run_cycle(pool, g, router_settings, "v2", LABEL_UNITS, LABEL_COUNTERS)
         assert got == {"label_fast_path": 0, "label_full_read": 2, "baseline": 1}
         assert events(pg_url, "v2") == []
         assert _snapshots(pg_url)["10"].edge_count == 3
-        await _platform(graph_driver, platform_graph,
+        await write_platform(graph_driver, platform_graph,
                         lambda b: b.release("201", "N", formats=["LP"], labels=["20"]))  # fmt: skip
-        got = await _cycle(pool, g, router_settings, "v3")
+        got = await run_cycle(pool, g, router_settings, "v3", LABEL_UNITS, LABEL_COUNTERS)
     assert got == {"label_fast_path": 2, "label_full_read": 0, "baseline": 0}
     assert events(pg_url, "v3") == [
         ("new_releases", "label", "20", {"new_release_count": 1, "release_ids": ["201"]}),

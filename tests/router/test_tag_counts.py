@@ -5,19 +5,17 @@ writes it (MERGE one IS edge per release or master and tag; masters IS too)."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from neo4j import AsyncDriver
-from psycopg_pool import AsyncConnectionPool
 
-from notifier import config, cycles, db, diff, graph, units
+from notifier import config, diff, graph
 from notifier.devkit import services
 from notifier.devkit.graphbuilder import GraphBuilder
-from tests.router.conftest import events, fire, q, watch
+from tests.router.conftest import events, q, run_cycle, unit_pool, watch, write_platform
 from tests.router.test_profile import profile
 
 # Jazz: 7 IS edges when recorded, 5 of them releases', masters up to id 1000.
@@ -105,40 +103,10 @@ async def test_the_masters_pass_does_not_grow_with_the_tags_releases_or_old_edge
     assert full_after > full_before
 
 
-# Whole cycles, units run in this process one by one (as tests/router/test_label_news.py).
+# Whole cycles, units run in this process one by one (tests/router/conftest.run_cycle).
 
-
-@contextlib.asynccontextmanager
-async def _pool(settings: config.Settings) -> AsyncIterator[AsyncConnectionPool]:
-    async with db.pool(settings.postgres_conninfo) as pool:
-        yield pool
-
-
-async def _cycle(
-    pool: AsyncConnectionPool, g: graph.Graph, settings: config.Settings, version: str
-) -> dict[str, int]:
-    """Fire `version`, run its units in turn; the genre and style units' counters summed."""
-    await fire(pool, settings, version, unit_size=2)
-    runner = units.UnitRunner(pool, g, "me", email=False, batch=100)
-    totals: dict[str, int] = {}
-    async with pool.connection() as conn:
-        while (unit := await cycles.claim(conn, "me", 60)) is not None:
-            got = await runner.run(unit)
-            assert got is not None
-            if unit.entity_type in ("genre", "style"):
-                for key in ("tag_fast_path", "tag_full_count", "baseline"):
-                    totals[key] = totals.get(key, 0) + int(got.get(key, 0))
-        assert [f.version for f in await cycles.finish_cycles(conn)] == [version]
-    return totals
-
-
-async def _platform(
-    driver: AsyncDriver, db_name: str, build: Callable[[GraphBuilder], Any]
-) -> None:
-    """Graph data written as graphinator writes it."""
-    g = GraphBuilder(platform=True)
-    build(g)
-    await g.write(driver, db_name)
+TAG_UNITS = ("genre", "style")
+TAG_COUNTERS = ("tag_fast_path", "tag_full_count", "baseline")
 
 
 async def _retag(driver: AsyncDriver, db_name: str, label: str, id: str, genres: list[str]) -> None:
@@ -205,9 +173,9 @@ async def test_new_releases_and_a_new_master_keep_the_fast_path(
     count."""
     _watch_all(pg_url, uuid.uuid4())
     g = graph.Graph(graph_driver, platform_graph)
-    await _platform(graph_driver, platform_graph, _first)
-    async with _pool(router_settings) as pool:
-        first = await _cycle(pool, g, router_settings, "v1")
+    await write_platform(graph_driver, platform_graph, _first)
+    async with unit_pool(router_settings) as pool:
+        first = await run_cycle(pool, g, router_settings, "v1", TAG_UNITS, TAG_COUNTERS)
         assert first == {"tag_fast_path": 0, "tag_full_count": 3, "baseline": 3}
         recorded = _snapshots(pg_url)
         assert recorded[("genre", "Jazz")] == diff.Snapshot(
@@ -219,8 +187,8 @@ async def test_new_releases_and_a_new_master_keep_the_fast_path(
             b.release("103", "N1", genres=["Jazz"], styles=["Hard Bop"])
             b.release("104", "N2", genres=["Jazz", "Rock"])
 
-        await _platform(graph_driver, platform_graph, second)
-        got = await _cycle(pool, g, router_settings, "v2")
+        await write_platform(graph_driver, platform_graph, second)
+        got = await run_cycle(pool, g, router_settings, "v2", TAG_UNITS, TAG_COUNTERS)
         assert got == {"tag_fast_path": 3, "tag_full_count": 0, "baseline": 0}
         assert _counts(pg_url) == await _full_counts(g)
         assert _counts(pg_url) == {
@@ -240,8 +208,8 @@ async def test_new_releases_and_a_new_master_keep_the_fast_path(
             b.master("1002", "New master", genres=["Jazz", "Rock"], styles=["Hard Bop"])
             b.release("105", "N3", genres=["Jazz"], master="1002")
 
-        await _platform(graph_driver, platform_graph, third)
-        got = await _cycle(pool, g, router_settings, "v3")
+        await write_platform(graph_driver, platform_graph, third)
+        got = await run_cycle(pool, g, router_settings, "v3", TAG_UNITS, TAG_COUNTERS)
         assert got == {"tag_fast_path": 3, "tag_full_count": 0, "baseline": 0}
     assert _counts(pg_url) == await _full_counts(g)
     assert _counts(pg_url) == {("genre", "Jazz"): 6, ("genre", "Rock"): 2, ("style", "Hard Bop"): 2}
@@ -259,25 +227,25 @@ async def test_an_old_masters_genre_changed_is_counted_in_full(
     reported; then the fast path again."""
     _watch_all(pg_url, uuid.uuid4())
     g = graph.Graph(graph_driver, platform_graph)
-    await _platform(graph_driver, platform_graph, _first)
-    async with _pool(router_settings) as pool:
-        await _cycle(pool, g, router_settings, "v1")
+    await write_platform(graph_driver, platform_graph, _first)
+    async with unit_pool(router_settings) as pool:
+        await run_cycle(pool, g, router_settings, "v1", TAG_UNITS, TAG_COUNTERS)
         await _retag(graph_driver, platform_graph, "Master", "1001", ["Rock"])
-        await _platform(graph_driver, platform_graph,
+        await write_platform(graph_driver, platform_graph,
                         lambda b: b.release("103", "N", genres=["Jazz"]))  # fmt: skip
-        got = await _cycle(pool, g, router_settings, "v2")
+        got = await run_cycle(pool, g, router_settings, "v2", TAG_UNITS, TAG_COUNTERS)
         assert got == {"tag_fast_path": 1, "tag_full_count": 2, "baseline": 0}
         assert _counts(pg_url) == await _full_counts(g)
         assert _counts(pg_url) == {
             ("genre", "Jazz"): 4, ("genre", "Rock"): 1, ("style", "Hard Bop"): 1
         }  # fmt: skip
         await _retag(graph_driver, platform_graph, "Release", "100", ["Jazz", "Rock"])
-        got = await _cycle(pool, g, router_settings, "v3")
+        got = await run_cycle(pool, g, router_settings, "v3", TAG_UNITS, TAG_COUNTERS)
         assert got == {"tag_fast_path": 2, "tag_full_count": 1, "baseline": 0}
         assert _counts(pg_url)[("genre", "Rock")] == 2 == (await _full_counts(g))[("genre", "Rock")]
-        await _platform(graph_driver, platform_graph,
+        await write_platform(graph_driver, platform_graph,
                         lambda b: b.release("106", "M", genres=["Rock"]))  # fmt: skip
-        got = await _cycle(pool, g, router_settings, "v4")
+        got = await run_cycle(pool, g, router_settings, "v4", TAG_UNITS, TAG_COUNTERS)
         assert got == {"tag_fast_path": 3, "tag_full_count": 0, "baseline": 0}
     assert _counts(pg_url) == await _full_counts(g)
     assert _counts(pg_url)[("genre", "Rock")] == 3
@@ -289,13 +257,13 @@ async def test_a_tag_watched_since_is_a_baseline_counted_in_full(
     user = uuid.uuid4()
     watch(pg_url, user, "genre", "Jazz", {"threshold": 5})
     g = graph.Graph(graph_driver, platform_graph)
-    await _platform(graph_driver, platform_graph, _first)
-    async with _pool(router_settings) as pool:
-        await _cycle(pool, g, router_settings, "v1")
+    await write_platform(graph_driver, platform_graph, _first)
+    async with unit_pool(router_settings) as pool:
+        await run_cycle(pool, g, router_settings, "v1", TAG_UNITS, TAG_COUNTERS)
         watch(pg_url, user, "genre", "Rock", {"threshold": 1})
-        await _platform(graph_driver, platform_graph,
+        await write_platform(graph_driver, platform_graph,
                         lambda b: b.release("103", "N", genres=["Jazz", "Rock"]))  # fmt: skip
-        got = await _cycle(pool, g, router_settings, "v2")
+        got = await run_cycle(pool, g, router_settings, "v2", TAG_UNITS, TAG_COUNTERS)
     assert got == {"tag_fast_path": 1, "tag_full_count": 1, "baseline": 1}
     assert _counts(pg_url) == {("genre", "Jazz"): 4, ("genre", "Rock"): 2}
     assert [(e, i) for e, _, i, _ in events(pg_url, "v2")] == [("notable_releases", "Jazz")]
