@@ -73,6 +73,18 @@ TAG_MASTERS = {
     "RETURN g.name AS id, count(*) AS n"
     for tag in ("Genre", "Style")
 }
+# The highest numeric master id, and the masters whose numeric id is above
+# `$mark` (`$mark` null: none) with the ids of the artists they are BY and
+# the names of the genres and styles they are IS (one entry per edge:
+# graphinator MERGEs one edge per master and artist or tag). One pass over
+# the masters' ids; edges are read only for the new masters (a month's, not
+# the catalogue's). Read once a cycle by the releases unit. One record.
+CYCLE_MASTERS = (
+    "MATCH (m:Master) WITH m, toIntegerOrNull(m.id) AS n "
+    "WITH max(n) AS highest, collect(CASE WHEN n > $mark THEN m END) AS fresh "
+    "RETURN highest, [m IN fresh | [m.id, [(m)-[:BY]->(a:Artist) | a.id], "
+    "[(m)-[:IS]->(g:Genre) | g.name], [(m)-[:IS]->(s:Style) | s.name]]] AS rows"
+)
 # The highest numeric master id, and the tags among `$ids` of each master whose
 # numeric id is above `$mark` (one entry per IS edge; `$mark` null: none):
 # one pass over the masters' ids, each tag name read only for the new masters
@@ -195,6 +207,15 @@ class Graph:
         """Every master's IS edges on each of `names` (TAG_MASTERS: a scan of the masters)."""
         rows = await self._rows(TAG_MASTERS[tag], ids=list(names))
         return {r["id"]: int(r["n"]) for r in rows}
+
+    async def cycle_masters(self, mark: int | None) -> tuple[int | None, list[Any]]:
+        """The highest numeric master id (None: none), and the raw rows of masters above
+        `mark` ([id, BY artist ids, IS genre names, IS style names]; none if `mark` is None)."""
+        rows = await self._rows(CYCLE_MASTERS, mark=mark)
+        if not rows:
+            return None, []
+        highest, masters = rows[0]["highest"], rows[0]["rows"]
+        return (highest if type(highest) is int else None), (masters or [])
 
     async def masters_above(
         self, tag: Literal["Genre", "Style"], names: Sequence[str], mark: int | None

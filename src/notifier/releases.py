@@ -4,7 +4,9 @@ Unlike the other units it diffs no snapshot: it records every release id
 of the graph in seen_releases (or only those above the previous cycle's
 mark), stores the cycle's new releases in cycle_releases (which genre and
 style units read) and matches every saved search against them
-(cycle_search_matches, which search units read).
+(cycle_search_matches, which search units read). It also reads the
+cycle's new masters once (cycle_masters, which genre, style and artist
+units read instead of a pass over the masters each).
 """
 
 from __future__ import annotations
@@ -34,17 +36,38 @@ CLEAR_SEARCH_MATCHES = "DELETE FROM notifier.cycle_search_matches WHERE version 
 COPY_SEARCH_MATCHES = """
 COPY notifier.cycle_search_matches (version, search_id, match_count, matches) FROM STDIN
 """
-# The previous cycle's release count and highest release id (release_marks primary key).
+# The previous cycle's release count, highest release id and highest master
+# id (release_marks primary key).
 RELEASE_MARK = """
-SELECT release_count, highest_id FROM notifier.release_marks WHERE version = %(version)s
+SELECT release_count, highest_id, master_highest_id
+FROM notifier.release_marks WHERE version = %(version)s
 """
 # A resumed releases unit writes the same mark again.
 RECORD_RELEASE_MARK = """
-INSERT INTO notifier.release_marks (version, release_count, highest_id, full_scan)
-VALUES (%(version)s, %(count)s, %(highest)s, %(full_scan)s)
+INSERT INTO notifier.release_marks
+    (version, release_count, highest_id, full_scan, master_highest_id)
+VALUES (%(version)s, %(count)s, %(highest)s, %(full_scan)s, %(master_highest)s)
 ON CONFLICT (version) DO UPDATE
 SET release_count = excluded.release_count, highest_id = excluded.highest_id,
-    full_scan = excluded.full_scan
+    full_scan = excluded.full_scan, master_highest_id = excluded.master_highest_id
+"""
+# Whether cycle_masters holds every new master of cycle `version`: its
+# releases unit is done (diff_units_version_type_seq_key), did not fall back
+# to a full scan and read the masters above the previous cycle's highest
+# master id (ReleasesUnit.run). Otherwise readers count in full.
+NEW_MASTERS_KNOWN = """
+SELECT EXISTS (
+    SELECT 1
+    FROM notifier.diff_units d
+    JOIN notifier.release_marks m ON m.version = d.version
+    JOIN notifier.release_marks p ON p.version = %(previous)s
+    WHERE d.version = %(version)s AND d.entity_type = 'releases' AND d.status = 'done'
+      AND NOT m.full_scan AND p.master_highest_id IS NOT NULL
+)
+"""
+CLEAR_CYCLE_MASTERS = "DELETE FROM notifier.cycle_masters WHERE version = %(version)s"
+COPY_CYCLE_MASTERS = """
+COPY notifier.cycle_masters (version, master_id, artist_ids, genres, styles) FROM STDIN
 """
 # seen_releases_version_idx: was there any scan before this cycle's?
 EARLIER_SCAN = """
@@ -118,11 +141,31 @@ def release_row(version: str, info: ReleaseInfo, counters: diff.Counters) -> Cyc
     )
 
 
+def master_rows(
+    version: str, raw: list[Any], counters: diff.Counters
+) -> list[tuple[str, int, list[str], list[str], list[str]]]:
+    """cycle_masters rows of graph.CYCLE_MASTERS' raw rows, by master id (a non-numeric
+    or repeated id is counted and left out: readers then find fewer edges and count
+    in full)."""
+    out: dict[int, tuple[str, int, list[str], list[str], list[str]]] = {}
+    for row in raw:
+        key, artists, genres, styles = row
+        mid = diff.parse_id(key)
+        if mid is None:
+            counters.add("non_numeric_master_ids")
+        elif mid in out:
+            counters.add("repeated_master_ids")
+        else:
+            out[mid] = (version, mid, _texts(artists, 100), _texts(genres), _texts(styles))
+    return [out[i] for i in sorted(out)]
+
+
 class ReleaseMark(NamedTuple):
     """A cycle's row of release_marks, as RELEASE_MARK reads it."""
 
     release_count: int
     highest_id: int
+    master_highest_id: int | None  # None: recorded before sql/019_cycle_masters.sql
 
 
 class Stopping(Exception):
@@ -173,8 +216,18 @@ class ReleasesUnit:
                 await conn.execute(INSERT_SEEN, {"ids": above, "version": unit.version})
             else:
                 scanned, highest = await self._scan_releases(conn, unit, counters)
-            mark_params = {"version": unit.version, "count": total,
-                           "highest": highest, "full_scan": above is None}  # fmt: skip
+            # A full scan means the graph changed under the release mark (a
+            # release below it appeared, or one went away, as after a reload):
+            # the master mark is not trusted either, so no master is recorded
+            # as new and the readers count in full this cycle (rare, and cheap
+            # beside the scan); the mark is recorded for the next cycle.
+            # Without a previous master mark (the first cycle) likewise.
+            after = None if above is None or mark is None else mark.master_highest_id
+            masters_high = await self._new_masters(conn, unit, after, counters)
+            if mark is not None and mark.master_highest_id is not None:
+                masters_high = max(masters_high, mark.master_highest_id)
+            mark_params = {"version": unit.version, "count": total, "highest": highest,
+                           "full_scan": above is None, "master_highest": masters_high}  # fmt: skip
             await conn.execute(RECORD_RELEASE_MARK, mark_params)
             counters.add("find_ms", _ms_since(started))
             new_count = 0 if baseline else await self._new_releases(conn, unit, counters)
@@ -204,6 +257,27 @@ class ReleasesUnit:
             highest = max(highest, ids[-1]) if ids else highest  # parse_ids sorts
             await conn.execute(INSERT_SEEN, {"ids": ids, "version": unit.version})
         return scanned, highest
+
+    async def _new_masters(
+        self,
+        conn: AsyncConnection[Any],
+        unit: cycles.Unit,
+        after: int | None,
+        counters: diff.Counters,
+    ) -> int:
+        """Store the masters above `after` in cycle_masters (none when `after` is None);
+        the highest numeric master id of the graph (-1: none)."""
+        started = time.monotonic()
+        highest, raw = await self.graph.cycle_masters(after)
+        rows = master_rows(unit.version, raw, counters)
+        await conn.execute(CLEAR_CYCLE_MASTERS, {"version": unit.version})
+        if rows:
+            async with conn.cursor().copy(COPY_CYCLE_MASTERS) as copy:
+                for r in rows:
+                    await copy.write_row(r)
+        counters.add("new_masters", len(rows))
+        counters.add("masters_ms", _ms_since(started))
+        return -1 if highest is None else highest
 
     async def _new_releases(
         self, conn: AsyncConnection[Any], unit: cycles.Unit, counters: diff.Counters
