@@ -428,8 +428,8 @@ def profile_hubs(
             graph_reads.TAG_COUNTS["Genre"], {"ids": ["Electronic"]}),
         "TAG_MASTERS Genre [Electronic] (masters' IS edges)": (
             graph_reads.TAG_MASTERS["Genre"], {"ids": ["Electronic"]}),
-        "MASTERS_ABOVE Genre [Electronic] (the masters' id pass, none new)": (
-            graph_reads.MASTERS_ABOVE["Genre"], {"ids": ["Electronic"], "mark": 2**62}),
+        "CYCLE_MASTERS (the masters' id pass, once a cycle, none new)": (
+            graph_reads.CYCLE_MASTERS, {"mark": 2**62}),
         f"RELEASES [{len(new_ids)} new]": (graph_reads.RELEASES, {"ids": new_ids}),
         "ARTIST_SIZES [hub]": (graph_reads.ARTIST_SIZES, {"ids": [HUB_ID]}),
         "ARTIST_SIZES [500 watched artists]": (graph_reads.ARTIST_SIZES, {"ids": unit[0]}),

@@ -133,8 +133,9 @@ class Snapshot(NamedTuple):
     # the ON edges into it when release_ids were recorded (LabelTree).
     tree_digest: bytes | None = None
     edge_count: int | None = None
-    # Genres and styles (sql/018_tag_marks.sql): the highest master id when
-    # release_count was recorded (edge_count: the tag's IS degree then).
+    # Genres and styles (sql/018_tag_marks.sql): edge_count is the tag's IS
+    # degree when release_count was recorded. master_mark is no longer written
+    # (the cycle's new masters are in cycle_masters, sql/019): None.
     master_mark: int | None = None
 
 
@@ -639,13 +640,12 @@ def rank_notable(releases: Iterable[NotableRelease]) -> list[NotableRelease]:
 class TagState:
     """A genre or style as read from the graph.
 
-    `edge_count` (its IS degree) and `master_mark` (the highest master id)
-    are recorded with the count, for `tag_count` next cycle (None: not).
+    `edge_count` (its IS degree) is recorded with the count, for `tag_count`
+    next cycle (None: not).
     """
 
     release_count: int
     edge_count: int | None = None
-    master_mark: int | None = None
 
 
 def tag_count(
@@ -658,8 +658,8 @@ def tag_count(
     """A tag's release count from what is new alone, or None: count it in full.
 
     `degree` is the tag's IS degree now, `release_edges` the IS edges on it of
-    the cycle's new releases, `master_edges` those of the masters above the
-    snapshot's `master_mark`. Only releases and masters are IS a tag, so when
+    the cycle's new releases, `master_edges` those of the cycle's new masters
+    (cycle_masters). Only releases and masters are IS a tag, so when
     the snapshot is the previous cycle's and the degree grew by exactly these
     new edges, no other edge came or went (unless as many went as came:
     README) and the count is the recorded one plus the new releases' edges.
@@ -667,7 +667,7 @@ def tag_count(
     if snapshot is None or previous_version is None or snapshot.version != previous_version:
         return None
     count, edges = snapshot.release_count, snapshot.edge_count
-    if count is None or edges is None or snapshot.master_mark is None:
+    if count is None or edges is None:
         return None
     if degree - edges != release_edges + master_edges:
         return None
@@ -702,7 +702,6 @@ def diff_tag(
         entity_name=entity_id,
         release_count=state.release_count,
         edge_count=state.edge_count,
-        master_mark=state.master_mark,
     )
     if is_baseline(snapshot, previous_version) or snapshot is None:
         counters.add("baseline")

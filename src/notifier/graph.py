@@ -10,7 +10,6 @@ and COUNT {} are fine), no APOC.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import AsyncIterator, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -85,17 +84,6 @@ CYCLE_MASTERS = (
     "RETURN highest, [m IN fresh | [m.id, [(m)-[:BY]->(a:Artist) | a.id], "
     "[(m)-[:IS]->(g:Genre) | g.name], [(m)-[:IS]->(s:Style) | s.name]]] AS rows"
 )
-# The highest numeric master id, and the tags among `$ids` of each master whose
-# numeric id is above `$mark` (one entry per IS edge; `$mark` null: none):
-# one pass over the masters' ids, each tag name read only for the new masters
-# (a month's, not the catalogue's). Only masters are new from the master side:
-# graphinator MERGEs one IS edge per master and tag. One record.
-MASTERS_ABOVE = {
-    tag: "MATCH (m:Master) WITH m, toIntegerOrNull(m.id) AS n "
-    "WITH max(n) AS highest, collect(CASE WHEN n > $mark THEN m END) AS fresh "
-    f"RETURN highest, [m IN fresh | [(m)-[:IS]->(g:{tag}) WHERE g.name IN $ids | g.name]] AS tags"
-    for tag in ("Genre", "Style")
-}
 # The catalogue's size (Neo4j answers from its count store, without a scan).
 RELEASE_COUNT = "MATCH (r:Release) RETURN count(r) AS n"
 # The releases whose numeric id is above `$max`, filtered in the server: the
@@ -216,20 +204,6 @@ class Graph:
             return None, []
         highest, masters = rows[0]["highest"], rows[0]["rows"]
         return (highest if type(highest) is int else None), (masters or [])
-
-    async def masters_above(
-        self, tag: Literal["Genre", "Style"], names: Sequence[str], mark: int | None
-    ) -> tuple[int | None, dict[str, int]]:
-        """The highest master id, and the IS edges on each of `names` of masters above `mark`."""
-        rows = await self._rows(MASTERS_ABOVE[tag], ids=list(names), mark=mark)
-        if not rows:
-            return None, {}
-        highest, per_master = rows[0]["highest"], rows[0]["tags"] or []
-        edges: dict[str, int] = defaultdict(int)
-        for names_of_one in per_master:
-            for name in names_of_one:
-                edges[name] += 1
-        return (highest if type(highest) is int else None), dict(edges)
 
     async def release_facets(self, ids: Sequence[int], batch: int) -> dict[int, Facets]:
         """(year, formats) of each release among `ids` that exists, read `batch` ids a query."""

@@ -34,6 +34,7 @@ from notifier.diff import (
     TagState,
 )
 from notifier.graph import Graph, artist_states
+from notifier.releases import NEW_MASTERS_KNOWN
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,16 @@ FROM notifier.cycle_releases r, unnest(r.genres) AS t (tag)
 WHERE r.version = %(version)s AND t.tag = ANY(%(ids)s)
 """
 NEW_IN_STYLES = NEW_IN_GENRES.replace("r.genres", "r.styles")
+# The IS edges of the cycle's new masters on some genres or styles (one entry
+# per edge, releases.master_rows; cycle_masters primary key prefix: version).
+# The column is fixed by the caller, never from input.
+NEW_MASTERS_IN_GENRES = """
+SELECT t.tag, count(*)
+FROM notifier.cycle_masters m, unnest(m.genres) AS t (tag)
+WHERE m.version = %(version)s AND t.tag = ANY(%(ids)s)
+GROUP BY t.tag
+"""
+NEW_MASTERS_IN_STYLES = NEW_MASTERS_IN_GENRES.replace("m.genres", "m.styles")
 # One row per saved search among the unit's ids (watchlists_entity_idx); all
 # watches of one search share its options (the id is a hash of them).
 SEARCHES = """
@@ -361,10 +372,11 @@ class TagStrategy(Strategy[TagRead, TagExtra]):
 
     The graph read gives each tag's IS degree. A tag whose snapshot is the
     previous cycle's and whose degree grew by exactly the IS edges of the
-    cycle's new releases and of the masters above the snapshot's master mark
-    (graph.MASTERS_ABOVE) counts the recorded releases plus those
-    (`diff.tag_count`, counted `tag_fast_path`); the others subtract every
-    master's IS edges as before (graph.TAG_MASTERS, `tag_full_count`).
+    cycle's new releases and new masters (both recorded by the releases
+    unit: cycle_releases, cycle_masters) counts the recorded releases plus
+    those (`diff.tag_count`, counted `tag_fast_path`); the others subtract
+    every master's IS edges as before (graph.TAG_MASTERS, `tag_full_count`).
+    The unit reads no master from the graph unless it counts in full.
     """
 
     def __init__(self, graph: Graph) -> None:
@@ -389,23 +401,21 @@ class TagStrategy(Strategy[TagRead, TagExtra]):
             notable[name].append(NotableRelease(rid, title, rank))
         data.notable = notable
         previous = unit.previous_version
-        marks = [
-            s.master_mark
-            for i in data.degrees
-            if (s := snapshots.get(i)) is not None
-            and s.version == previous
-            and s.master_mark is not None
-        ]
-        # Masters above the lowest mark: a tag recorded with a higher one finds
-        # more master edges than it gained, and is counted in full.
-        mark = min(marks) if marks and await _releases_done(w) else None
-        highest, master_edges = await self.graph.masters_above(tag, list(data.degrees), mark)
-        if highest is None:  # no numeric master id at all
-            highest = mark if mark is not None else 0
+        # Without the cycle's new masters (the first cycle, a releases unit not
+        # done or that scanned in full) every tag is counted in full.
+        cur = await w.conn.execute(
+            NEW_MASTERS_KNOWN, {"version": unit.version, "previous": previous}
+        )
+        fast = bool((row := await cur.fetchone()) and row[0])
+        master_edges: dict[str, int] = {}
+        if fast:
+            query = NEW_MASTERS_IN_GENRES if unit.entity_type == "genre" else NEW_MASTERS_IN_STYLES
+            cur = await w.conn.execute(query, {"version": unit.version, "ids": list(data.degrees)})
+            master_edges = {name: int(n) for name, n in await cur.fetchall()}
         full: list[str] = []
         for i, degree in data.degrees.items():
             count = None
-            if mark is not None:
+            if fast:
                 new_edges = len(notable.get(i, ()))  # one per IS edge (releases.release_row)
                 count = diff.tag_count(
                     snapshots.get(i), previous, degree, new_edges, master_edges.get(i, 0)
@@ -413,12 +423,12 @@ class TagStrategy(Strategy[TagRead, TagExtra]):
             if count is None:
                 full.append(i)
             else:
-                data.states[i] = TagState(count, degree, highest)
+                data.states[i] = TagState(count, degree)
         if full:
             masters = await self.graph.tag_masters(tag, full)
             for i in full:
                 degree = data.degrees[i]
-                data.states[i] = TagState(degree - masters.get(i, 0), degree, highest)
+                data.states[i] = TagState(degree - masters.get(i, 0), degree)
         w.counters.add("tag_fast_path", len(data.degrees) - len(full))
         w.counters.add("tag_full_count", len(full))
         return Loaded(unit.entity_ids, snapshots)

@@ -1,7 +1,8 @@
 """A genre's (style's) release count from what is new (diff.tag_count), the full
-count as the fallback: the pure decision, the masters' id pass under PROFILE, and
-whole cycles on real PostgreSQL and Neo4j with the graph written as graphinator
-writes it (MERGE one IS edge per release or master and tag; masters IS too)."""
+count as the fallback: the pure decision, the masters' id pass (once a cycle, in the
+releases unit) under PROFILE, and whole cycles on real PostgreSQL and Neo4j with the
+graph written as graphinator writes it (MERGE one IS edge per release or master and
+tag; masters IS too)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from notifier.devkit.graphbuilder import GraphBuilder
 from tests.router.conftest import events, q, run_cycle, unit_pool, watch, write_platform
 from tests.router.test_profile import profile
 
-# Jazz: 7 IS edges when recorded, 5 of them releases', masters up to id 1000.
-RECORDED = diff.Snapshot("v1", "Jazz", release_count=5, edge_count=7, master_mark=1000)
+# Jazz: 7 IS edges when recorded, 5 of them releases'.
+RECORDED = diff.Snapshot("v1", "Jazz", release_count=5, edge_count=7)
 
 
 def test_new_release_and_master_edges_add_up() -> None:
@@ -37,7 +38,6 @@ def test_new_release_and_master_edges_add_up() -> None:
         (RECORDED, None, 11, 3, 1),  # the first cycle
         (None, "v1", 11, 3, 1),  # never recorded
         (RECORDED._replace(edge_count=None), "v1", 11, 3, 1),  # recorded before 018
-        (RECORDED._replace(master_mark=None), "v1", 11, 3, 1),
         (RECORDED._replace(release_count=None), "v1", 11, 3, 1),
     ],
 )
@@ -47,12 +47,12 @@ def test_every_doubt_counts_in_full(
     assert diff.tag_count(snapshot, previous, degree, releases, masters) is None
 
 
-def test_the_diff_records_degree_and_mark() -> None:
-    state = diff.TagState(8, edge_count=11, master_mark=1003)
-    result = diff.diff_tag("v2", "v1", "genre", "Jazz", state, RECORDED, [6], [])
-    assert result.snapshot == diff.Snapshot(
-        "v2", "Jazz", release_count=8, edge_count=11, master_mark=1003
-    )
+def test_the_diff_records_the_degree() -> None:
+    state = diff.TagState(8, edge_count=11)
+    # Recorded by the code before sql/019: the mark is no longer needed, nor written.
+    result = diff.diff_tag("v2", "v1", "genre", "Jazz", state,
+                           RECORDED._replace(master_mark=1000), [6], [])  # fmt: skip
+    assert result.snapshot == diff.Snapshot("v2", "Jazz", release_count=8, edge_count=11)
     assert [e.detail for e in result.events] == [
         {"threshold": 6, "previous_count": 5, "release_count": 8}
     ]
@@ -66,19 +66,19 @@ def _db_hits(plan: Mapping[str, Any]) -> int:
 async def test_the_masters_pass_does_not_grow_with_the_tags_releases_or_old_edges(
     graph_server: services.GraphService, graph_driver: AsyncDriver, platform_graph: str
 ) -> None:
-    """MASTERS_ABOVE's db hits stay the same when the tag gains 1,000 releases and the
-    old masters 200 more IS edges; TAG_MASTERS, which it replaces, grows (Neo4j)."""
+    """CYCLE_MASTERS' db hits stay the same when a tag gains 1,000 releases and the old
+    masters 200 more IS edges and 100 BY edges; TAG_MASTERS, which a full count runs,
+    grows (Neo4j)."""
     g = GraphBuilder(platform=True)
     for m in range(1000, 1100):
         g.master(str(m), f"M{m}", genres=["Jazz"])
     for r in range(100):
         g.release(str(r), "R", genres=["Jazz"])
     await g.write(graph_driver, platform_graph)
-    cypher = graph.MASTERS_ABOVE["Genre"]
 
     async def measure() -> tuple[int, int]:
-        rows, plan = await profile(graph_driver, platform_graph, cypher, ids=["Jazz"], mark=1099)
-        assert rows == [{"highest": 1099, "tags": []}]
+        rows, plan = await profile(graph_driver, platform_graph, graph.CYCLE_MASTERS, mark=1099)
+        assert rows == [{"highest": 1099, "rows": []}]
         _, full = await profile(graph_driver, platform_graph, graph.TAG_MASTERS["Genre"],
                                 ids=["Jazz"])  # fmt: skip
         return _db_hits(plan), _db_hits(full)
@@ -88,14 +88,17 @@ async def test_the_masters_pass_does_not_grow_with_the_tags_releases_or_old_edge
     for r in range(100, 1100):
         g.release(str(r), "R", genres=["Jazz"], styles=["Bop"])
     for m in range(1000, 1100):
-        g.master(str(m), f"M{m}", genres=["Jazz", "Blues"], styles=["Bop"])
+        g.master(str(m), f"M{m}", artists=["7"], genres=["Jazz", "Blues"], styles=["Bop"])
     await g.write(graph_driver, platform_graph)
     after, full_after = await measure()
-    print(f"MASTERS_ABOVE db hits: {before} -> {after}; TAG_MASTERS: {full_before} -> {full_after}")
-    # The new masters' tags are read, and only theirs.
-    rows, _ = await profile(graph_driver, platform_graph, cypher, ids=["Jazz", "Blues"], mark=1097)
+    print(f"CYCLE_MASTERS db hits: {before} -> {after}; TAG_MASTERS: {full_before} -> {full_after}")
+    # The new masters' edges are read, and only theirs.
+    rows, _ = await profile(graph_driver, platform_graph, graph.CYCLE_MASTERS, mark=1097)
     assert rows[0]["highest"] == 1099
-    assert sorted(sorted(t) for t in rows[0]["tags"]) == [["Blues", "Jazz"], ["Blues", "Jazz"]]
+    assert sorted([m, a, sorted(t), s] for m, a, t, s in rows[0]["rows"]) == [
+        ["1098", ["7"], ["Blues", "Jazz"], ["Bop"]],
+        ["1099", ["7"], ["Blues", "Jazz"], ["Bop"]],
+    ]
     if graph_server.admin_url is not None:
         return  # ArcadeDB reports no db hits: the values above are what is checked
     assert before > 0
@@ -107,6 +110,30 @@ async def test_the_masters_pass_does_not_grow_with_the_tags_releases_or_old_edge
 
 TAG_UNITS = ("genre", "style")
 TAG_COUNTERS = ("tag_fast_path", "tag_full_count", "baseline")
+
+
+class _Recording(graph.Graph):
+    """The graph, every query it runs kept (to tell which units read the masters)."""
+
+    def __init__(self, driver: AsyncDriver, database: str) -> None:
+        super().__init__(driver, database)
+        self.queries: list[str] = []
+
+    async def _rows(self, cypher: str, **params: Any) -> list[dict[str, Any]]:
+        self.queries.append(cypher)
+        return await super()._rows(cypher, **params)
+
+    async def _one(self, cypher: str, **params: Any) -> list[Any]:
+        self.queries.append(cypher)
+        return await super()._one(cypher, **params)
+
+    def masters_read(self) -> list[str]:
+        """The queries reading masters since the last call: CYCLE_MASTERS, TAG_MASTERS."""
+        names = {graph.CYCLE_MASTERS: "CYCLE_MASTERS"}
+        names.update({c: f"TAG_MASTERS {t}" for t, c in graph.TAG_MASTERS.items()})
+        read = [names.get(c, c) for c in self.queries if ":Master" in c]
+        self.queries.clear()
+        return read
 
 
 async def _retag(driver: AsyncDriver, db_name: str, label: str, id: str, genres: list[str]) -> None:
@@ -172,14 +199,16 @@ async def test_new_releases_and_a_new_master_keep_the_fast_path(
     tags too, are counted from what is new, with exactly the counts and events of a full
     count."""
     _watch_all(pg_url, uuid.uuid4())
-    g = graph.Graph(graph_driver, platform_graph)
+    g = _Recording(graph_driver, platform_graph)
     await write_platform(graph_driver, platform_graph, _first)
     async with unit_pool(router_settings) as pool:
         first = await run_cycle(pool, g, router_settings, "v1", TAG_UNITS, TAG_COUNTERS)
         assert first == {"tag_fast_path": 0, "tag_full_count": 3, "baseline": 3}
+        # The first cycle records the master mark and counts in full.
+        assert g.masters_read() == ["CYCLE_MASTERS", "TAG_MASTERS Genre", "TAG_MASTERS Style"]
         recorded = _snapshots(pg_url)
         assert recorded[("genre", "Jazz")] == diff.Snapshot(
-            "v1", "Jazz", release_count=3, edge_count=5, master_mark=1001
+            "v1", "Jazz", release_count=3, edge_count=5
         )
         assert _counts(pg_url) == await _full_counts(g)
 
@@ -188,8 +217,11 @@ async def test_new_releases_and_a_new_master_keep_the_fast_path(
             b.release("104", "N2", genres=["Jazz", "Rock"])
 
         await write_platform(graph_driver, platform_graph, second)
+        g.masters_read()
         got = await run_cycle(pool, g, router_settings, "v2", TAG_UNITS, TAG_COUNTERS)
         assert got == {"tag_fast_path": 3, "tag_full_count": 0, "baseline": 0}
+        # The masters are read once, by the releases unit: no tag unit reads them.
+        assert g.masters_read() == ["CYCLE_MASTERS"]
         assert _counts(pg_url) == await _full_counts(g)
         assert _counts(pg_url) == {
             ("genre", "Jazz"): 5, ("genre", "Rock"): 2, ("style", "Hard Bop"): 2
@@ -209,12 +241,17 @@ async def test_new_releases_and_a_new_master_keep_the_fast_path(
             b.release("105", "N3", genres=["Jazz"], master="1002")
 
         await write_platform(graph_driver, platform_graph, third)
+        g.masters_read()
         got = await run_cycle(pool, g, router_settings, "v3", TAG_UNITS, TAG_COUNTERS)
         assert got == {"tag_fast_path": 3, "tag_full_count": 0, "baseline": 0}
+        assert g.masters_read() == ["CYCLE_MASTERS"]
+        rows = q(pg_url, "SELECT master_id, genres, styles FROM notifier.cycle_masters"
+                 " WHERE version = 'v3'")  # fmt: skip
+        assert [(m, sorted(t), s) for m, t, s in rows] == [(1002, ["Jazz", "Rock"], ["Hard Bop"])]
     assert _counts(pg_url) == await _full_counts(g)
     assert _counts(pg_url) == {("genre", "Jazz"): 6, ("genre", "Rock"): 2, ("style", "Hard Bop"): 2}
     jazz = _snapshots(pg_url)[("genre", "Jazz")]
-    assert (jazz.edge_count, jazz.master_mark) == (9, 1002)
+    assert (jazz.edge_count, jazz.master_mark) == (9, None)
     assert [(e, i) for e, _, i, _ in events(pg_url, "v3")] == [("notable_releases", "Jazz")]
 
 
@@ -267,3 +304,45 @@ async def test_a_tag_watched_since_is_a_baseline_counted_in_full(
     assert got == {"tag_fast_path": 1, "tag_full_count": 1, "baseline": 1}
     assert _counts(pg_url) == {("genre", "Jazz"): 4, ("genre", "Rock"): 2}
     assert [(e, i) for e, _, i, _ in events(pg_url, "v2")] == [("notable_releases", "Jazz")]
+
+
+async def test_a_cycle_whose_releases_were_scanned_in_full_counts_in_full(
+    router_settings: config.Settings, pg_url: str, graph_driver: AsyncDriver, platform_graph: str
+) -> None:
+    """A release below the release mark makes the releases unit read every id and record
+    no master as new: every tag is counted in full, with the counts a full count gives;
+    the cycle after, from what is new again."""
+    _watch_all(pg_url, uuid.uuid4())
+    g = _Recording(graph_driver, platform_graph)
+    await write_platform(graph_driver, platform_graph, _first)
+    async with unit_pool(router_settings) as pool:
+        await run_cycle(pool, g, router_settings, "v1", TAG_UNITS, TAG_COUNTERS)
+
+        def late(b: GraphBuilder) -> None:
+            b.release("50", "Late", genres=["Jazz"])
+            b.master("1002", "New master", genres=["Jazz"])
+            b.release("103", "N", genres=["Rock"], master="1002")
+
+        await write_platform(graph_driver, platform_graph, late)
+        g.masters_read()
+        got = await run_cycle(pool, g, router_settings, "v2", TAG_UNITS, TAG_COUNTERS)
+        assert got == {"tag_fast_path": 0, "tag_full_count": 3, "baseline": 0}
+        assert g.masters_read() == ["CYCLE_MASTERS", "TAG_MASTERS Genre", "TAG_MASTERS Style"]
+        assert _counts(pg_url) == await _full_counts(g)
+        assert _counts(pg_url) == {
+            ("genre", "Jazz"): 4, ("genre", "Rock"): 2, ("style", "Hard Bop"): 1
+        }  # fmt: skip
+        assert q(pg_url, "SELECT full_scan, master_highest_id FROM notifier.release_marks"
+                 " WHERE version = 'v2'") == [(True, 1002)]  # fmt: skip
+        await write_platform(graph_driver, platform_graph,
+                             lambda b: b.master("1003", "Next", genres=["Jazz"])
+                             .release("104", "M", genres=["Jazz"], master="1003"))  # fmt: skip
+        g.masters_read()
+        got = await run_cycle(pool, g, router_settings, "v3", TAG_UNITS, TAG_COUNTERS)
+        assert got == {"tag_fast_path": 3, "tag_full_count": 0, "baseline": 0}
+        assert g.masters_read() == ["CYCLE_MASTERS"]
+    assert _counts(pg_url) == await _full_counts(g)
+    assert _counts(pg_url)[("genre", "Jazz")] == 5
+    assert [(e, i) for e, _, i, _ in events(pg_url, "v3")] == [
+        ("notable_releases", "Jazz"), ("release_count_threshold", "Jazz")
+    ]  # fmt: skip
