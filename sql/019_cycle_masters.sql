@@ -5,7 +5,9 @@
 -- highest master id (release_marks.master_highest_id), with the ids of the
 -- artists they are BY and the genres and styles they are IS (one entry per
 -- edge, as graphinator MERGEs one edge per master and artist or tag). Genre
--- and style units read them instead of the graph (strategies.TagStrategy).
+-- and style units read them instead of the graph (strategies.TagStrategy),
+-- so entity_snapshots.master_mark (018, whose comment predates this) is no
+-- longer written nor read: NULL on snapshots written since.
 --
 -- The rows are the cycle's new masters only when its releases unit is done,
 -- did not fall back to a full scan (full_scan false) and the previous cycle
