@@ -29,10 +29,10 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 # The service name a complete graph latch is recorded under (source 'graph').
 LATCH_SERVICE = "ExtractionCompletion"
 
-# The diff of genre, style, search and label units needs the cycle's new
-# releases, written by the single 'releases' unit (seq 0) first.
+# The diff of genre, style, search, label and artist units needs the cycle's
+# new releases (and masters), written by the single 'releases' unit (seq 0) first.
 RELEASES_UNIT = "releases"
-NEEDS_RELEASES = ("genre", "style", "search", "label")
+NEEDS_RELEASES = ("genre", "style", "search", "label", "artist")
 
 # A unit failing this many times is closed as failed (counted in the cycle's
 # stats) rather than blocking the cycle for ever.

@@ -137,6 +137,10 @@ class Snapshot(NamedTuple):
     # degree when release_count was recorded. master_mark is no longer written
     # (the cycle's new masters are in cycle_masters, sql/019): None.
     master_mark: int | None = None
+    # Artists (sql/020_artist_marks.sql): the ALIAS_OF and MEMBER_OF degrees
+    # when alias_ids and member_ids were recorded (edge_count: the BY degree).
+    alias_edges: int | None = None
+    member_edges: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,31 +242,47 @@ def _names(pairs: Sequence[tuple[object, object]], counters: Counters, what: str
     return out
 
 
+class ArtistMarks(NamedTuple):
+    """An artist as its cheap read gives it (graph.ARTIST_MARKS), without release ids.
+
+    Its name and degrees, raw: BY edges into it (its releases and its
+    masters), ALIAS_OF edges either way, MEMBER_OF edges into it.
+    """
+
+    name: object
+    by_edges: object
+    alias_edges: object
+    member_edges: object
+
+    @property
+    def degrees(self) -> tuple[int, int, int] | None:
+        """(BY, ALIAS_OF, MEMBER_OF) degrees; None if one is not a non-negative int."""
+        out = (self.by_edges, self.alias_edges, self.member_edges)
+        if all(type(n) is int and n >= 0 for n in out):
+            return out  # type: ignore[return-value]
+        return None
+
+
 def diff_artist(
     version: str,
     previous_version: str | None,
     entity_id: str,
     state: ArtistState | None,
     snapshot: Snapshot | None,
+    marks: ArtistMarks | None = None,
 ) -> DiffResult:
-    """new_releases, new_aliases and new_members of one artist."""
-    return _diff_people(version, previous_version, "artist", entity_id, state, snapshot)
+    """new_releases, new_aliases and new_members of one artist, from its full read.
 
-
-def _diff_people(
-    version: str,
-    previous_version: str | None,
-    entity_type: str,
-    entity_id: str,
-    state: ArtistState | None,
-    snapshot: Snapshot | None,
-) -> DiffResult:
+    With `marks` (read with the state), the new snapshot also records its
+    degrees, for `artist_news` next cycle.
+    """
     counters = Counters()
     if state is None:
         return _vanished(snapshot, version, counters)
     name, releases = _name_and_releases(state.name, state.release_ids, counters)
     aliases = _names(state.aliases, counters, "alias_ids")
     members = _names(state.members, counters, "member_ids")
+    degrees = None if marks is None else marks.degrees
     new = Snapshot(
         version=version,
         entity_name=name,
@@ -270,24 +290,130 @@ def _diff_people(
         alias_ids=sorted(aliases),
         member_ids=sorted(members),
         release_count=len(releases),
+        edge_count=None if degrees is None else degrees[0],
+        alias_edges=None if degrees is None else degrees[1],
+        member_edges=None if degrees is None else degrees[2],
     )
     if is_baseline(snapshot, previous_version):
         counters.add("baseline")
         return DiffResult([], new, counters)
     assert snapshot is not None
-    events: list[EventDraft] = []
     new_releases = added(releases, snapshot.release_ids)
+    return DiffResult(
+        _artist_events(entity_id, name, new_releases, aliases, members, snapshot), new, counters
+    )
+
+
+def _artist_events(
+    entity_id: str,
+    name: str | None,
+    new_releases: Sequence[int],
+    aliases: Mapping[int, Any],
+    members: Mapping[int, Any],
+    snapshot: Snapshot,
+) -> list[EventDraft]:
+    """new_releases, new_aliases, new_members of an artist, in that order (those with news)."""
+    events: list[EventDraft] = []
     if new_releases:
-        events.append(_new_releases(entity_type, entity_id, name, new_releases))
+        events.append(_new_releases("artist", entity_id, name, new_releases))
     new_aliases = added(sorted(aliases), snapshot.alias_ids)
     if new_aliases:
         detail = {"aliases": _named(aliases, new_aliases), "alias_count": len(new_aliases)}
-        events.append(EventDraft("new_aliases", entity_type, entity_id, name, fit_detail(detail)))
+        events.append(EventDraft("new_aliases", "artist", entity_id, name, fit_detail(detail)))
     new_members = added(sorted(members), snapshot.member_ids)
     if new_members:
         detail = {"members": _named(members, new_members), "member_count": len(new_members)}
-        events.append(EventDraft("new_members", entity_type, entity_id, name, fit_detail(detail)))
-    return DiffResult(events, new, counters)
+        events.append(EventDraft("new_members", "artist", entity_id, name, fit_detail(detail)))
+    return events
+
+
+class ArtistPeople(NamedTuple):
+    """An artist's aliases and members alone (graph.ARTIST_PEOPLE), raw (id, name) pairs."""
+
+    aliases: Sequence[tuple[object, object]]
+    members: Sequence[tuple[object, object]]
+
+
+def people_changed(marks: ArtistMarks, snapshot: Snapshot) -> bool:
+    """Whether the artist's ALIAS_OF or MEMBER_OF degree differs from the recorded one.
+
+    Then `artist_news` needs its aliases and members read (`ArtistPeople`).
+    """
+    degrees = marks.degrees
+    return degrees is None or degrees[1:] != (snapshot.alias_edges, snapshot.member_edges)
+
+
+def artist_news(
+    version: str,
+    previous_version: str | None,
+    entity_id: str,
+    marks: ArtistMarks,
+    snapshot: Snapshot | None,
+    release_edges: Sequence[int],
+    master_edges: int,
+    people: ArtistPeople | None,
+) -> DiffResult | None:
+    """An artist's diff from the cycle's new releases and masters alone, or None: read it in full.
+
+    `release_edges` holds the release id of each BY edge into the artist
+    from a new release of the cycle (cycle_releases), `master_edges` the
+    number of BY edges into it from the cycle's new masters (cycle_masters):
+    all new edges. Only releases and masters are BY an artist. So when the
+    snapshot is the previous cycle's (not a baseline) and the BY degree grew
+    by exactly these, no other edge came or went (unless as many went as
+    came: README), and the artist's releases are the recorded ones plus these
+    new ones. Its aliases and members are the recorded ones while both their
+    degrees are the recorded ones (same caveat), else `people` (read alone)
+    says them. Then the result is what `diff_artist` gives on a full read of
+    an artist whose last recording counted nothing odd (the caller's to
+    know); every doubt (an odd degree, a new release already recorded,
+    counts that do not add up, `people` needed but not read) answers None.
+    """
+    if snapshot is None or previous_version is None or snapshot.version != previous_version:
+        return None
+    degrees = marks.degrees
+    old, edges = snapshot.release_ids, snapshot.edge_count
+    if degrees is None or old is None or edges is None:
+        return None
+    if snapshot.alias_ids is None or snapshot.member_ids is None:
+        return None
+    if snapshot.alias_edges is None or snapshot.member_edges is None:
+        return None
+    if degrees[0] - edges != len(release_edges) + master_edges:
+        return None
+    fresh = sorted(set(release_edges))
+    recorded = list(old)  # sorted: found by bisection, a hub's ids never hashed
+    for i in fresh:
+        at = bisect.bisect_left(recorded, i)
+        if at < len(recorded) and recorded[at] == i:
+            return None
+    counters = Counters()
+    if marks.name is None:
+        counters.add("missing_name")
+    name = clip_name(marks.name, ENTITY_NAME_MAX)
+    if not people_changed(marks, snapshot):
+        aliases: dict[int, Any] = dict.fromkeys(snapshot.alias_ids)
+        members: dict[int, Any] = dict.fromkeys(snapshot.member_ids)
+    elif people is None:
+        return None
+    else:
+        aliases = _names([p for p in people.aliases if p[0] != entity_id], counters, "alias_ids")
+        members = _names(people.members, counters, "member_ids")
+    releases = sorted(recorded + fresh) if fresh else recorded  # two sorted runs: linear
+    new = Snapshot(
+        version=version,
+        entity_name=name,
+        release_ids=releases,
+        alias_ids=sorted(aliases),
+        member_ids=sorted(members),
+        release_count=len(releases),
+        edge_count=degrees[0],
+        alias_edges=degrees[1],
+        member_edges=degrees[2],
+    )
+    return DiffResult(
+        _artist_events(entity_id, name, fresh, aliases, members, snapshot), new, counters
+    )
 
 
 def artist_unchanged(state: ArtistState, snapshot: Snapshot) -> bool:

@@ -16,7 +16,16 @@ from typing import Any, Literal
 
 from neo4j import AsyncDriver
 
-from notifier.diff import ArtistState, Facets, LabelState, LabelTree, TagState, parse_id
+from notifier.diff import (
+    ArtistMarks,
+    ArtistPeople,
+    ArtistState,
+    Facets,
+    LabelState,
+    LabelTree,
+    TagState,
+    parse_id,
+)
 
 # Sublabels are followed this deep (a label's releases include those of its
 # sublabels, their sublabels, ... up to this depth).
@@ -31,6 +40,27 @@ ARTIST_STATES = (
     "UNWIND $ids AS id MATCH (a:Artist {id: id}) "
     "WITH collect([a.id, a.name, [(a)<-[:BY]-(r:Release) | r.id], "
     "[(a)-[:ALIAS_OF]-(x:Artist) | [x.id, x.name]], "
+    "[(a)<-[:MEMBER_OF]-(m:Artist) | [m.id, m.name]]]) AS rows "
+    "RETURN rows"
+)
+# An artist's cheap read, without its releases: its name and three degrees
+# from the degree store (Neo4j answers COUNT { (a)<-[:BY]-() } without touching
+# the edges, tests/router/test_artist_news.py), so a hub costs what a small
+# artist costs: BY in (releases and masters point BY at artists, nothing
+# else does), ALIAS_OF either way (as ARTIST_STATES reads aliases), MEMBER_OF
+# in. Its rows are what artist units digest (unitstore.row_digests). One
+# record, as above.
+ARTIST_MARKS = (
+    "UNWIND $ids AS id MATCH (a:Artist {id: id}) "
+    "WITH collect([a.id, a.name, COUNT { (a)<-[:BY]-() }, COUNT { (a)-[:ALIAS_OF]-() }, "
+    "COUNT { (a)<-[:MEMBER_OF]-() }]) AS rows "
+    "RETURN rows"
+)
+# An artist's aliases and members alone (ARTIST_STATES' without the releases),
+# for the artists whose ALIAS_OF or MEMBER_OF degree changed. One record.
+ARTIST_PEOPLE = (
+    "UNWIND $ids AS id MATCH (a:Artist {id: id}) "
+    "WITH collect([a.id, [(a)-[:ALIAS_OF]-(x:Artist) | [x.id, x.name]], "
     "[(a)<-[:MEMBER_OF]-(m:Artist) | [m.id, m.name]]]) AS rows "
     "RETURN rows"
 )
@@ -118,6 +148,15 @@ RELEASE_FACETS = (
 )
 
 
+def artist_marks(rows: Sequence[Any]) -> dict[str, ArtistMarks]:
+    """ArtistMarks by id from `Graph.artist_marks` rows (an id read twice: its last row)."""
+    return {
+        key: ArtistMarks(name, by, aliases, members)
+        for key, name, by, aliases, members in rows
+        if isinstance(key, str)
+    }
+
+
 def artist_states(
     rows: Sequence[Any], only: Container[str] | None = None
 ) -> dict[str, ArtistState]:
@@ -157,6 +196,18 @@ class Graph:
     async def artist_rows(self, ids: Sequence[str]) -> list[Any]:
         """ARTIST_STATES' raw rows ([id, name, release ids, aliases, members]) for `ids`."""
         return await self._one(ARTIST_STATES, ids=list(ids))
+
+    async def artist_marks(self, ids: Sequence[str]) -> list[Any]:
+        """ARTIST_MARKS' raw rows ([id, name, BY, ALIAS_OF, MEMBER_OF degrees]) for `ids`."""
+        return await self._one(ARTIST_MARKS, ids=list(ids))
+
+    async def artist_people(self, ids: Sequence[str]) -> dict[str, ArtistPeople]:
+        """The aliases and members of the artists among `ids` that exist (no release)."""
+        return {
+            key: ArtistPeople(aliases or [], members or [])
+            for key, aliases, members in await self._one(ARTIST_PEOPLE, ids=list(ids))
+            if isinstance(key, str)
+        }
 
     async def labels(self, ids: Sequence[str]) -> dict[str, LabelState]:
         """The labels among `ids` that exist, with their and their sublabels' releases."""

@@ -21,6 +21,7 @@ from psycopg import AsyncConnection
 
 from notifier import cycles, diff, fanout, unitstore
 from notifier.diff import (
+    ArtistMarks,
     ArtistState,
     Counters,
     DiffResult,
@@ -33,7 +34,7 @@ from notifier.diff import (
     Snapshot,
     TagState,
 )
-from notifier.graph import Graph, artist_states
+from notifier.graph import Graph, artist_marks, artist_states
 from notifier.releases import NEW_MASTERS_KNOWN
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,23 @@ NEW_ON_LABELS = """
 SELECT t.label_id, r.release_id
 FROM notifier.cycle_releases r, unnest(r.label_ids) AS t (label_id)
 WHERE r.version = %(version)s AND t.label_id = ANY(%(ids)s)
+"""
+# The cycle's (new release, artist) BY pairs on some artists: each new
+# release's artist_ids (one per BY edge, releases.release_row) unnested
+# (cycle_releases primary key prefix: version).
+NEW_BY_ARTISTS = """
+SELECT t.artist_id, r.release_id
+FROM notifier.cycle_releases r, unnest(r.artist_ids) AS t (artist_id)
+WHERE r.version = %(version)s AND t.artist_id = ANY(%(ids)s)
+"""
+# The BY edges of the cycle's new masters on some artists (one entry per
+# edge; cycle_masters primary key prefix: version). No row when the releases
+# unit could not tell the new masters: then an artist with one is read in full.
+NEW_MASTERS_BY_ARTISTS = """
+SELECT t.artist_id, count(*)
+FROM notifier.cycle_masters m, unnest(m.artist_ids) AS t (artist_id)
+WHERE m.version = %(version)s AND t.artist_id = ANY(%(ids)s)
+GROUP BY t.artist_id
 """
 # Only a releases unit that is done has written all of its cycle's new
 # releases (diff_units_version_type_seq_key); one that failed for good may
@@ -186,28 +204,76 @@ class Strategy(Protocol[Data, Extra]):
 
 @dataclass
 class ArtistRead:
-    """An artist unit's graph rows (graph.ARTIST_STATES), and the states its diff built."""
+    """An artist unit's cheap graph read (graph.ARTIST_MARKS), then what its `load` found."""
 
     rows: list[Any]
+    marks: dict[str, ArtistMarks] = field(default_factory=dict)
+    # The artists found from the cycle's new releases and masters (diff.artist_news)...
+    fast: dict[str, DiffResult] = field(default_factory=dict)
+    # ...and the others' full read (graph.ARTIST_STATES).
     states: dict[str, ArtistState] = field(default_factory=dict)
 
 
 class ArtistStrategy(Strategy[ArtistRead, None]):
-    """Artists: compared in PostgreSQL by graph-row digest first, only the changed diffed."""
+    """Artists: compared in PostgreSQL by graph-row digest first, only the changed diffed.
+
+    The graph read gives each artist's name and BY, ALIAS_OF and MEMBER_OF
+    degrees, not its releases; an artist whose row hashes as recorded is
+    left as it is (COMPARE_ARTISTS). Of the others, one recorded cleanly by
+    the previous cycle whose BY degree grew by exactly the BY edges of the
+    cycle's new releases and masters takes those releases as its new ones,
+    its aliases and members read alone if their degrees changed
+    (`diff.artist_news`, counted `artist_fast_path`); the rest are read in
+    full (`artist_full_read`).
+    """
 
     def __init__(self, graph: Graph, batch: int) -> None:
         self.graph, self.batch = graph, batch
 
     async def read(self, unit: cycles.Unit) -> ArtistRead:
-        """graph.Graph.artist_rows of the unit."""
-        return ArtistRead(await self.graph.artist_rows(unit.entity_ids))
+        """graph.Graph.artist_marks of the unit."""
+        rows = await self.graph.artist_marks(unit.entity_ids)
+        return ArtistRead(rows, artist_marks(rows))
 
     async def load(self, w: Writing, data: ArtistRead) -> Loaded:
-        """COMPARE_ARTISTS: those whose graph row changed since their snapshot."""
-        digests = unitstore.row_digests(w.unit.entity_ids, data.rows)
-        rows = await unitstore.compare_artists(w.conn, w.unit, w.me, digests)
-        w.counters.add("unchanged_in_db", len(w.unit.entity_ids) - len(rows))
-        return Loaded([r.entity_id for r in rows], unitstore.snapshots_of(rows), rows)
+        """COMPARE_ARTISTS; then each artist whose row changed from what is new, or in full."""
+        unit = w.unit
+        digests = unitstore.row_digests(unit.entity_ids, data.rows)
+        rows = await unitstore.compare_artists(w.conn, unit, w.me, digests)
+        w.counters.add("unchanged_in_db", len(unit.entity_ids) - len(rows))
+        snapshots = unitstore.snapshots_of(rows)
+        previous = unit.previous_version
+        # Only an artist the previous cycle recorded with its marks, and cleanly
+        # (it stored a digest: nothing odd counted, so neither path counts more).
+        hopeful = {
+            r.entity_id: (marks, s)
+            for r in rows
+            if r.stored_digest is not None
+            and (marks := data.marks.get(r.entity_id)) is not None
+            and (s := snapshots.get(r.entity_id)) is not None
+            and s.version == previous
+            and s.edge_count is not None
+        }
+        news = await _new_by_artists(w, list(hopeful)) if hopeful else None
+        if news is not None:
+            releases, masters = news
+            changed = [i for i, (m, s) in hopeful.items() if diff.people_changed(m, s)]
+            people = await self.graph.artist_people(changed) if changed else {}
+            for i, (marks, s) in hopeful.items():
+                found = diff.artist_news(
+                    unit.version, previous, i, marks, s,
+                    releases.get(i, ()), masters.get(i, 0), people.get(i),
+                )  # fmt: skip
+                if found is not None:
+                    data.fast[i] = found
+        full = [
+            r.entity_id for r in rows if r.entity_id in data.marks and r.entity_id not in data.fast
+        ]
+        if full:
+            data.states = artist_states(await self.graph.artist_rows(full))
+        w.counters.add("artist_fast_path", len(data.fast))
+        w.counters.add("artist_full_read", len(full))
+        return Loaded([r.entity_id for r in rows], snapshots, rows)
 
     async def lookup(self, w: Writing) -> None:
         """Nothing: COMPARE_ARTISTS also said which artists have a filtered watcher."""
@@ -216,9 +282,10 @@ class ArtistStrategy(Strategy[ArtistRead, None]):
     def diff(
         self, unit: cycles.Unit, data: ArtistRead, loaded: Loaded, extra: None
     ) -> list[DiffResult]:
-        """`diff_artists` of the artists the compare left, their states built from the rows."""
-        data.states.update(artist_states(data.rows, set(loaded.ids)))
-        return diff_artists(unit, loaded.ids, data.states, loaded.snapshots)
+        """The fast path's result, else `diff_artists` of the full read."""
+        slow = [i for i in loaded.ids if i not in data.fast]
+        results = iter(diff_artists(unit, slow, data.states, loaded.snapshots, data.marks))
+        return [data.fast.get(i) or next(results) for i in loaded.ids]
 
     async def audience(
         self, w: Writing, events: list[EventDraft], loaded: Loaded
@@ -240,14 +307,31 @@ class ArtistStrategy(Strategy[ArtistRead, None]):
         }
 
 
+async def _new_by_artists(
+    w: Writing, ids: Sequence[str]
+) -> tuple[dict[str, list[int]], dict[str, int]] | None:
+    """The cycle's new releases BY each of `ids` (once per edge), and its new masters'
+    BY edges on each; None when the cycle's releases unit is not done."""
+    if not await _releases_done(w):
+        return None
+    params = {"version": w.unit.version, "ids": list(ids)}
+    releases: dict[str, list[int]] = defaultdict(list)
+    for artist_id, release_id in await (await w.conn.execute(NEW_BY_ARTISTS, params)).fetchall():
+        releases[artist_id].append(release_id)
+    cur = await w.conn.execute(NEW_MASTERS_BY_ARTISTS, params)
+    masters = {artist_id: int(n) for artist_id, n in await cur.fetchall()}
+    return releases, masters
+
+
 def _clean(data: ArtistRead, entity_id: str, result: DiffResult) -> bool:
     # A digest stands for its row only if JSON told the row apart from any
     # other that diffs differently: a string name (a NaN name and a missing
-    # one are both null), nothing odd counted.
-    state = data.states.get(entity_id)
+    # one are both null), int degrees, nothing odd counted.
+    marks = data.marks.get(entity_id)
     return (
-        state is not None
-        and type(state.name) is str
+        marks is not None
+        and type(marks.name) is str
+        and marks.degrees is not None
         and result.counters.values.keys() <= {"baseline"}
     )
 
@@ -604,19 +688,33 @@ def diff_artists(
     ids: Sequence[str],
     artists: dict[str, ArtistState],
     snapshots: dict[str, Snapshot],
+    marks: Mapping[str, ArtistMarks] | None = None,
 ) -> list[DiffResult]:
-    """`diff.diff_artist` of each of `ids`; `diff.UNCHANGED` for an artist found as recorded."""
+    """`diff.diff_artist` of each of `ids`; `diff.UNCHANGED` for an artist found as recorded.
+
+    `marks` (the unit's cheap read) are recorded with the snapshots; an
+    artist is found as recorded only with its marks recorded too.
+    """
     out: list[DiffResult] = []
     previous = unit.previous_version
     for i in ids:
         state, old = artists.get(i), snapshots.get(i)
+        mark = None if marks is None else marks.get(i)
         if (
             state is not None
             and old is not None
             and old.version == previous  # not a baseline, not already diffed
             and diff.artist_unchanged(state, old)
+            and (mark is None or _marks_recorded(mark, old))
         ):
             out.append(diff.UNCHANGED)
         else:
-            out.append(diff.diff_artist(unit.version, previous, i, state, old))
+            out.append(diff.diff_artist(unit.version, previous, i, state, old, mark))
     return out
+
+
+def _marks_recorded(marks: ArtistMarks, snapshot: Snapshot) -> bool:
+    """Whether `snapshot` records the degrees of `marks` (None when they are odd)."""
+    degrees = marks.degrees
+    recorded = (snapshot.edge_count, snapshot.alias_edges, snapshot.member_edges)
+    return recorded == (degrees if degrees is not None else (None, None, None))

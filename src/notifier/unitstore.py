@@ -39,7 +39,7 @@ _LOAD_HEAD = """
 SELECT s.entity_id,"""
 _LOAD_TAIL = """,
        s.entity_name, s.release_ids, s.alias_ids, s.member_ids, s.release_count,
-       s.tree_digest, s.edge_count, s.master_mark
+       s.tree_digest, s.edge_count, s.master_mark, s.alias_edges, s.member_edges
 FROM notifier.diff_units d
 CROSS JOIN LATERAL unnest(d.entity_ids) AS x (id)
 JOIN notifier.entity_snapshots s ON s.entity_type = d.entity_type AND s.entity_id = x.id
@@ -47,9 +47,10 @@ WHERE d.id = %(unit)s
 """
 LOAD_UNIT_SNAPSHOTS = _LOAD_HEAD + _SEEN_VERSION + _LOAD_TAIL  # constants only, no input
 # An artist unit's compare, in the database (sql/007_snapshot_digest.sql):
-# an artist whose graph row hashes to the digest its snapshot of the
-# previous cycle was derived from would find nothing new, so it is left as
-# it is and its arrays never travel to the router. `digests` holds the
+# an artist whose graph row (graph.ARTIST_MARKS: its name and degrees) hashes
+# to the digest its snapshot of the previous cycle was derived from would
+# find nothing new (unless as many edges left as came: README), so it is left
+# as it is and its arrays never travel to the router. `digests` holds the
 # unit's row digests (row_digests: DIGEST_SIZE bytes per id, in unit order).
 # The statement returns the unit's other ids, in unit order, with their
 # snapshots (LOAD_UNIT_SNAPSHOTS' columns, NULL when there is none), the
@@ -72,7 +73,7 @@ WITH x AS (
     WHERE d.id = %(unit)s AND d.status = 'pending' AND d.claimed_by = %(me)s
 )
 SELECT id, version, entity_name, release_ids, alias_ids, member_ids, release_count,
-       tree_digest, edge_count, master_mark, graph_digest, h,
+       tree_digest, edge_count, master_mark, alias_edges, member_edges, graph_digest, h,
        -- Has it a filtered watcher (watchlists_filtered_idx)? Asked only of
        -- the artists returned, so the unit needs no query of its own when
        -- none has (strategies.FILTERED_WATCHES).
@@ -86,7 +87,7 @@ FROM (
 _COMPARE_TAIL = """ AS version,
            s.entity_name, s.release_ids, s.alias_ids,
            s.member_ids, s.release_count, s.tree_digest, s.edge_count, s.master_mark,
-           s.graph_digest
+           s.alias_edges, s.member_edges, s.graph_digest
     FROM x
     LEFT JOIN (
         SELECT * FROM notifier.entity_snapshots s
@@ -119,6 +120,8 @@ class ComparedRow(NamedTuple):
     tree_digest: bytes | None  # a label's: None for an artist
     edge_count: int | None
     master_mark: int | None  # a genre's or style's: None for an artist
+    alias_edges: int | None
+    member_edges: int | None
     stored_digest: bytes | None  # the snapshot's graph digest
     row_digest: bytes  # the graph row's now (NO_DIGEST: none)
     filtered: bool  # a filtered watch watches it
@@ -170,7 +173,7 @@ def snapshots_of(rows: Sequence[Sequence[Any]]) -> dict[str, diff.Snapshot]:
     COMPARE_ARTISTS' digests.
     """
     make = diff.Snapshot._make
-    return {r[0]: make(r[1:10]) for r in rows if r[1] is not None}
+    return {r[0]: make(r[1:12]) for r in rows if r[1] is not None}
 
 
 # Graph rows are hashed as JSON. A row JSON has no form for (the driver's
@@ -184,10 +187,10 @@ NO_DIGEST = bytes(DIGEST_SIZE)
 
 
 def row_digests(ids: Sequence[str], rows: Sequence[Any]) -> bytes:
-    """The SHA-256 of each of `ids`' ARTIST_STATES row as JSON, concatenated in `ids` order.
+    """The SHA-256 of each of `ids`' graph row as JSON, concatenated in `ids` order.
 
     An id without a row (or with one JSON cannot hold) gets NO_DIGEST; an id
-    read twice, its last row (as graph.artist_states keeps).
+    read twice, its last row (as graph.artist_marks keeps).
     """
     encode, sha256 = JSON.encode, hashlib.sha256
     if [r[0] for r in rows] == ids:  # the usual case: one row per id, in unit order
@@ -251,6 +254,8 @@ def unchanged(before: diff.Snapshot, after: diff.Snapshot) -> bool:
         and before.tree_digest == after.tree_digest
         and before.edge_count == after.edge_count
         and before.master_mark == after.master_mark
+        and before.alias_edges == after.alias_edges
+        and before.member_edges == after.member_edges
     )
 
 
@@ -277,6 +282,8 @@ def snapshot_params(
             "t": None if s.tree_digest is None else s.tree_digest.hex(),
             "e": s.edge_count,
             "k": s.master_mark,
+            "ae": s.alias_edges,
+            "me": s.member_edges,
         }
         for i, s, h in rows
     ]

@@ -143,9 +143,9 @@ async def test_the_next_unit_is_claimed_while_the_current_one_is_read(
     class HeldGraph(Graph):
         """A graph whose artist reads end only once a further unit was claimed."""
 
-        async def artist_rows(self, ids: Sequence[str]) -> list[Any]:
+        async def artist_marks(self, ids: Sequence[str]) -> list[Any]:
             await next_claimed.wait()
-            return await super().artist_rows(ids)
+            return await super().artist_marks(ids)
 
     async with db.pool(router_settings.postgres_conninfo) as pool:
         await fire(pool, router_settings, "v1", unit_size=2)

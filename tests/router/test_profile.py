@@ -32,6 +32,8 @@ from tests.router.test_platform_graph import ALL_SIGNALS, first_import, second_i
 # The unit reads and real parameters (ids that exist, and one that does not).
 UNIT_READS: dict[str, tuple[str, list[str]]] = {
     "ARTIST_STATES": (graph.ARTIST_STATES, ["1", "2", "3", "4", "404"]),
+    "ARTIST_MARKS": (graph.ARTIST_MARKS, ["1", "2", "3", "4", "404"]),
+    "ARTIST_PEOPLE": (graph.ARTIST_PEOPLE, ["1", "2", "3", "4", "404"]),
     "LABEL_STATES": (graph.LABEL_STATES, ["10", "12", "404"]),
     "LABEL_TREES": (graph.LABEL_TREES, ["10", "12", "404"]),
     "TAG_COUNTS[Genre]": (graph.TAG_COUNTS["Genre"], ["Jazz", "Nope"]),
@@ -43,6 +45,8 @@ UNIT_READS: dict[str, tuple[str, list[str]]] = {
 # The node each read anchors on, through its unique constraint.
 ANCHOR = {
     "ARTIST_STATES": "Artist",
+    "ARTIST_MARKS": "Artist",
+    "ARTIST_PEOPLE": "Artist",
     "LABEL_STATES": "Label",
     "LABEL_TREES": "Label",
     "TAG_COUNTS[Genre]": "Genre",

@@ -15,10 +15,11 @@
 --               counter fold takes it exclusively)
 --   type        the unit's entity type
 --   rows        the changed snapshots, one JSON array (unitstore.snapshot_params)
---               of {i, n, v, r, a, m, c, h, t, e, k}: entity id, name, version,
---               release, alias and member ids, release count, graph digest in
---               hex, a label's tree digest in hex, its ON (a tag's IS) edge
---               count, a tag's master mark
+--               of {i, n, v, r, a, m, c, h, t, e, k, ae, me}: entity id, name,
+--               version, release, alias and member ids, release count, graph
+--               digest in hex, a label's tree digest in hex, its ON (a tag's
+--               IS, an artist's BY) edge count, a tag's master mark, an
+--               artist's ALIAS_OF and MEMBER_OF edge counts
 --   events      the unit's events, one JSON array (fanout.draft_params) of
 --               {k, e, t, i, n, d, a}: dedup key, event, entity type, id and
 --               name, detail, audience (absent: every watcher)
@@ -65,17 +66,20 @@ snaps AS (
     -- of encoding JSON for a 500-entity unit.
     INSERT INTO notifier.entity_snapshots
         (entity_type, entity_id, entity_name, version, release_ids, alias_ids, member_ids,
-         release_count, graph_digest, tree_digest, edge_count, master_mark, updated_at)
-    SELECT %(type)s, i, n, v, r, a, m, c, decode(h, 'hex'), decode(t, 'hex'), e, k, now()
+         release_count, graph_digest, tree_digest, edge_count, master_mark, alias_edges,
+         member_edges, updated_at)
+    SELECT %(type)s, i, n, v, r, a, m, c, decode(h, 'hex'), decode(t, 'hex'), e, k, ae, me,
+           now()
     FROM owned, jsonb_to_recordset(%(rows)s::jsonb)
          AS x (i text, n text, v text, r bigint[], a bigint[], m bigint[], c bigint, h text,
-               t text, e bigint, k bigint)
+               t text, e bigint, k bigint, ae bigint, me bigint)
     ON CONFLICT (entity_type, entity_id) DO UPDATE SET
         entity_name = excluded.entity_name, version = excluded.version,
         release_ids = excluded.release_ids, alias_ids = excluded.alias_ids,
         member_ids = excluded.member_ids, release_count = excluded.release_count,
         graph_digest = excluded.graph_digest, tree_digest = excluded.tree_digest,
         edge_count = excluded.edge_count, master_mark = excluded.master_mark,
+        alias_edges = excluded.alias_edges, member_edges = excluded.member_edges,
         updated_at = now()
 ),
 drafts AS (
