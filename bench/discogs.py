@@ -186,8 +186,9 @@ SELECT u.entity_type, %(hub)s = ANY (u.entity_ids) OR 'Electronic' = ANY (u.enti
 FROM notifier.diff_units u JOIN notifier.cycles c ON c.version = u.version
 WHERE u.version = %(version)s
 """
-# A label unit's stats: labels found from the cycle's new releases, labels read in full.
-LABEL_PATHS = ("label_fast_path", "label_full_read", "load_ms")
+# A hub unit's stats: entities found from the cycle's news, entities read in full.
+HUB_PATHS = ("label_fast_path", "label_full_read", "artist_fast_path", "artist_full_read",
+             "load_ms")  # fmt: skip
 SPY_OUT = os.path.join(tempfile.gettempdir(), "discogs-router.pyspy.txt")
 ROUTER_BATCH = 1000  # the release reads' batch as the router runs them (its default)
 # The reads the router used before its release reads followed what is new,
@@ -418,6 +419,9 @@ def profile_hubs(
         "ARTIST_STATES [hub]": (graph_reads.ARTIST_STATES, {"ids": [HUB_ID]}),
         f"ARTIST_STATES [{len(unit[0])} watched artists]": (
             graph_reads.ARTIST_STATES, {"ids": unit[0]}),
+        "ARTIST_MARKS [hub] (name and degrees)": (graph_reads.ARTIST_MARKS, {"ids": [HUB_ID]}),
+        f"ARTIST_MARKS [{len(unit[0])} watched artists]": (
+            graph_reads.ARTIST_MARKS, {"ids": unit[0]}),
         "LABEL_STATES [hub]": (graph_reads.LABEL_STATES, {"ids": [HUB_ID]}),
         f"LABEL_STATES [{len(unit[1])} watched labels]": (
             graph_reads.LABEL_STATES, {"ids": unit[1]}),
@@ -608,8 +612,8 @@ def _unit_costs(rows: list[Any]) -> dict[str, Any]:
         if hub and kind in ("artist", "label", "genre"):
             out[f"hub_{kind}"] = {"unit_ms": unit_ms, "graph_ms": graph_ms,
                                   "ratio": round((unit_ms or 0) / max(median, 1), 1)}  # fmt: skip
-            # How the hub label's unit found its labels' new releases (strategies.LabelStrategy).
-            out[f"hub_{kind}"].update({k: stats[k] for k in LABEL_PATHS if k in (stats or {})})
+            # How the hub's unit found its news (strategies.LabelStrategy, ArtistStrategy).
+            out[f"hub_{kind}"].update({k: stats[k] for k in HUB_PATHS if k in (stats or {})})
     out["by_type"] = {k: {"units": len(v), "median_ms": sorted(v)[len(v) // 2], "max_ms": max(v)}
                       for k, v in by_type.items()}  # fmt: skip
     return out
