@@ -375,3 +375,80 @@ async def test_a_counter_written_with_a_full_count_covers_the_feed(
     assert await reads.unread_count(conn, user) == 4
     await _fan_out_artists(conn, user, range(10, 12))
     assert await reads.unread_count(conn, user) == 6 == await _truth(conn, user)
+
+
+async def _flags(conn: AsyncConnection[Any], user: uuid.UUID) -> list[bool]:
+    rows = await _rows(
+        conn,
+        "SELECT has_webhook FROM notifier.watchlists WHERE user_id = %s ORDER BY entity_id",
+        user,
+    )
+    return [r[0] for r in rows]
+
+
+async def test_a_watch_says_whether_its_user_has_an_endpoint(conn: AsyncConnection[Any]) -> None:
+    """The triggers of sql/021 keep watchlists.has_webhook, which the hooks CTE trusts."""
+    user, other = uuid.uuid4(), uuid.uuid4()
+    await _watch(conn, user, "artist", "41")
+    await _watch(conn, other, "artist", "41")
+    assert await _flags(conn, user) == [False]
+    await _webhook(conn, user)  # an endpoint after the watch flags it...
+    await _watch(conn, user, "artist", "42")  # ...and a watch after the endpoint is born flagged
+    assert await _flags(conn, user) == [True, True]
+    await _webhook(conn, user)
+    first, second = (
+        r[0]
+        for r in await _rows(
+            conn,
+            "SELECT id FROM notifier.webhook_configs WHERE user_id = %s ORDER BY created_at, id",
+            user,
+        )
+    )
+    assert await _flags(conn, other) == [False]
+
+    ev = await _event(conn, "new_releases", "artist", "41")
+    async with conn.transaction():
+        result = await fanout.fan_out_events(conn, [ev], watches_before=NOW + timedelta(days=1))
+    assert result == fanout.FanoutResult(feed_rows=2, outbox_rows=2)  # two endpoints, one user
+    hooks = await _rows(conn, "SELECT user_id, webhook_id FROM notifier.outbox ORDER BY webhook_id")
+    assert {(u, w) for u, w in hooks} == {(user, first), (user, second)}
+
+    # One endpoint of two removed: still flagged. Its outbox row loses its
+    # webhook_id (as the foreign key's ON DELETE SET NULL did); the other keeps it.
+    await conn.execute("DELETE FROM notifier.webhook_configs WHERE id = %s", (first,))
+    assert await _flags(conn, user) == [True, True]
+    assert {w for _, w in await _rows(conn, "SELECT user_id, webhook_id FROM notifier.outbox")} == {
+        None,
+        second,
+    }
+    # The last one removed: no probe for this user's watches any more.
+    await conn.execute("DELETE FROM notifier.webhook_configs WHERE id = %s", (second,))
+    assert await _flags(conn, user) == [False, False]
+    ev2 = await _event(conn, "new_releases", "artist", "42")
+    async with conn.transaction():
+        result = await fanout.fan_out_events(conn, [ev2], watches_before=NOW + timedelta(days=1))
+    assert result == fanout.FanoutResult(feed_rows=1, outbox_rows=0)
+
+
+@pytest.mark.parametrize("first", ["endpoint", "watch"])
+async def test_a_watch_and_an_endpoint_written_at_once_see_each_other(
+    pg_url: str, conn: AsyncConnection[Any], first: str
+) -> None:
+    """Neither snapshot shows the other's uncommitted row: the user's lock orders them."""
+    user = uuid.uuid4()
+
+    async def write(c: AsyncConnection[Any], what: str) -> None:
+        if what == "endpoint":
+            await _webhook(c, user)
+        else:
+            await _watch(c, user, "label", "7")
+
+    second = "watch" if first == "endpoint" else "endpoint"
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as other:
+        async with conn.transaction():
+            await write(conn, first)
+            waiting = asyncio.create_task(write(other, second))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # held by the first writer's lock until it commits
+        await asyncio.wait_for(waiting, timeout=30)
+    assert await _flags(conn, user) == [True]

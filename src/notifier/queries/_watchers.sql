@@ -4,10 +4,12 @@
 --
 -- Reads:  ev (id, event, entity_type, entity_id, detail, deliver_at, audience)
 -- Uses:   before, milestones (see the including statement's header)
--- Gives:  recipients (user_id, event_id, event, deliver_at, watch_id), one row
---         for each watcher an event goes to
+-- Gives:  recipients (user_id, event_id, event, deliver_at, watch_id,
+--         has_webhook), one row for each watcher an event goes to; has_webhook
+--         false: the user has no webhook endpoint (021_webhook_watches)
 recipients AS (
-    SELECT w.user_id, ev.id AS event_id, ev.event, ev.deliver_at, w.id AS watch_id
+    SELECT w.user_id, ev.id AS event_id, ev.event, ev.deliver_at, w.id AS watch_id,
+           w.has_webhook
     FROM ev
     -- watchlists_entity_idx (entity_type, entity_id, created_at): the join and
     -- the created_at filter.
@@ -15,7 +17,7 @@ recipients AS (
         -- OFFSET 0 keeps this an index range scan per event: joined freely,
         -- a small watchlists table and a guessed 100 events made the planner
         -- hash the whole table (4.6 ms for 50 events over 10,000 watches).
-        SELECT w.id, w.user_id, w.options FROM notifier.watchlists w
+        SELECT w.id, w.user_id, w.options, w.has_webhook FROM notifier.watchlists w
         WHERE w.entity_type = ev.entity_type AND w.entity_id = ev.entity_id
           AND w.created_at < %(before)s
         OFFSET 0

@@ -24,7 +24,9 @@ WITH ev AS (
     SELECT id, event, deliver_at FROM notifier.events WHERE id = %(id)s
 ),
 recipients AS (
-    SELECT DISTINCT u.user_id, ev.id AS event_id, ev.event, ev.deliver_at, NULL::uuid AS watch_id
+    -- No watch says whether the user has an endpoint: the join looks.
+    SELECT DISTINCT u.user_id, ev.id AS event_id, ev.event, ev.deliver_at, NULL::uuid AS watch_id,
+           true AS has_webhook
     FROM ev CROSS JOIN unnest(%(users)s::uuid[]) AS u (user_id)
 ),
 -- include: _fan_out
