@@ -3,7 +3,9 @@
 Unlike the other units it diffs no snapshot: it records every release id
 of the graph in seen_releases (or only those above the previous cycle's
 mark), stores the cycle's new releases in cycle_releases (which genre and
-style units read) and matches every saved search against them
+style units read) and their BY and ON edges keyed by entity in
+cycle_release_edges (which artist and label units read), and matches
+every saved search against them
 (cycle_search_matches, which search units read). It also reads the
 cycle's new masters once (cycle_masters, which genre, style and artist
 units read instead of a pass over the masters each).
@@ -93,6 +95,12 @@ COPY notifier.cycle_releases
      label_names, genres, styles, search_text, rank)
 FROM STDIN
 """
+# The same releases' BY and ON edges keyed by entity, for the artist and label
+# units' lookups (sql/022_cycle_release_edges.sql); cleared and copied with them.
+CLEAR_CYCLE_RELEASE_EDGES = "DELETE FROM notifier.cycle_release_edges WHERE version = %(version)s"
+COPY_CYCLE_RELEASE_EDGES = """
+COPY notifier.cycle_release_edges (version, kind, entity_id, release_id, ord) FROM STDIN
+"""
 
 
 def _text(value: object, limit: int = 1000) -> str | None:
@@ -139,6 +147,17 @@ def release_row(version: str, info: ReleaseInfo, counters: diff.Counters) -> Cyc
         haystack,
         info.rank,
     )
+
+
+def edge_rows(rows: list[CycleRelease]) -> list[tuple[str, str, str, int, int]]:
+    """cycle_release_edges rows of some cycle_releases rows: one per entry of
+    artist_ids ('by') and label_ids ('on'), with its 1-based position, so an id
+    listed twice (two edges) stays twice."""
+    out: list[tuple[str, str, str, int, int]] = []
+    for r in rows:
+        for kind, ids in (("by", r.artist_ids), ("on", r.label_ids)):
+            out.extend((r.version, kind, e, r.release_id, n) for n, e in enumerate(ids, 1))
+    return out
 
 
 def master_rows(
@@ -288,6 +307,7 @@ class ReleasesUnit:
         percolator = Percolator(queries)
         sizes: dict[Any, int] = {}  # each new release's artists counted once a cycle
         await conn.execute(CLEAR_CYCLE_RELEASES, {"version": unit.version})
+        await conn.execute(CLEAR_CYCLE_RELEASE_EDGES, {"version": unit.version})
         new_count, after = 0, -1
         # The graph read of the next page runs while the current one is
         # percolated and copied: Neo4j works on the other core meanwhile.
@@ -318,7 +338,12 @@ class ReleasesUnit:
                     async with conn.cursor().copy(COPY_CYCLE_RELEASES) as copy:
                         for r in rows:
                             await copy.write_row(r)
-                    counters.add("copy_ms", _ms_since(copying))
+                    edges = time.monotonic()
+                    counters.add("copy_ms", _ms_since(copying, edges))
+                    async with conn.cursor().copy(COPY_CYCLE_RELEASE_EDGES) as copy:
+                        for e in edge_rows(rows):
+                            await copy.write_row(e)
+                    counters.add("edges_copy_ms", _ms_since(edges))
                 if reading is None:
                     break
         finally:

@@ -73,21 +73,20 @@ FROM notifier.watchlists
 WHERE entity_type = %(type)s AND entity_id = ANY(%(ids)s) AND created_at < %(before)s
 GROUP BY entity_id
 """
-# The cycle's (new release, label) ON pairs on some labels: each new release's
-# label_ids (one per ON edge, releases.release_row) unnested (cycle_releases
-# primary key prefix: version).
+# The cycle's (new release, label) ON pairs on some labels, one per ON edge
+# (releases.edge_rows): a range scan of cycle_release_edges' primary key per id
+# rather than an unnest of every new release.
 NEW_ON_LABELS = """
-SELECT t.label_id, r.release_id
-FROM notifier.cycle_releases r, unnest(r.label_ids) AS t (label_id)
-WHERE r.version = %(version)s AND t.label_id = ANY(%(ids)s)
+SELECT entity_id, release_id
+FROM notifier.cycle_release_edges
+WHERE version = %(version)s AND kind = 'on' AND entity_id = ANY(%(ids)s)
 """
-# The cycle's (new release, artist) BY pairs on some artists: each new
-# release's artist_ids (one per BY edge, releases.release_row) unnested
-# (cycle_releases primary key prefix: version).
+# The cycle's (new release, artist) BY pairs on some artists, one per BY edge
+# (releases.edge_rows; cycle_release_edges primary key).
 NEW_BY_ARTISTS = """
-SELECT t.artist_id, r.release_id
-FROM notifier.cycle_releases r, unnest(r.artist_ids) AS t (artist_id)
-WHERE r.version = %(version)s AND t.artist_id = ANY(%(ids)s)
+SELECT entity_id, release_id
+FROM notifier.cycle_release_edges
+WHERE version = %(version)s AND kind = 'by' AND entity_id = ANY(%(ids)s)
 """
 # The BY edges of the cycle's new masters on some artists (one entry per
 # edge; cycle_masters primary key prefix: version). No row when the releases

@@ -3,13 +3,24 @@ every id read again when the graph's count says some came below it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 from neo4j import AsyncDriver
 
+from notifier import config, cycles, graph, releases
 from notifier.router import Router
-from tests.router.conftest import Publish, cycle_done, events, q, signal_all, watch, write
+from tests.router.conftest import (
+    Publish,
+    cycle_done,
+    events,
+    q,
+    signal_all,
+    unit_pool,
+    watch,
+    write,
+)
 
 
 def releases_unit(pg_url: str, version: str) -> dict[str, Any]:
@@ -103,3 +114,69 @@ async def test_new_releases_over_several_pages_are_all_stored_and_matched(
     found = matched(pg_url, "v2")["s-fresh"]
     assert found["match_count"] == 3
     assert [m["id"] for m in found["matches"]] == ["10", "1500", "2400"]
+
+
+def _edges(pg_url: str, version: str) -> list[tuple[Any, ...]]:
+    return q(
+        pg_url,
+        "SELECT kind, entity_id, release_id, ord FROM notifier.cycle_release_edges"
+        " WHERE version = %s ORDER BY kind, entity_id, release_id, ord",
+        version,
+    )
+
+
+async def test_the_new_releases_edges_keyed_by_entity_once_per_edge(
+    router: Router,
+    publish: Publish,
+    pg_url: str,
+    graph_driver: AsyncDriver,
+    graph_db: str,
+    router_settings: config.Settings,
+) -> None:
+    await write(graph_driver, graph_db, lambda g: g.release("100", artists=["a1"], labels=["l1"]))
+    await signal_all(publish, "v1")
+    await cycle_done(pg_url, "v1")
+    assert _edges(pg_url, "v1") == []  # the baseline stores no new release
+
+    def month(g: Any) -> None:
+        g.release("200", artists=["a1", "a2"], labels=["l1"])
+        g.release("201", artists=["a2"], labels=["l1", "l2"])
+        g.release("202")  # no artist, no label: no edge
+
+    await write(graph_driver, graph_db, month)
+    # A second BY edge between the same release and artist, as a graph may hold.
+    async with graph_driver.session(database=graph_db) as s:
+        await s.run("MATCH (r:Release {id: '200'}), (a:Artist {id: 'a1'}) CREATE (r)-[:BY]->(a)")
+    await signal_all(publish, "v2")
+    await cycle_done(pg_url, "v2")
+    expected = [
+        ("by", "a1", 200, 1), ("by", "a1", 200, 2), ("by", "a2", 200, 3), ("by", "a2", 201, 1),
+        ("on", "l1", 200, 1), ("on", "l1", 201, 1), ("on", "l2", 201, 2),
+    ]  # fmt: skip
+    got = _edges(pg_url, "v2")
+    # Positions follow the graph's order of the edges: compare the edges, then that
+    # each (release, position) names the entry of cycle_releases' arrays there.
+    assert sorted((k, e, r) for k, e, r, _ in got) == [(k, e, r) for k, e, r, _ in expected]
+    assert q(pg_url, """
+        SELECT 'by', t.id, r.release_id, t.n::int
+        FROM notifier.cycle_releases r, unnest(r.artist_ids) WITH ORDINALITY AS t (id, n)
+        WHERE r.version = 'v2'
+        UNION ALL
+        SELECT 'on', t.id, r.release_id, t.n::int
+        FROM notifier.cycle_releases r, unnest(r.label_ids) WITH ORDINALITY AS t (id, n)
+        WHERE r.version = 'v2'
+        ORDER BY 1, 2, 3, 4""") == got  # fmt: skip
+
+    # The unit run again (a resumed attempt) writes them afresh, never twice; the
+    # unit is done meanwhile, so this attempt marks nothing.
+    row = q(pg_url, """
+        SELECT u.id, u.version, u.entity_type, u.entity_ids, u.attempts, c.started_at,
+               c.previous_version
+        FROM notifier.diff_units u JOIN notifier.cycles c USING (version)
+        WHERE u.version = 'v2' AND u.entity_type = 'releases'""")[0]  # fmt: skip
+    unit = cycles.Unit(row[0], row[1], row[2], list(row[3]), row[4], row[5], row[6])
+    g = graph.Graph(graph_driver, graph_db)
+    async with unit_pool(router_settings) as pool:
+        again = releases.ReleasesUnit(pool, g, "other", batch=1, stop=asyncio.Event())
+        assert await again.run(unit) is None
+    assert _edges(pg_url, "v2") == got
