@@ -102,10 +102,10 @@ async def run(url: str, events: int, watchers: int, rounds: int) -> None:
                       flush=True)  # fmt: skip
         base = statistics.median(h for h, _ in got[names[0]])
         for name, rows in got.items():
-            hook = statistics.median(h for h, _ in rows)
-            feed = statistics.median(f for _, f in rows)
-            print(f"{name}: median {hook:.1f} us a webhook row, {feed:.1f} us a feed row "
-                  f"({base / hook:.2f}x less than {names[0]})")  # fmt: skip
+            hook_us = statistics.median(h for h, _ in rows)
+            feed_us = statistics.median(f for _, f in rows)
+            print(f"{name}: median {hook_us:.1f} us a webhook row, {feed_us:.1f} us a feed row "
+                  f"({base / hook_us:.2f}x less than {names[0]})")  # fmt: skip
 
 
 def main() -> int:
