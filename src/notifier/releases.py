@@ -5,10 +5,9 @@ of the graph in seen_releases (or only those above the previous cycle's
 mark), stores the cycle's new releases in cycle_releases (which genre and
 style units read) and their BY and ON edges keyed by entity in
 cycle_release_edges (which artist and label units read), and matches
-every saved search against them
-(cycle_search_matches, which search units read). It also reads the
-cycle's new masters once (cycle_masters, which genre, style and artist
-units read instead of a pass over the masters each).
+every saved search against them (cycle_search_matches, which search units
+read). It also reads the cycle's new masters once (cycle_masters, which
+genre, style and artist units read instead of a pass over the masters each).
 """
 
 from __future__ import annotations
