@@ -249,3 +249,18 @@ def test_a_weak_or_placeholder_jwt_key_refuses_to_start(role: str, key: str, mes
 
 def test_a_32_byte_key_is_enough() -> None:
     assert config.load({**BASE, "JWT_SECRET_KEY": "k" * 32}, role="api").jwt_secret_key == "k" * 32
+
+
+def test_retention_cycles_default_and_parse() -> None:
+    assert config.load(BASE, role="delivery").retention_cycles == 2
+    for value, cycles in (("12", 12), (" 0 ", 0), ("", 2)):
+        env = {**BASE, "NOTIFIER_RETENTION_CYCLES": value}
+        assert config.load(env, role="delivery").retention_cycles == cycles
+
+
+@pytest.mark.parametrize("value", ["two", "-1", "1.5", "10001"])
+def test_bad_retention_cycles_names_the_variable(value: str) -> None:
+    with pytest.raises(
+        config.ConfigError, match=r"^NOTIFIER_RETENTION_CYCLES: expected a number 0-10000, got"
+    ):
+        config.load({**BASE, "NOTIFIER_RETENTION_CYCLES": value}, role="delivery")

@@ -130,6 +130,8 @@ class Settings:
     retention_attempts_days: float = 30.0
     retention_batch: int = 5000
     retention_interval_seconds: float = 3600.0
+    # The newest done cycles whose router work rows are kept (0: forever).
+    retention_cycles: int = 2
 
     @property
     def postgres_conninfo(self) -> str:
@@ -442,7 +444,7 @@ def _router_number(
 
 
 def _retention_settings(r: _Reader) -> dict[str, Any]:
-    """The NOTIFIER_RETENTION_* settings (0 days: keep forever)."""
+    """The NOTIFIER_RETENTION_* settings (0 days or cycles: keep forever)."""
 
     def days(name: str, default: float) -> float:
         return _router_number(r, name, default, 0, 36_500)
@@ -458,6 +460,7 @@ def _retention_settings(r: _Reader) -> dict[str, Any]:
         "retention_interval_seconds": _router_number(
             r, "NOTIFIER_RETENTION_INTERVAL_SECONDS", 3600, 1, 604_800
         ),
+        "retention_cycles": int(_router_number(r, "NOTIFIER_RETENTION_CYCLES", 2, 0, 10_000, int)),
     }
 
 

@@ -17,8 +17,11 @@ deletes more than one batch, so no lock is held long and vacuum keeps up.
 - Attempts (webhook and digest) older than `attempts_days`, whatever their row.
 - Events older than `events_days` once no feed row can point at them (fanned
   out, or cancelled, before the oldest feed row left) and no outbox row does.
+- The router's per-cycle work rows (cycle_releases, cycle_release_edges,
+  cycle_masters, cycle_search_matches) of done cycles older than the newest
+  `cycles` done ones: only the cycle's own units read them, while it runs.
 
-`0` days keeps a table forever. One replica runs a pass at a time (a session
+`0` days (or cycles) keeps a table forever. One replica runs a pass at a time (a session
 advisory lock); the delivery role runs one every `interval` seconds, and
 `notifier retention` runs one now.
 """
@@ -174,6 +177,70 @@ SELECT (SELECT created_at FROM last), (SELECT id FROM last), (SELECT count(*) FR
 """
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
+# Done cycles but the newest `keep` (by firing time), oldest first, that still
+# have work rows: their units only read them while the cycle runs, and a
+# cycle that is not done (its units may still read them) is never picked.
+OLD_CYCLES = """
+SELECT c.version FROM (
+    SELECT version, coalesce(fired_at, created_at) AS at FROM notifier.cycles
+    WHERE status = 'done'
+    ORDER BY at DESC, version DESC OFFSET %(keep)s
+) c
+WHERE EXISTS (SELECT 1 FROM notifier.cycle_releases t WHERE t.version = c.version)
+   OR EXISTS (SELECT 1 FROM notifier.cycle_release_edges t WHERE t.version = c.version)
+   OR EXISTS (SELECT 1 FROM notifier.cycle_masters t WHERE t.version = c.version)
+   OR EXISTS (SELECT 1 FROM notifier.cycle_search_matches t WHERE t.version = c.version)
+ORDER BY c.at, c.version
+"""
+# The next `batch` work rows of one cycle from key `k*` on, in the order of
+# the table's primary key (version first), deleted by ctid: each batch is an
+# index range scan that starts where the previous one ended rather than over
+# the dead entries before it (`>=`: the last key deleted is gone). Returns
+# the rows deleted and the last key.
+_DELETE_CYCLE_ROWS = """
+WITH w AS (
+    SELECT ctid AS row_id, {key}, row_number() OVER (ORDER BY version, {key}) AS n
+    FROM notifier.{table}
+    WHERE version = %(version)s AND (version, {key}) >= (%(version)s, {after})
+    ORDER BY version, {key} LIMIT %(batch)s
+), gone AS (
+    DELETE FROM notifier.{table} WHERE ctid = ANY(ARRAY(SELECT row_id FROM w))
+    RETURNING 1
+), last AS (
+    SELECT {key} FROM w ORDER BY n DESC LIMIT 1
+)
+SELECT (SELECT count(*) FROM gone), {last}
+"""
+
+DELETE_CYCLE_RELEASE_EDGES = _DELETE_CYCLE_ROWS.format(
+    table="cycle_release_edges",
+    key="kind, entity_id, release_id, ord",
+    after="%(k0)s::text, %(k1)s::text, %(k2)s::bigint, %(k3)s::integer",
+    last="(SELECT kind FROM last), (SELECT entity_id FROM last),"
+         " (SELECT release_id FROM last), (SELECT ord FROM last)",
+)  # fmt: skip
+DELETE_CYCLE_SEARCH_MATCHES = _DELETE_CYCLE_ROWS.format(
+    table="cycle_search_matches", key="search_id", after="%(k0)s::text",
+    last="(SELECT search_id FROM last)",
+)  # fmt: skip
+DELETE_CYCLE_MASTERS = _DELETE_CYCLE_ROWS.format(
+    table="cycle_masters", key="master_id", after="%(k0)s::bigint",
+    last="(SELECT master_id FROM last)",
+)  # fmt: skip
+DELETE_CYCLE_RELEASES = _DELETE_CYCLE_ROWS.format(
+    table="cycle_releases", key="release_id", after="%(k0)s::bigint",
+    last="(SELECT release_id FROM last)",
+)  # fmt: skip
+# Each work table's delete and the key its first batch starts from (below
+# every key: '' is the least text, then the least bigint and integer).
+MIN_BIGINT, MIN_INTEGER = -(2**63), -(2**31)
+CYCLE_TABLES: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    (DELETE_CYCLE_RELEASE_EDGES, ("", "", MIN_BIGINT, MIN_INTEGER)),
+    (DELETE_CYCLE_SEARCH_MATCHES, ("",)),
+    (DELETE_CYCLE_MASTERS, (MIN_BIGINT,)),
+    (DELETE_CYCLE_RELEASES, (MIN_BIGINT,)),
+)
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -184,12 +251,13 @@ class Policy:
     outbox_days: float = 30
     attempts_days: float = 30
     batch: int = 5000
+    cycles: int = 2  # the newest done cycles whose work rows are kept (0: all)
 
     @classmethod
     def from_settings(cls, s: config.Settings) -> Policy:
         """The policy `s` configures (the NOTIFIER_RETENTION_* variables)."""
         return cls(s.retention_feed_days, s.retention_events_days, s.retention_outbox_days,
-                   s.retention_attempts_days, s.retention_batch)  # fmt: skip
+                   s.retention_attempts_days, s.retention_batch, s.retention_cycles)  # fmt: skip
 
 
 class Removed(msgspec.Struct):
@@ -200,6 +268,8 @@ class Removed(msgspec.Struct):
     outbox: int = 0
     digests: int = 0
     attempts: int = 0
+    cycles: int = 0  # cycles whose work rows all went
+    cycle_rows: int = 0
     batches: int = 0
     longest_batch_ms: float = 0.0
 
@@ -295,6 +365,24 @@ async def _events(conn: AsyncConnection[Any], until: datetime, batch: int, out: 
         after_at, after_id = last_at, last_id
 
 
+async def _cycles(conn: AsyncConnection[Any], keep: int, batch: int, out: Removed) -> None:
+    versions = [r[0] for r in await (await conn.execute(OLD_CYCLES, {"keep": keep})).fetchall()]
+    await conn.commit()
+    for version in versions:
+        for query, start in CYCLE_TABLES:
+            after: tuple[Any, ...] = start
+            while True:
+                async with _batch(conn, out):
+                    params = {"version": version, "batch": batch}
+                    params |= {f"k{i}": v for i, v in enumerate(after)}
+                    removed, *last = await _one(conn, query, params)
+                    out.cycle_rows += int(removed)
+                if removed < batch:
+                    break
+                after = tuple(last)
+        out.cycles += 1
+
+
 async def run_pass(pool: AsyncConnectionPool[Any], policy: Policy, now: datetime) -> Removed | None:
     """One retention pass over every table; None when another replica is running one."""
     removed = Removed()
@@ -319,6 +407,8 @@ async def run_pass(pool: AsyncConnectionPool[Any], policy: Policy, now: datetime
                 await _attempts(conn, until, policy.batch, removed)
             if (until := cutoff(now, policy.events_days)) is not None:
                 await _events(conn, until, policy.batch, removed)
+            if policy.cycles > 0:
+                await _cycles(conn, policy.cycles, policy.batch, removed)
         finally:
             await conn.execute(UNLOCK, (RETENTION_LOCK_KEY,))
             await conn.commit()
