@@ -169,6 +169,55 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+# What each process on the machine is, for machine_cpu's breakdown: the first
+# (group, words) whose words all appear in the command line wins.
+CPU_GROUPS = (
+    ("router", ("notifier.cli", "router")),
+    ("delivery", ("notifier.cli", "delivery")),
+    ("receiver", ("bench.delivery_rate", "--serve")),
+    ("neo4j", ("java", "neo4j")),
+    ("arcadedb", ("java", "arcadedb")),
+    ("postgres", ("postgres",)),
+)
+
+
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds so far of every process on the machine, summed by CPU_GROUPS
+    (anything else is "other"), with this process as "bench" and the machine's
+    idle seconds (all cores) as "idle". A process's reaped children count in it
+    (cutime), so PostgreSQL backends that came and went are in "postgres"; the
+    difference of two calls is what each group used in between."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        used = sum(int(x) for x in fields[11:15]) / tick
+        group = "bench" if int(entry) == me else "other"
+        for name, words in CPU_GROUPS:
+            if group == "other" and all(w in cmdline for w in words):
+                group = name
+                break
+        out[group] = out.get(group, 0.0) + used
+    with open("/proc/stat") as f:
+        cpu = f.readline().split()  # cpu user nice system idle iowait ...
+    out["idle"] = (int(cpu[4]) + int(cpu[5])) / tick
+    return out
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each machine_cpu group used between two calls, in seconds (one decimal)."""
+    return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 1) for k in sorted(after)}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     try:

@@ -50,7 +50,16 @@ from typing import Any
 import psycopg
 from neo4j import AsyncGraphDatabase, GraphDatabase
 
-from bench.core import Context, Figure, cpu_seconds, peak_rss_mb, table, timer
+from bench.core import (
+    Context,
+    Figure,
+    cpu_between,
+    cpu_seconds,
+    machine_cpu,
+    peak_rss_mb,
+    table,
+    timer,
+)
 from bench.delivery_rate import receiver
 from bench.discogs_graph import (
     GENRES,
@@ -562,6 +571,7 @@ async def run(
                 with GraphDatabase.driver(svc.uri, auth=(svc.user, svc.password)) as d:
                     write_latch(d, "neo4j", "v2", SIGNALS)
                 (start,) = await (await conn.execute("SELECT clock_timestamp()")).fetchone()  # type: ignore[misc]
+                cpu_at_latch = machine_cpu()
                 _progress(f"month written in {out['month_write_s']} s; latch complete")
                 spying = spy(py_spy, roles.procs["router"].pid, SPY_OUT)
                 _, finished, stats_v2, fired = await _until(
@@ -570,6 +580,7 @@ async def run(
                 if spying is not None:
                     spying.send_signal(signal.SIGINT)
                     spying.wait(60)
+                cpu_at_feed = machine_cpu()
                 out["feed_s"] = (finished - start).total_seconds()
                 out["fired_after_s"] = (fired - start).total_seconds()
                 out["cycle_stats"] = stats_v2
@@ -581,6 +592,13 @@ async def run(
                 out["webhooks"] = total
                 out["webhooks_s"] = (last - start).total_seconds() if last is not None else 0.0
                 _progress(f"webhooks delivered after {out['webhooks_s']:.1f} s")
+                # CPU seconds by process group from the latch to the feed's end, then
+                # to the last webhook (idle: of both cores), where the time went.
+                out["cpu"] = {
+                    "to_feed": cpu_between(cpu_at_latch, cpu_at_feed),
+                    "to_webhooks": cpu_between(cpu_at_feed, machine_cpu()),
+                }
+                _progress(f"CPU seconds by process: {out['cpu']}")
                 out["usage"] = roles.usage()
                 units = await (
                     await conn.execute(UNITS, {"hub": HUB_ID, "version": "v2"})
