@@ -193,6 +193,16 @@ def added(current: Sequence[int], before: Sequence[int] | None) -> list[int]:
     return [i for i in current if i not in old]
 
 
+def any_recorded(fresh: Sequence[int], recorded: Sequence[int]) -> bool:
+    """Whether any of `fresh` is among the sorted `recorded` ids: found by
+    bisection, so a hub's recorded ids are never hashed."""
+    for i in fresh:
+        at = bisect.bisect_left(recorded, i)
+        if at < len(recorded) and recorded[at] == i:
+            return True
+    return False
+
+
 def fit_detail(detail: dict[str, Any], max_bytes: int = DETAIL_MAX_BYTES) -> dict[str, Any]:
     """Halve the lists in `detail` until its JSON is under `max_bytes`."""
     out = dict(detail)
@@ -381,12 +391,9 @@ def artist_news(
         return None
     if degrees[0] - edges != len(release_edges) + master_edges:
         return None
-    fresh = sorted(set(release_edges))
-    recorded = list(old)  # sorted: found by bisection, a hub's ids never hashed
-    for i in fresh:
-        at = bisect.bisect_left(recorded, i)
-        if at < len(recorded) and recorded[at] == i:
-            return None
+    fresh, recorded = sorted(set(release_edges)), list(old)
+    if any_recorded(fresh, recorded):
+        return None
     counters = Counters()
     if marks.name is None:
         counters.add("missing_name")
@@ -720,12 +727,9 @@ def label_news(
     edges = sum(degrees.values())
     if edges - snapshot.edge_count != len(on_tree):
         return None
-    fresh = sorted(set(on_tree))
-    recorded = list(old)  # sorted: found by bisection, a hub's ids never hashed
-    for i in fresh:
-        at = bisect.bisect_left(recorded, i)
-        if at < len(recorded) and recorded[at] == i:
-            return None
+    fresh, recorded = sorted(set(on_tree)), list(old)
+    if any_recorded(fresh, recorded):
+        return None
     counters = Counters()
     if tree.name is None:
         counters.add("missing_name")
