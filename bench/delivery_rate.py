@@ -74,11 +74,12 @@ async def _serve(port: int) -> None:
 
 
 @contextlib.contextmanager
-def receiver() -> Any:
+def receiver(nice: int = 0) -> Any:
     port = services.free_port()
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "bench.delivery_rate", "--serve", str(port)]
-    )
+        [*(["nice", "-n", str(nice)] if nice else []),
+         sys.executable, "-m", "bench.delivery_rate", "--serve", str(port)]
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
         while True:

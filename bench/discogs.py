@@ -79,17 +79,22 @@ from notifier.devkit import services
 
 # fraction: of the real catalogue. users, watches (all kinds), entities (distinct
 # artists and labels watched), tag_watches, searches (distinct; two watchers
-# each), hub_watchers (each hub). heap/pagecache: MB for a Neo4j we start.
+# each), hub_watchers (each hub). heap/pagecache: MB for a Neo4j we start;
+# shared_buffers: for a PostgreSQL we start, sized to hold the watches and the
+# month's feed (at 1/10 the default 256MB made the fan-out read ~5.7M blocks
+# from the OS cache; a quarter of this machine's memory is the usual size).
 SCALES: dict[str, dict[str, Any]] = {
     "tiny": {"fraction": 0.0001, "users": 1_000, "watches": 10_000, "entities": 300,
              "tag_watches": 100, "searches": 50, "hub_watchers": 30,
-             "heap": 1024, "pagecache": 512, "limit": 300},
+             "heap": 1024, "pagecache": 512, "shared_buffers": "256MB", "limit": 300},
     "discogs-small": {"fraction": 0.01, "users": 100_000, "watches": 1_000_000,
                       "entities": 30_000, "tag_watches": 10_000, "searches": 5_000,
-                      "hub_watchers": 1_000, "heap": 2048, "pagecache": 1536, "limit": 900},
+                      "hub_watchers": 1_000, "heap": 2048, "pagecache": 1536,
+                      "shared_buffers": "1GB", "limit": 900},
     "discogs": {"fraction": 0.1, "users": 1_000_000, "watches": 10_000_000,
                 "entities": 300_000, "tag_watches": 100_000, "searches": 50_000,
-                "hub_watchers": 5_000, "heap": 4096, "pagecache": 4096, "limit": 3600},
+                "hub_watchers": 5_000, "heap": 4096, "pagecache": 4096,
+                "shared_buffers": "4GB", "limit": 3600},
 }  # fmt: skip
 HUB_ID = "1"  # the hub artist's and the hub label's id (popularity rank 0)
 ARTIST_SHARE = 0.73  # of the distinct watched entities; the rest are labels
@@ -313,16 +318,19 @@ def _env(pg: services.PostgresService, url: str, svc: services.GraphService) -> 
 
 
 class Roles:
-    """`notifier router` and `notifier delivery`."""
+    """`notifier router` and `deliveries` replicas of `notifier delivery` (role
+    names delivery, delivery-2, ...), the latter at CPU niceness `nice`."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], deliveries: int = 1, nice: int = 0) -> None:
+        names = ["router", *(f"delivery-{i + 1}" if i else "delivery" for i in range(deliveries))]
         self.procs = {
-            role: subprocess.Popen(  # noqa: S603 - our interpreter and CLI
-                [sys.executable, "-m", "notifier.cli", role],
-                env=dict(env, NOTIFIER_PORT=str(services.free_port())),
+            name: subprocess.Popen(  # noqa: S603 - our interpreter and CLI
+                [*_niced(0 if name == "router" else nice), sys.executable, "-m", "notifier.cli",
+                 name.split("-")[0]],
+                env=dict(env, NOTIFIER_PORT=str(services.free_port()), NOTIFIER_REPLICA=name),
             )
-            for role in ("router", "delivery")
-        }
+            for name in names
+        }  # fmt: skip
 
     def check(self) -> None:
         """Raise if a role has exited."""
@@ -345,6 +353,11 @@ class Roles:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _niced(nice: int) -> list[str]:
+    """The command prefix that starts a process at CPU niceness `nice` (none at 0)."""
+    return ["nice", "-n", str(nice)] if nice else []
 
 
 async def _until(
@@ -521,6 +534,8 @@ async def run(
     py_spy: str | None = None,
     imported: LoadStats | None = None,
     graph_only: bool = False,
+    deliveries: int = 1,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """Load (or, `imported`, index the imported graph), seed, baseline, the month; measure."""
     shape = Shape.at(sizes["fraction"])
@@ -559,12 +574,13 @@ async def run(
     limit = float(sizes["limit"])
     roles: Roles | None = None
     try:
-        with receiver() as hook_url:
+        with receiver(nice) as hook_url:
             with timer() as took:
                 out["seeded"] = await seed(url, shape, sizes, hook_url)
             out["seed_s"] = round(took(), 1)
             _progress(f"users seeded in {took():.0f} s: {out['seeded']}")
-            roles = Roles(_env(ctx.pg, url, svc))
+            roles = Roles(_env(ctx.pg, url, svc), deliveries, nice)
+            out["placement"] = {"deliveries": deliveries, "delivery_nice": nice}
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 with timer() as took:
                     await _until(conn, roles, CYCLE, ("v1",), lambda r: r[0] == "done", limit,
@@ -726,12 +742,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph-only", action="store_true",
                    help="the graph, the month and the reads' PROFILE only "
                    "(no users, no router)")  # fmt: skip
+    # Two delivery replicas at a lower CPU priority than the router, as a
+    # deployment gives the feed (120 s) the cores before the webhooks (300 s);
+    # bench/RESULTS.md has the month at equal priority beside it.
+    p.add_argument("--deliveries", type=int, default=2, help="delivery replicas (default 2)")
+    p.add_argument("--delivery-nice", type=int, default=10,
+                   help="CPU niceness of the delivery replicas and the webhook receiver "
+                   "(default 10; 0: the router's)")  # fmt: skip
     args = p.parse_args(argv)
     sizes = SCALES[args.scale]
     # A SIGTERM unwinds the stack, so the servers this run started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with contextlib.ExitStack() as stack, timer() as took:
-        pg = stack.enter_context(services.postgres())
+        pg = stack.enter_context(services.postgres({"shared_buffers": sizes["shared_buffers"]}))
         imported = None
         loader = args.loader
         if loader == "auto":  # measured: the import tool is faster from 1/100 up
@@ -743,7 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             svc = stack.enter_context(graph_server(sizes))
         ctx = Context(args.scale, {}, pg, stack)
-        m = asyncio.run(run(ctx, sizes, svc, args.py_spy, imported, args.graph_only))
+        m = asyncio.run(run(ctx, sizes, svc, args.py_spy, imported, args.graph_only,
+                            args.deliveries, args.delivery_nice))  # fmt: skip
         ctx.drop_databases()
     m["wall_s"] = round(took(), 1)
     m["load_average_end"] = os.getloadavg()

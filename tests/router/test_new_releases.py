@@ -111,6 +111,16 @@ async def test_new_releases_over_several_pages_are_all_stored_and_matched(
     assert {"find_ms", "graph_wait_ms", "percolate_ms", "copy_ms"} <= stats.keys()
     assert q(pg_url, "SELECT count(*), min(release_id), max(release_id)"
              " FROM notifier.cycle_releases WHERE version = 'v2'") == [(2500, 2, 2501)]  # fmt: skip
+    # The tables the units read next were analyzed once copied (manual ANALYZE,
+    # not autovacuum's): their key is probed, not filtered.
+    assert "analyze_ms" in stats
+    analyzed = q(pg_url, "SELECT relname, analyze_count > 0 FROM pg_stat_user_tables"
+                 " WHERE schemaname = 'notifier' AND relname = ANY(%s) ORDER BY relname",
+                 list(releases.CYCLE_TABLES))  # fmt: skip
+    assert analyzed == [
+        ("cycle_masters", True), ("cycle_release_edges", True), ("cycle_releases", True),
+        ("cycle_search_matches", True),
+    ]  # fmt: skip
     found = matched(pg_url, "v2")["s-fresh"]
     assert found["match_count"] == 3
     assert [m["id"] for m in found["matches"]] == ["10", "1500", "2400"]

@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -223,8 +223,13 @@ def _amqp_ready(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def postgres() -> Iterator[PostgresService]:
-    """A PostgreSQL server for the lifetime of the context."""
+def postgres(settings: Mapping[str, str] | None = None) -> Iterator[PostgresService]:
+    """A PostgreSQL server for the lifetime of the context.
+
+    `settings` are postgresql.conf lines for a server started here (the
+    benchmarks size shared_buffers to their data); a server named by the
+    environment or a container keeps its own.
+    """
     url = os.environ.get(POSTGRES_URL_ENV)
     if url:
         a = _from_url(url, port=5432, user="postgres")
@@ -238,7 +243,7 @@ def postgres() -> Iterator[PostgresService]:
             host, port = _mapped(c, 5432)
             yield PostgresService(host, port, c.username, c.password, c.dbname, "testcontainers")
         return
-    with _local_postgres() as svc:
+    with _local_postgres(settings or {}) as svc:
         yield svc
 
 
@@ -279,7 +284,7 @@ def _pg_bin(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _local_postgres() -> Iterator[PostgresService]:
+def _local_postgres(settings: Mapping[str, str]) -> Iterator[PostgresService]:
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     top = Path(tempfile.mkdtemp(prefix="notifier-pg-"))
     top.chmod(0o755)  # the postgres user must be able to enter it
@@ -304,6 +309,8 @@ def _local_postgres() -> Iterator[PostgresService]:
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "max_connections = 400\nshared_buffers = 256MB\n"
             )
+            # Later lines win: the caller's settings override the defaults above.
+            conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
         done = subprocess.run(
             _as_postgres([pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"]),
             capture_output=True,
