@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from neo4j import AsyncGraphDatabase, GraphDatabase
@@ -317,6 +317,16 @@ def _env(pg: services.PostgresService, url: str, svc: services.GraphService) -> 
     return env
 
 
+class Placement(NamedTuple):
+    """How the roles share the machine: the router's workers, the delivery
+    replicas and their CPU niceness (also the receiver's). The defaults are
+    the roles' own defaults, at equal priority."""
+
+    router_workers: int = 2
+    deliveries: int = 1
+    delivery_nice: int = 0
+
+
 class Roles:
     """`notifier router` and `deliveries` replicas of `notifier delivery` (role
     names delivery, delivery-2, ...), the latter at CPU niceness `nice`."""
@@ -534,8 +544,7 @@ async def run(
     py_spy: str | None = None,
     imported: LoadStats | None = None,
     graph_only: bool = False,
-    deliveries: int = 1,
-    nice: int = 0,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Load (or, `imported`, index the imported graph), seed, baseline, the month; measure."""
     shape = Shape.at(sizes["fraction"])
@@ -574,13 +583,15 @@ async def run(
     limit = float(sizes["limit"])
     roles: Roles | None = None
     try:
-        with receiver(nice) as hook_url:
+        where = placement or Placement()
+        with receiver(where.delivery_nice) as hook_url:
             with timer() as took:
                 out["seeded"] = await seed(url, shape, sizes, hook_url)
             out["seed_s"] = round(took(), 1)
             _progress(f"users seeded in {took():.0f} s: {out['seeded']}")
-            roles = Roles(_env(ctx.pg, url, svc), deliveries, nice)
-            out["placement"] = {"deliveries": deliveries, "delivery_nice": nice}
+            env = dict(_env(ctx.pg, url, svc), NOTIFIER_ROUTER_WORKERS=str(where.router_workers))
+            roles = Roles(env, where.deliveries, where.delivery_nice)
+            out["placement"] = where._asdict()
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 with timer() as took:
                     await _until(conn, roles, CYCLE, ("v1",), lambda r: r[0] == "done", limit,
@@ -742,9 +753,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph-only", action="store_true",
                    help="the graph, the month and the reads' PROFILE only "
                    "(no users, no router)")  # fmt: skip
-    # Two delivery replicas at a lower CPU priority than the router, as a
-    # deployment gives the feed (120 s) the cores before the webhooks (300 s);
-    # bench/RESULTS.md has the month at equal priority beside it.
+    # Four router workers, so the units' fan-out keeps both cores busy while
+    # others wait on the graph; two delivery replicas at a lower CPU priority
+    # than the router, as a deployment gives the feed (120 s) the cores before
+    # the webhooks (300 s). bench/RESULTS.md has the month at the defaults
+    # (two workers, one delivery, equal priority) beside it.
+    p.add_argument("--router-workers", type=int, default=4,
+                   help="NOTIFIER_ROUTER_WORKERS of the router (default 4)")  # fmt: skip
     p.add_argument("--deliveries", type=int, default=2, help="delivery replicas (default 2)")
     p.add_argument("--delivery-nice", type=int, default=10,
                    help="CPU niceness of the delivery replicas and the webhook receiver "
@@ -767,7 +782,8 @@ def main(argv: list[str] | None = None) -> int:
             svc = stack.enter_context(graph_server(sizes))
         ctx = Context(args.scale, {}, pg, stack)
         m = asyncio.run(run(ctx, sizes, svc, args.py_spy, imported, args.graph_only,
-                            args.deliveries, args.delivery_nice))  # fmt: skip
+                            Placement(args.router_workers, args.deliveries,
+                                      args.delivery_nice)))  # fmt: skip
         ctx.drop_databases()
     m["wall_s"] = round(took(), 1)
     m["load_average_end"] = os.getloadavg()

@@ -91,6 +91,9 @@ def test_bench_discogs_runs_a_month_at_tiny_scale(
     assert run["feed_rows"] > 0 and run["webhooks"] > 0
     assert run["seeded"]["hub_artist_watchers"] == 30
     assert run["events"].get("artist:new_releases", 0) > 0
+    # The CLI's placement: four router workers, two delivery replicas at a lower priority.
+    assert run["placement"] == {"router_workers": 4, "deliveries": 2, "delivery_nice": 10}
+    assert set(run["usage"]) == {"router", "delivery", "delivery-2"}
 
 
 def test_python_m_bench_runs_a_month_at_the_discogs_scales(monkeypatch: pytest.MonkeyPatch) -> None:
