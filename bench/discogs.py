@@ -753,17 +753,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph-only", action="store_true",
                    help="the graph, the month and the reads' PROFILE only "
                    "(no users, no router)")  # fmt: skip
-    # Four router workers, so the units' fan-out keeps both cores busy while
-    # others wait on the graph; two delivery replicas at a lower CPU priority
-    # than the router, as a deployment gives the feed (120 s) the cores before
-    # the webhooks (300 s). bench/RESULTS.md has the month at the defaults
-    # (two workers, one delivery, equal priority) beside it.
-    p.add_argument("--router-workers", type=int, default=4,
-                   help="NOTIFIER_ROUTER_WORKERS of the router (default 4)")  # fmt: skip
-    p.add_argument("--deliveries", type=int, default=2, help="delivery replicas (default 2)")
-    p.add_argument("--delivery-nice", type=int, default=10,
+    # Where the roles run on the one machine: the defaults are the roles' own
+    # (two router workers, one delivery, equal priority); bench/RESULTS.md
+    # (Session 13) has the month with four workers and two deliveries at nice 10.
+    p.add_argument(
+        "--router-workers",
+        type=int,
+        default=Placement().router_workers,
+        help="NOTIFIER_ROUTER_WORKERS of the router (default 2)",
+    )
+    p.add_argument(
+        "--deliveries",
+        type=int,
+        default=Placement().deliveries,
+        help="delivery replicas (default 1)",
+    )
+    p.add_argument("--delivery-nice", type=int, default=Placement().delivery_nice,
                    help="CPU niceness of the delivery replicas and the webhook receiver "
-                   "(default 10; 0: the router's)")  # fmt: skip
+                   "(default 0: the router's)")  # fmt: skip
     args = p.parse_args(argv)
     sizes = SCALES[args.scale]
     # A SIGTERM unwinds the stack, so the servers this run started are stopped.

@@ -75,7 +75,8 @@ def test_bench_discogs_runs_a_month_at_tiny_scale(
         services.NEO4J_URL_ENV: f"bolt://{user}:{password}@{graph_server.host}:{graph_server.port}",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "bench.discogs", "--scale", "tiny", "--json", str(out)],
+        [sys.executable, "-m", "bench.discogs", "--scale", "tiny", "--json", str(out),
+         "--router-workers", "4", "--deliveries", "2", "--delivery-nice", "10"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode in (0, 1), done.stderr[-3000:]  # 1 = a target missed
@@ -91,7 +92,7 @@ def test_bench_discogs_runs_a_month_at_tiny_scale(
     assert run["feed_rows"] > 0 and run["webhooks"] > 0
     assert run["seeded"]["hub_artist_watchers"] == 30
     assert run["events"].get("artist:new_releases", 0) > 0
-    # The CLI's placement: four router workers, two delivery replicas at a lower priority.
+    # The placement asked for: four router workers, two delivery replicas at a lower priority.
     assert run["placement"] == {"router_workers": 4, "deliveries": 2, "delivery_nice": 10}
     assert set(run["usage"]) == {"router", "delivery", "delivery-2"}
 
