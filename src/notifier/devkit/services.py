@@ -243,7 +243,7 @@ def postgres(settings: Mapping[str, str] | None = None) -> Iterator[PostgresServ
             host, port = _mapped(c, 5432)
             yield PostgresService(host, port, c.username, c.password, c.dbname, "testcontainers")
         return
-    with _local_postgres(settings or {}) as svc:
+    with _local_postgres(settings) as svc:
         yield svc
 
 
@@ -284,7 +284,7 @@ def _pg_bin(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _local_postgres(settings: Mapping[str, str]) -> Iterator[PostgresService]:
+def _local_postgres(settings: Mapping[str, str] | None = None) -> Iterator[PostgresService]:
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     top = Path(tempfile.mkdtemp(prefix="notifier-pg-"))
     top.chmod(0o755)  # the postgres user must be able to enter it
@@ -310,7 +310,7 @@ def _local_postgres(settings: Mapping[str, str]) -> Iterator[PostgresService]:
                 "max_connections = 400\nshared_buffers = 256MB\n"
             )
             # Later lines win: the caller's settings override the defaults above.
-            conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
+            conf.writelines(f"{name} = '{value}'\n" for name, value in (settings or {}).items())
         done = subprocess.run(
             _as_postgres([pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"]),
             capture_output=True,
