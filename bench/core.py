@@ -212,6 +212,11 @@ def machine_cpu() -> dict[str, float]:
     return out
 
 
+def niced(nice: int) -> list[str]:
+    """The command prefix that starts a process at CPU niceness `nice` (none at 0)."""
+    return ["nice", "-n", str(nice)] if nice else []
+
+
 def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """What each machine_cpu group used between two calls, in seconds (one decimal)."""
     return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 1) for k in sorted(after)}

@@ -39,7 +39,16 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.core import Context, Figure, cpu_between, cpu_seconds, machine_cpu, peak_rss_mb, timer
+from bench.core import (
+    Context,
+    Figure,
+    cpu_between,
+    cpu_seconds,
+    machine_cpu,
+    niced,
+    peak_rss_mb,
+    timer,
+)
 from notifier import secretbox
 from notifier.devkit import services
 
@@ -77,9 +86,8 @@ async def _serve(port: int) -> None:
 def receiver(nice: int = 0) -> Any:
     port = services.free_port()
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [*(["nice", "-n", str(nice)] if nice else []),
-         sys.executable, "-m", "bench.delivery_rate", "--serve", str(port)]
-    )  # fmt: skip
+        [*niced(nice), sys.executable, "-m", "bench.delivery_rate", "--serve", str(port)]
+    )
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -56,6 +56,7 @@ from bench.core import (
     cpu_between,
     cpu_seconds,
     machine_cpu,
+    niced,
     peak_rss_mb,
     table,
     timer,
@@ -332,15 +333,17 @@ class Roles:
     names delivery, delivery-2, ...), the latter at CPU niceness `nice`."""
 
     def __init__(self, env: dict[str, str], deliveries: int = 1, nice: int = 0) -> None:
-        names = ["router", *(f"delivery-{i + 1}" if i else "delivery" for i in range(deliveries))]
+        # (name, role, niceness) of each process
+        placed = [("router", "router", 0)] + [
+            (f"delivery-{i + 1}" if i else "delivery", "delivery", nice) for i in range(deliveries)
+        ]
         self.procs = {
             name: subprocess.Popen(  # noqa: S603 - our interpreter and CLI
-                [*_niced(0 if name == "router" else nice), sys.executable, "-m", "notifier.cli",
-                 name.split("-")[0]],
+                [*niced(level), sys.executable, "-m", "notifier.cli", role],
                 env=dict(env, NOTIFIER_PORT=str(services.free_port()), NOTIFIER_REPLICA=name),
             )
-            for name in names
-        }  # fmt: skip
+            for name, role, level in placed
+        }
 
     def check(self) -> None:
         """Raise if a role has exited."""
@@ -363,11 +366,6 @@ class Roles:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _niced(nice: int) -> list[str]:
-    """The command prefix that starts a process at CPU niceness `nice` (none at 0)."""
-    return ["nice", "-n", str(nice)] if nice else []
 
 
 async def _until(
@@ -756,21 +754,22 @@ def main(argv: list[str] | None = None) -> int:
     # Where the roles run on the one machine: the defaults are the roles' own
     # (two router workers, one delivery, equal priority); bench/RESULTS.md
     # (Session 13) has the month with four workers and two deliveries at nice 10.
+    defaults = Placement()
     p.add_argument(
         "--router-workers",
         type=int,
-        default=Placement().router_workers,
-        help="NOTIFIER_ROUTER_WORKERS of the router (default 2)",
+        default=defaults.router_workers,
+        help="NOTIFIER_ROUTER_WORKERS of the router (default %(default)s)",
     )
     p.add_argument(
         "--deliveries",
         type=int,
-        default=Placement().deliveries,
-        help="delivery replicas (default 1)",
+        default=defaults.deliveries,
+        help="delivery replicas (default %(default)s)",
     )
-    p.add_argument("--delivery-nice", type=int, default=Placement().delivery_nice,
+    p.add_argument("--delivery-nice", type=int, default=defaults.delivery_nice,
                    help="CPU niceness of the delivery replicas and the webhook receiver "
-                   "(default 0: the router's)")  # fmt: skip
+                   "(default %(default)s, the router's)")  # fmt: skip
     args = p.parse_args(argv)
     sizes = SCALES[args.scale]
     # A SIGTERM unwinds the stack, so the servers this run started are stopped.
