@@ -7,7 +7,9 @@ style units read) and their BY and ON edges keyed by entity in
 cycle_release_edges (which artist and label units read), and matches
 every saved search against them (cycle_search_matches, which search units
 read). It also reads the cycle's new masters once (cycle_masters, which
-genre, style and artist units read instead of a pass over the masters each).
+genre and style units read, and their BY edges keyed by artist in
+cycle_master_edges, which artist units read) instead of a pass over the
+masters each.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ CLEAR_CYCLE_MASTERS = "DELETE FROM notifier.cycle_masters WHERE version = %(vers
 COPY_CYCLE_MASTERS = """
 COPY notifier.cycle_masters (version, master_id, artist_ids, genres, styles) FROM STDIN
 """
+# The same masters' BY edges keyed by artist, for the artist units' counts
+# (sql/023_cycle_master_edges.sql); cleared and copied with them.
+CLEAR_CYCLE_MASTER_EDGES = "DELETE FROM notifier.cycle_master_edges WHERE version = %(version)s"
+COPY_CYCLE_MASTER_EDGES = """
+COPY notifier.cycle_master_edges (version, artist_id, master_id, ord) FROM STDIN
+"""
 # seen_releases_version_idx: was there any scan before this cycle's?
 EARLIER_SCAN = """
 SELECT EXISTS (SELECT 1 FROM notifier.seen_releases WHERE first_version <> %(version)s)
@@ -102,7 +110,10 @@ CLEAR_CYCLE_RELEASE_EDGES = "DELETE FROM notifier.cycle_release_edges WHERE vers
 # instead of probing the key (426 ms against 3 ms for 500 ids over 93k edges;
 # 30 s of the 1/10 month, bench/RESULTS.md). A role that does not own the
 # tables gets a warning, not an error.
-CYCLE_TABLES = ("cycle_releases", "cycle_release_edges", "cycle_masters", "cycle_search_matches")
+CYCLE_TABLES = (
+    "cycle_releases", "cycle_release_edges", "cycle_masters", "cycle_master_edges",
+    "cycle_search_matches",
+)  # fmt: skip
 ANALYZE_CYCLE_TABLES = "ANALYZE " + ", ".join(f"notifier.{t}" for t in CYCLE_TABLES)
 COPY_CYCLE_RELEASE_EDGES = """
 COPY notifier.cycle_release_edges (version, kind, entity_id, release_id, ord) FROM STDIN
@@ -183,6 +194,18 @@ def master_rows(
         else:
             out[mid] = (version, mid, _texts(artists, 100), _texts(genres), _texts(styles))
     return [out[i] for i in sorted(out)]
+
+
+def master_edge_rows(
+    rows: list[tuple[str, int, list[str], list[str], list[str]]],
+) -> list[tuple[str, str, int, int]]:
+    """cycle_master_edges rows of cycle_masters rows: one per entry of artist_ids, with
+    its 1-based position, so an id listed twice (two edges) stays twice."""
+    return [
+        (version, artist_id, master_id, n)
+        for version, master_id, artist_ids, _, _ in rows
+        for n, artist_id in enumerate(artist_ids, 1)
+    ]
 
 
 class ReleaseMark(NamedTuple):
@@ -296,10 +319,14 @@ class ReleasesUnit:
         highest, raw = await self.graph.cycle_masters(after)
         rows = master_rows(unit.version, raw, counters)
         await conn.execute(CLEAR_CYCLE_MASTERS, {"version": unit.version})
+        await conn.execute(CLEAR_CYCLE_MASTER_EDGES, {"version": unit.version})
         if rows:
             async with conn.cursor().copy(COPY_CYCLE_MASTERS) as copy:
                 for r in rows:
                     await copy.write_row(r)
+            async with conn.cursor().copy(COPY_CYCLE_MASTER_EDGES) as copy:
+                for edge in master_edge_rows(rows):
+                    await copy.write_row(edge)
         counters.add("new_masters", len(rows))
         counters.add("masters_ms", _ms_since(started))
         return -1 if highest is None else highest

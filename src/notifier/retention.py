@@ -18,8 +18,9 @@ deletes more than one batch, so no lock is held long and vacuum keeps up.
 - Events older than `events_days` once no feed row can point at them (fanned
   out, or cancelled, before the oldest feed row left) and no outbox row does.
 - The router's per-cycle work rows (cycle_releases, cycle_release_edges,
-  cycle_masters, cycle_search_matches) of done cycles older than the newest
-  `cycles` done ones: only the cycle's own units read them, while it runs.
+  cycle_masters, cycle_master_edges, cycle_search_matches) of done cycles
+  older than the newest `cycles` done ones: only the cycle's own units read
+  them, while it runs.
 
 `0` days (or cycles) keeps a table forever. One replica runs a pass at a time (a session
 advisory lock); the delivery role runs one every `interval` seconds, and
@@ -189,6 +190,7 @@ SELECT c.version FROM (
 WHERE EXISTS (SELECT 1 FROM notifier.cycle_releases t WHERE t.version = c.version)
    OR EXISTS (SELECT 1 FROM notifier.cycle_release_edges t WHERE t.version = c.version)
    OR EXISTS (SELECT 1 FROM notifier.cycle_masters t WHERE t.version = c.version)
+   OR EXISTS (SELECT 1 FROM notifier.cycle_master_edges t WHERE t.version = c.version)
    OR EXISTS (SELECT 1 FROM notifier.cycle_search_matches t WHERE t.version = c.version)
 ORDER BY c.at, c.version
 """
@@ -227,6 +229,12 @@ DELETE_CYCLE_MASTERS = _DELETE_CYCLE_ROWS.format(
     table="cycle_masters", key="master_id", after="%(k0)s::bigint",
     last="(SELECT master_id FROM last)",
 )  # fmt: skip
+DELETE_CYCLE_MASTER_EDGES = _DELETE_CYCLE_ROWS.format(
+    table="cycle_master_edges",
+    key="artist_id, master_id, ord",
+    after="%(k0)s::text, %(k1)s::bigint, %(k2)s::integer",
+    last="(SELECT artist_id FROM last), (SELECT master_id FROM last), (SELECT ord FROM last)",
+)  # fmt: skip
 DELETE_CYCLE_RELEASES = _DELETE_CYCLE_ROWS.format(
     table="cycle_releases", key="release_id", after="%(k0)s::bigint",
     last="(SELECT release_id FROM last)",
@@ -238,6 +246,7 @@ CYCLE_TABLES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (DELETE_CYCLE_RELEASE_EDGES, ("", "", MIN_BIGINT, MIN_INTEGER)),
     (DELETE_CYCLE_SEARCH_MATCHES, ("",)),
     (DELETE_CYCLE_MASTERS, (MIN_BIGINT,)),
+    (DELETE_CYCLE_MASTER_EDGES, ("", MIN_BIGINT, MIN_INTEGER)),
     (DELETE_CYCLE_RELEASES, (MIN_BIGINT,)),
 )
 

@@ -88,14 +88,15 @@ SELECT entity_id, release_id
 FROM notifier.cycle_release_edges
 WHERE version = %(version)s AND kind = 'by' AND entity_id = ANY(%(ids)s)
 """
-# The BY edges of the cycle's new masters on some artists (one entry per
-# edge; cycle_masters primary key prefix: version). No row when the releases
-# unit could not tell the new masters: then an artist with one is read in full.
+# The BY edges of the cycle's new masters on some artists, counted (one row
+# per edge, releases.master_edge_rows; cycle_master_edges primary key). No row
+# when the releases unit could not tell the new masters: then an artist with
+# one is read in full.
 NEW_MASTERS_BY_ARTISTS = """
-SELECT t.artist_id, count(*)
-FROM notifier.cycle_masters m, unnest(m.artist_ids) AS t (artist_id)
-WHERE m.version = %(version)s AND t.artist_id = ANY(%(ids)s)
-GROUP BY t.artist_id
+SELECT artist_id, count(*)
+FROM notifier.cycle_master_edges
+WHERE version = %(version)s AND artist_id = ANY(%(ids)s)
+GROUP BY artist_id
 """
 # Only a releases unit that is done has written all of its cycle's new
 # releases (diff_units_version_type_seq_key); one that failed for good may

@@ -10,7 +10,8 @@ import pytest
 from notifier import config, db, retention
 
 NOW = datetime.now(UTC)
-WORK_TABLES = ("cycle_releases", "cycle_release_edges", "cycle_masters", "cycle_search_matches")
+WORK_TABLES = ("cycle_releases", "cycle_release_edges", "cycle_masters", "cycle_master_edges",
+               "cycle_search_matches")  # fmt: skip
 # Versions named against their firing order: the pass must order by time, not name.
 OLDEST, MIDDLE, NEWEST, RUNNING = "v9", "v1", "v2", "v0"
 CYCLES = ((OLDEST, "done", 4), (MIDDLE, "done", 3), (NEWEST, "done", 2), (RUNNING, "running", 1))
@@ -18,13 +19,15 @@ CYCLES = ((OLDEST, "done", 4), (MIDDLE, "done", 3), (NEWEST, "done", 2), (RUNNIN
 EDGES = (("by", "a1", 100, 1), ("by", "a1", 100, 2), ("by", "a2", 101, 1), ("by", "a3", 102, 1),
          ("on", "l1", 100, 1), ("on", "l1", 101, 1), ("on", "l2", 104, 1))  # fmt: skip
 # Rows a cycle has in each work table (edges more than releases, as in a month).
+# (artist_id, master_id, ord): one artist listed twice on a master.
+MASTER_EDGES = (("a1", -1, 1), ("a1", -1, 2), ("a2", 0, 1), ("a1", 1, 1))
 ROWS = {"cycle_releases": 5, "cycle_release_edges": len(EDGES), "cycle_masters": 3,
-        "cycle_search_matches": 4}  # fmt: skip
+        "cycle_master_edges": len(MASTER_EDGES), "cycle_search_matches": 4}  # fmt: skip
 NO_OTHER = {"feed_days": 0, "events_days": 0, "outbox_days": 0, "attempts_days": 0}
 
 
 def _seed(pg_url: str) -> None:
-    """Three done cycles and a running one, each with work rows in all four tables."""
+    """Three done cycles and a running one, each with work rows in all five tables."""
     with psycopg.connect(pg_url) as conn:
         for version, status, days_ago in CYCLES:
             at = NOW - timedelta(days=days_ago)
@@ -48,6 +51,12 @@ def _seed(pg_url: str) -> None:
                 conn.execute(
                     "INSERT INTO notifier.cycle_masters (version, master_id) VALUES (%s, %s)",
                     (version, i - 1),
+                )
+            for edge in MASTER_EDGES:
+                conn.execute(
+                    "INSERT INTO notifier.cycle_master_edges (version, artist_id, master_id, ord)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (version, *edge),
                 )
             for i in range(ROWS["cycle_search_matches"]):
                 conn.execute(

@@ -26,6 +26,16 @@ def _masters(pg_url: str, version: str) -> list[tuple[Any, ...]]:
     return [(m, sorted(a), sorted(g), sorted(s)) for m, a, g, s in rows]
 
 
+def _edges(pg_url: str, version: str) -> list[tuple[Any, ...]]:
+    """(artist id, master id, position) of a cycle's master BY edges, keyed by artist."""
+    return q(
+        pg_url,
+        "SELECT artist_id, master_id, ord FROM notifier.cycle_master_edges"
+        " WHERE version = %s ORDER BY artist_id, master_id, ord",
+        version,
+    )
+
+
 def _known(pg_url: str, version: str, previous: str | None) -> bool:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         row = conn.execute(
@@ -76,6 +86,7 @@ async def test_the_new_masters_with_their_artists_and_tags_once_a_cycle(
             (1002, ["1", "2"], ["Jazz", "Rock"], ["Bop"]),
             (1003, [], [], []),
         ]
+        assert _edges(pg_url, "v2") == [("1", 1002, 1), ("2", 1002, 2)]
         assert _marks(pg_url)[1] == ("v2", False, 1003)
         assert _known(pg_url, "v2", "v1")
         assert not _known(pg_url, "v2", "v0")  # not the cycle the masters were read after
@@ -90,6 +101,7 @@ async def test_the_new_masters_with_their_artists_and_tags_once_a_cycle(
         got = await run_cycle(pool, g, router_settings, "v3", ("releases",), RELEASE_COUNTERS)
         assert got == {"new_masters": 0, "release_full_scan": 1, "non_numeric_master_ids": 0}
         assert _masters(pg_url, "v3") == []
+        assert _edges(pg_url, "v3") == []
         assert _marks(pg_url)[2] == ("v3", True, 1004)
         assert not _known(pg_url, "v3", "v2")
 
@@ -98,6 +110,7 @@ async def test_the_new_masters_with_their_artists_and_tags_once_a_cycle(
         got = await run_cycle(pool, g, router_settings, "v4", ("releases",), RELEASE_COUNTERS)
         assert got == {"new_masters": 1, "release_full_scan": 0, "non_numeric_master_ids": 0}
         assert _masters(pg_url, "v4") == [(1005, ["3"], [], [])]
+        assert _edges(pg_url, "v4") == [("3", 1005, 1)]
         assert _known(pg_url, "v4", "v3")
 
 
@@ -110,3 +123,8 @@ def test_master_rows_leave_out_odd_ids() -> None:
         ("v", 12, ["1"], ["Jazz"], []),
     ]
     assert counters.values == {"non_numeric_master_ids": 2, "repeated_master_ids": 1}
+
+
+def test_master_edge_rows_keep_an_artist_listed_twice() -> None:
+    rows = [("v", 3, ["7", "8", "7"], [], []), ("v", 12, [], ["Jazz"], [])]
+    assert releases.master_edge_rows(rows) == [("v", "7", 3, 1), ("v", "8", 3, 2), ("v", "7", 3, 3)]
