@@ -162,14 +162,18 @@ async def test_complete_writes_every_field_and_webhook_state(pg_url: str, conn: 
 async def test_a_claim_skips_leased_rows_and_takes_them_when_the_lease_ends(conn: Conn) -> None:
     hook, user, _ = await add_webhook(conn, "https://example.org/hook")
     first = await add_outbox(conn, user, await add_event(conn), hook)
-    (short,) = await outbox.claim(conn, limit=1, lease_seconds=0.3, replica="a")
+    # A lease long enough for the next claim on a loaded machine, short enough to wait out.
+    (short,) = await outbox.claim(conn, limit=1, lease_seconds=2, replica="a")
     second = await add_outbox(conn, user, await add_event(conn), hook)
     # The leased row heads the due queue; the claim passes over it.
     assert [
         j.outbox_id for j in await outbox.claim(conn, limit=5, lease_seconds=30, replica="b")
     ] == [second]
-    await asyncio.sleep(0.4)
-    (again,) = await outbox.claim(conn, limit=5, lease_seconds=30, replica="c")
+    for _ in range(100):  # once the lease ends, the row is claimed again
+        if taken := await outbox.claim(conn, limit=5, lease_seconds=30, replica="c"):
+            break
+        await asyncio.sleep(0.1)
+    (again,) = taken
     assert again.outbox_id == short.outbox_id == first and again.attempts == 2
 
 

@@ -20,6 +20,7 @@ import contextlib
 import json
 import signal
 import statistics
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -161,15 +162,15 @@ INSERT INTO notifier.webhook_configs (user_id, url, secret)
 SELECT gen_random_uuid(), u, 'whsec_' || encode(sha256(u::bytea || i::text::bytea), 'base64')
 FROM unnest(%s::text[]) AS u, generate_series(1, %s) AS i
 """
-# One event and one outbox row per row, falling due evenly over `seconds`
+# One event (of the ids given) and one outbox row per row, falling due evenly over `seconds`
 # from `start`, round-robin over the webhooks (joined by row number).
 ADD_ROWS_SQL = """
 WITH ev AS (
-    INSERT INTO notifier.events (dedup_key, source, version, event, entity_type, entity_id,
+    INSERT INTO notifier.events (id, dedup_key, source, version, event, entity_type, entity_id,
                                  entity_name, detail, fanned_out_at)
-    SELECT %(tag)s || i, 'router', '20260201', 'new_releases', 'artist', i::text, 'Artist',
-           '{"new_release_count": 1, "release_ids": ["1"]}'::jsonb, now()
-    FROM generate_series(0, %(n)s - 1) AS i
+    SELECT e.id, %(tag)s || (e.n - 1), 'router', '20260201', 'new_releases', 'artist',
+           (e.n - 1)::text, 'Artist', '{"new_release_count": 1, "release_ids": ["1"]}'::jsonb, now()
+    FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS e (id, n)
     RETURNING id, entity_id::int AS i
 ), hooks AS (
     SELECT id, user_id, row_number() OVER (ORDER BY id) - 1 AS k FROM notifier.webhook_configs
@@ -203,10 +204,11 @@ async def _hang_timeouts(pg_url: str, events: list[str]) -> bool:
 
 
 async def _add_rows(
-    pg_url: str, tag: str, start: Any, n: int, seconds: float
+    pg_url: str, tag: str, start: Any, ids: list[uuid.UUID], seconds: float
 ) -> list[tuple[str, float, str]]:
-    """`n` rows falling due evenly over `seconds` from `start`: (event, due epoch, url)."""
-    args = {"tag": tag, "n": n, "start": start, "seconds": seconds}
+    """A row per event id, falling due evenly over `seconds` from `start`:
+    (event, due epoch, url)."""
+    args = {"tag": tag, "n": len(ids), "ids": ids, "start": start, "seconds": seconds}
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
         cur = await conn.execute(ADD_ROWS_SQL, args)
         return [(str(e), float(at), str(url)) for e, at, url in await cur.fetchall()]
@@ -250,10 +252,11 @@ async def test_healthy_latency_while_a_tenth_of_endpoints_hang(
         due: dict[str, tuple[float, str, int]] = {}
         for phase, n, seconds in ((0, 100, 1.0), (1, PHASE_ROWS, PHASE_SECONDS),
                                   (2, PHASE_ROWS, PHASE_SECONDS)):  # fmt: skip
+            ids = [uuid.uuid4() for _ in range(n)]
+            if phase == 2:  # before the rows exist, so before any can be sent
+                hang_events.update(str(i) for i in ids)
             start = (await rows(pg_url, "SELECT now() + interval '1.5 seconds'"))[0][0]
-            added = await _add_rows(pg_url, f"p{phase}-", start, n, seconds)
-            if phase == 2:
-                hang_events.update(event for event, _, _ in added)
+            added = await _add_rows(pg_url, f"p{phase}-", start, ids, seconds)
             due.update({event: (at, url, phase) for event, at, url in added})
             # Phases 0 and 1 end when every endpoint has its rows, so they do not overlap.
             want = {e for e, (_, url, p) in due.items()
