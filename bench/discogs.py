@@ -321,11 +321,16 @@ def _env(pg: services.PostgresService, url: str, svc: services.GraphService) -> 
 class Placement(NamedTuple):
     """How the roles share the machine: the router's workers, the delivery
     replicas and their CPU niceness (also the receiver's). The defaults are
-    the roles' own defaults, at equal priority."""
+    the deployment the README recommends for a month on shared cores: four
+    router workers, and delivery at a lower CPU weight than the router (nice
+    10 here, as a lower CPU request gives its pod in Kubernetes), so the feed
+    is not slowed by webhooks that have until 300 s. At the roles' own
+    defaults (2, 1, 0) the feed's time depends on how much of the cores
+    delivery takes meanwhile (bench/RESULTS.md, Session 14)."""
 
-    router_workers: int = 2
+    router_workers: int = 4
     deliveries: int = 1
-    delivery_nice: int = 0
+    delivery_nice: int = 10
 
 
 class Roles:
@@ -751,9 +756,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph-only", action="store_true",
                    help="the graph, the month and the reads' PROFILE only "
                    "(no users, no router)")  # fmt: skip
-    # Where the roles run on the one machine: the defaults are the roles' own
-    # (two router workers, one delivery, equal priority); bench/RESULTS.md
-    # (Session 13) has the month with four workers and two deliveries at nice 10.
+    # Where the roles run on the one machine (Placement: four router workers,
+    # one delivery at nice 10); `--router-workers 2 --delivery-nice 0` is the
+    # roles' own defaults at equal priority (bench/RESULTS.md, Sessions 13-14).
     defaults = Placement()
     p.add_argument(
         "--router-workers",
