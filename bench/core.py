@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -155,6 +156,21 @@ def timer() -> Iterator[Callable[[], float]]:
     end: list[float] = []
     yield lambda: (end[0] if end else time.perf_counter()) - start
     end.append(time.perf_counter())
+
+
+def spread_ms(times: dict[str, list[float]]) -> dict[str, float]:
+    """Each series of milliseconds as its median and mean (`<key>_median_ms`, `<key>_mean_ms`)."""
+    out: dict[str, float] = {}
+    for key, values in times.items():
+        out[f"{key}_median_ms"] = statistics.median(values)
+        out[f"{key}_mean_ms"] = statistics.fmean(values)
+    return out
+
+
+def print_named(figures: dict[str, Any]) -> None:
+    """A standalone script's figures, one `name: value` line each (floats to 2 places)."""
+    for key, value in figures.items():
+        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
 
 
 def peak_rss_mb(pid: int) -> float:

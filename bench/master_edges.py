@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
-import statistics
 import sys
 import time
 from typing import Any
 
 import psycopg
 
+from bench.core import print_named, spread_ms
 from notifier import db, releases, strategies
 from notifier.devkit import services
 
@@ -127,9 +127,7 @@ def run(url: str, n_masters: int, n_ids: int, rounds: int) -> dict[str, Any]:
                 if got["old"] != got["new"]:
                     raise RuntimeError("the two counts differ")
                 found += sum(got["new"].values())
-        for key, values in times.items():
-            out[f"{key}_median_ms"] = statistics.median(values)
-            out[f"{key}_mean_ms"] = statistics.fmean(values)
+        out.update(spread_ms(times))
         out["queries_per_side"] = len(times["hub_old"])
         out["edges_counted"] = found
     return out
@@ -146,8 +144,7 @@ def main() -> int:
         pg = stack.enter_context(services.postgres())
         db.migrate(pg.url())
         got = run(pg.url(), args.masters, args.ids, args.rounds)
-    for key, value in got.items():
-        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+    print_named(got)
     return 0
 
 

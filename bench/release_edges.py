@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import random
-import statistics
 import sys
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from typing import Any
 
 import psycopg
 
+from bench.core import print_named, spread_ms
 from notifier import db, releases, strategies
 from notifier.devkit import services
 from notifier.percolate import CycleRelease
@@ -198,9 +198,7 @@ def run(
                     if got["old"] != got["new"]:
                         raise RuntimeError(f"{kind}: the two lookups differ")
                     found[kind] += sum(got["new"].values())
-        for key, values in times.items():
-            out[f"{key}_median_ms"] = statistics.median(values)
-            out[f"{key}_mean_ms"] = statistics.fmean(values)
+        out.update(spread_ms(times))
         out["queries_per_side"] = len(times["by_hub_old"])
         out.update({f"pairs_found_{k}": v for k, v in found.items()})
     return out
@@ -219,8 +217,7 @@ def main() -> int:
         db.migrate(pg.url())
         prepare = None if args.no_prepare else 5
         got = run(pg.url(), args.releases, args.ids, args.rounds, prepare)
-    for key, value in got.items():
-        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+    print_named(got)
     return 0
 
 
