@@ -158,22 +158,31 @@ def free_port() -> int:
         return port
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float, log: Path | None) -> None:
+def _wait(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    log: Path | None,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Until `check()` is true; ServiceUnavailable with the log's tail after `timeout`
+    seconds, or as soon as `proc` (the server, when given) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             if check():
                 return
+        if proc is not None and proc.poll() is not None:
+            raise ServiceUnavailable(f"{what} exited with code {proc.returncode}{_tail(log)}")
         time.sleep(0.1)
-    tail = ""
-    if log is not None and log.exists():
-        tail = (
-            "\n--- last lines of "
-            + str(log)
-            + " ---\n"
-            + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        )
-    raise ServiceUnavailable(f"{what} did not become ready within {timeout:.0f}s{tail}")
+    raise ServiceUnavailable(f"{what} did not become ready within {timeout:.0f}s{_tail(log)}")
+
+
+def _tail(log: Path | None) -> str:
+    if log is None or not log.exists():
+        return ""
+    lines = log.read_text(errors="replace").splitlines()[-30:]
+    return f"\n--- last lines of {log} ---\n" + "\n".join(lines)
 
 
 def docker_available() -> bool:
@@ -385,9 +394,32 @@ def _rabbit_bin() -> str:
     )
 
 
+# A port free_port() picked can be taken before the broker binds it (as the
+# source port of some outgoing connection, on a busy machine): the broker then
+# exits at once, and is started again on other ports.
+RABBITMQ_PORT_TAKEN = ("_already_used", "eaddrinuse")
+RABBITMQ_STARTS = 3
+
+
 @contextlib.contextmanager
 def _local_rabbitmq() -> Iterator[RabbitService]:
     binary = _rabbit_bin()
+    for start in range(1, RABBITMQ_STARTS + 1):
+        with contextlib.ExitStack() as stack:
+            try:
+                svc = stack.enter_context(_start_rabbitmq(binary))
+            except ServiceUnavailable as exc:
+                if start < RABBITMQ_STARTS and any(m in str(exc) for m in RABBITMQ_PORT_TAKEN):
+                    continue
+                raise
+            yield svc
+            return
+
+
+@contextlib.contextmanager
+def _start_rabbitmq(binary: str) -> Iterator[RabbitService]:
+    """One start of a private broker on fresh ports; stopped and removed on exit,
+    or at once when it does not become ready."""
     top = Path(tempfile.mkdtemp(prefix="notifier-rmq-"))
     port, dist_port, epmd_port = free_port(), free_port(), free_port()
     (top / "enabled_plugins").write_text("[].\n")
@@ -412,7 +444,7 @@ def _local_rabbitmq() -> Iterator[RabbitService]:
             [binary], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        _wait("rabbitmq-server", lambda: _amqp_ready("127.0.0.1", port), 60, log)
+        _wait("rabbitmq-server", lambda: _amqp_ready("127.0.0.1", port), 60, log, proc)
         yield RabbitService("127.0.0.1", port, "guest", "guest", "/", origin="local")
     finally:
         _kill_group(proc)
