@@ -100,8 +100,9 @@ class PrivateRabbit:
                 start_new_session=True,
             )  # fmt: skip
         services._wait(
-            "rabbitmq-server", lambda: services._amqp_ready("127.0.0.1", self.port), 120, self.log
-        )
+            "rabbitmq-server", lambda: services._amqp_ready("127.0.0.1", self.port), 120,
+            self.log, self.proc,
+        )  # fmt: skip
 
     def stop(self) -> None:
         """Stop the broker cleanly (SIGTERM to its process group, SIGKILL after 15 s)."""
@@ -119,12 +120,16 @@ class PrivateRabbit:
 @pytest.fixture
 def private_rabbit() -> Iterator[PrivateRabbit]:
     """A running RabbitMQ broker of this test alone, which it may stop and start."""
-    rabbit = PrivateRabbit()
-    try:
-        rabbit.start()
-    except services.ServiceUnavailable as exc:
-        rabbit.close()
-        pytest.exit(f"cannot start a private RabbitMQ: {exc}", returncode=3)
+    for start in range(1, services.RABBITMQ_STARTS + 1):
+        rabbit = PrivateRabbit()  # fresh ports each start, as services._local_rabbitmq
+        try:
+            rabbit.start()
+            break
+        except services.ServiceUnavailable as exc:
+            rabbit.close()
+            if start < services.RABBITMQ_STARTS and services.rabbitmq_port_taken(exc):
+                continue
+            pytest.exit(f"cannot start a private RabbitMQ: {exc}", returncode=3)
     yield rabbit
     rabbit.close()
 

@@ -401,6 +401,11 @@ RABBITMQ_PORT_TAKEN = ("_already_used", "eaddrinuse")
 RABBITMQ_STARTS = 3
 
 
+def rabbitmq_port_taken(exc: ServiceUnavailable) -> bool:
+    """Whether a broker's failed start says one of its ports was taken."""
+    return any(m in str(exc) for m in RABBITMQ_PORT_TAKEN)
+
+
 @contextlib.contextmanager
 def _local_rabbitmq() -> Iterator[RabbitService]:
     binary = _rabbit_bin()
@@ -409,7 +414,7 @@ def _local_rabbitmq() -> Iterator[RabbitService]:
             try:
                 svc = stack.enter_context(_start_rabbitmq(binary))
             except ServiceUnavailable as exc:
-                if start < RABBITMQ_STARTS and any(m in str(exc) for m in RABBITMQ_PORT_TAKEN):
+                if start < RABBITMQ_STARTS and rabbitmq_port_taken(exc):
                     continue
                 raise
             yield svc
