@@ -85,6 +85,8 @@ class PrivateRabbit:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.top / "enabled_plugins"),
             "RABBITMQ_CONFIG_FILE": str(self.top / "rabbitmq.conf"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.top / "advanced.config"),
+            # A broker that fails to start dumps its state here, not in the working directory.
+            "ERL_CRASH_DUMP": str(self.top / "erl_crash.dump"),
         }
         self.log = self.top / "stdout.log"
         self.proc: subprocess.Popen[bytes] | None = None

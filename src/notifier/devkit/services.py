@@ -441,6 +441,8 @@ def _start_rabbitmq(binary: str) -> Iterator[RabbitService]:
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(top / "enabled_plugins"),
         "RABBITMQ_CONFIG_FILE": str(top / "rabbitmq.conf"),
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(top / "advanced.config"),
+        # A broker that fails to start dumps its state here, not in the working directory.
+        "ERL_CRASH_DUMP": str(top / "erl_crash.dump"),
     }
     (top / "rabbitmq.conf").write_text("loopback_users = none\n")
     log = top / "stdout.log"
