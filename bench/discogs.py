@@ -774,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--delivery-nice", type=int, default=defaults.delivery_nice,
                    help="CPU niceness of the delivery replicas and the webhook receiver "
-                   "(default %(default)s, the router's)")  # fmt: skip
+                   "(default %(default)s; 0: the router's)")  # fmt: skip
     args = p.parse_args(argv)
     sizes = SCALES[args.scale]
     # A SIGTERM unwinds the stack, so the servers this run started are stopped.
